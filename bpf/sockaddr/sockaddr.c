@@ -1,0 +1,409 @@
+//go:build ignore
+
+/* Service routing at connect time.
+ *
+ * connect4/6 and sendmsg4/6 replace a service VIP:port with a backend chosen
+ * by weight; recvmsg4/6 and getpeername4/6 put the VIP back, so the
+ * application never sees the translation. Only the maps below decide what is
+ * a service: a destination that is not in sm_services is left untouched.
+ */
+
+#include "sockmesh.h"
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* svc_key names one service port: VIP (v4-mapped for IPv4), port in network
+ * byte order, IP protocol (IPPROTO_TCP or IPPROTO_UDP). */
+struct svc_key {
+	struct addr6 vip;
+	__u16 port;
+	__u8 proto;
+	__u8 pad;
+};
+
+/* svc_val points at the backend slot table of one revision. slots == 0 means
+ * the service exists but has no healthy backend: the caller gets
+ * ECONNREFUSED instead of a connection to the VIP. */
+struct svc_val {
+	__u32 rev;
+	__u32 slots;
+};
+
+/* slot_key addresses one slot of a revision's table. A backend with weight w
+ * fills a number of slots proportional to w, so a uniform random slot is a
+ * weighted random backend. */
+struct slot_key {
+	__u32 rev;
+	__u32 slot;
+};
+
+struct backend {
+	struct addr6 addr;
+	__u16 port; /* network byte order */
+	__u16 pad;
+};
+
+/* peer remembers, per socket, which VIP a connect() was translated from. */
+struct peer {
+	struct addr6 vip;
+	struct addr6 backend;
+	__u16 vport;
+	__u16 bport;
+};
+
+/* udp_rev_key finds the VIP for a datagram received on a socket that sent to
+ * a VIP with sendmsg (unconnected UDP). */
+struct udp_rev_key {
+	__u64 cookie;
+	struct addr6 backend;
+	__u16 bport;
+	__u16 pad[3];
+};
+
+struct udp_rev_val {
+	struct addr6 vip;
+	__u16 vport;
+	__u16 pad;
+};
+
+enum stat {
+	STAT_TRANSLATED = 0, /* connect/sendmsg rewritten to a backend */
+	STAT_NO_BACKEND,     /* service without healthy backend: refused */
+	STAT_SLOT_MISS,      /* service entry pointed at a missing slot */
+	STAT_REVERSED,       /* recvmsg/getpeername shown the VIP */
+	STAT_UDP_REV_FULL,   /* udp reverse entry could not be stored */
+	STAT_MAX,
+};
+
+/* sm_services: svc_key -> svc_val. Written by the agent after the slots it
+ * points at (so a connect never sees a half-written service), read by
+ * connect/sendmsg. 65536 service ports; when full the agent's update fails,
+ * is reported and counted, and the service keeps its previous revision. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct svc_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_services SEC(".maps");
+
+/* sm_slots: slot_key -> backend. Written by the agent before the service
+ * entry that points at a revision, deleted after the entry moved on. Read by
+ * connect/sendmsg. 262144 slots across all revisions; when full the agent's
+ * update fails and the service keeps its previous revision. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct slot_key);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_slots SEC(".maps");
+
+/* sm_sock_peer: per-socket storage, freed with the socket, so it cannot leak
+ * or fill up. Written by connect4/6 on translation, read by getpeername4/6
+ * and recvmsg4/6 (connected UDP). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct peer);
+} sm_sock_peer SEC(".maps");
+
+/* sm_udp_rev: udp_rev_key -> udp_rev_val for unconnected UDP, written by
+ * sendmsg4/6, read by recvmsg4/6. LRU with 65536 entries: when full the
+ * least recently used flow is forgotten, and a late reply on it shows the
+ * backend address instead of the VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct udp_rev_key);
+	__type(value, struct udp_rev_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_udp_rev SEC(".maps");
+
+/* sm_stats: per-CPU counters indexed by enum stat, read by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, enum stat);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_stats SEC(".maps");
+
+static __always_inline void count(enum stat s)
+{
+	__u64 *v = bpf_map_lookup_elem(&sm_stats, &s);
+
+	if (v)
+		*v += 1;
+}
+
+/* Result of choosing a backend for a destination. */
+enum pick {
+	PICK_NONE = 0, /* not a service: leave the socket alone */
+	PICK_OK,       /* *be holds the backend */
+	PICK_REFUSE,   /* a service without backends: fail the call */
+};
+
+static __always_inline enum pick pick_backend(const struct svc_key *key, struct backend *be)
+{
+	struct svc_val *svc = bpf_map_lookup_elem(&sm_services, key);
+	struct slot_key sk = {};
+	struct backend *b;
+
+	if (!svc)
+		return PICK_NONE;
+	if (svc->slots == 0) {
+		count(STAT_NO_BACKEND);
+		return PICK_REFUSE;
+	}
+	sk.rev = svc->rev;
+	sk.slot = bpf_get_prandom_u32() % svc->slots;
+	b = bpf_map_lookup_elem(&sm_slots, &sk);
+	if (!b) {
+		count(STAT_SLOT_MISS);
+		return PICK_REFUSE;
+	}
+	*be = *b;
+	count(STAT_TRANSLATED);
+	return PICK_OK;
+}
+
+static __always_inline int refuse(void)
+{
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
+static __always_inline void remember_peer(struct bpf_sock_addr *ctx, const struct svc_key *key,
+					  const struct backend *be)
+{
+	struct peer *p;
+	struct bpf_sock *sk = ctx->sk;
+
+	if (!sk)
+		return;
+	p = bpf_sk_storage_get(&sm_sock_peer, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!p)
+		return;
+	p->vip = key->vip;
+	p->vport = key->port;
+	p->backend = be->addr;
+	p->bport = be->port;
+}
+
+static __always_inline void remember_udp(struct bpf_sock_addr *ctx, const struct svc_key *key,
+					 const struct backend *be)
+{
+	struct udp_rev_key rk = {};
+	struct udp_rev_val rv = {};
+
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.backend = be->addr;
+	rk.bport = be->port;
+	rv.vip = key->vip;
+	rv.vport = key->port;
+	if (bpf_map_update_elem(&sm_udp_rev, &rk, &rv, BPF_ANY))
+		count(STAT_UDP_REV_FULL);
+}
+
+/* Each ctx field is read and written directly (ctx->user_ip6[0] …) with
+ * constant offsets: the verifier rejects loads through a modified ctx
+ * pointer, which clang produces if the accesses are folded into loops. */
+
+static __always_inline void key4(struct bpf_sock_addr *ctx, struct svc_key *key)
+{
+	addr_from_ip4(&key->vip, ctx->user_ip4);
+	key->port = (__u16)ctx->user_port;
+	key->proto = (__u8)ctx->protocol;
+}
+
+static __always_inline void key6(struct bpf_sock_addr *ctx, struct svc_key *key)
+{
+	key->vip.w[0] = ctx->user_ip6[0];
+	key->vip.w[1] = ctx->user_ip6[1];
+	key->vip.w[2] = ctx->user_ip6[2];
+	key->vip.w[3] = ctx->user_ip6[3];
+	key->port = (__u16)ctx->user_port;
+	key->proto = (__u8)ctx->protocol;
+}
+
+static __always_inline void write4(struct bpf_sock_addr *ctx, const struct addr6 *a, __u16 port)
+{
+	ctx->user_ip4 = a->w[3];
+	ctx->user_port = port;
+}
+
+static __always_inline void write6(struct bpf_sock_addr *ctx, const struct addr6 *a, __u16 port)
+{
+	ctx->user_ip6[0] = a->w[0];
+	ctx->user_ip6[1] = a->w[1];
+	ctx->user_ip6[2] = a->w[2];
+	ctx->user_ip6[3] = a->w[3];
+	ctx->user_port = port;
+}
+
+SEC("cgroup/connect4")
+int sm_connect4(struct bpf_sock_addr *ctx)
+{
+	struct svc_key key = {};
+	struct backend be;
+
+	key4(ctx, &key);
+	switch (pick_backend(&key, &be)) {
+	case PICK_NONE:
+		return 1;
+	case PICK_REFUSE:
+		return refuse();
+	default:
+		break;
+	}
+	write4(ctx, &be.addr, be.port);
+	remember_peer(ctx, &key, &be);
+	if (key.proto == IPPROTO_UDP)
+		remember_udp(ctx, &key, &be);
+	return 1;
+}
+
+SEC("cgroup/connect6")
+int sm_connect6(struct bpf_sock_addr *ctx)
+{
+	struct svc_key key = {};
+	struct backend be;
+
+	key6(ctx, &key);
+	switch (pick_backend(&key, &be)) {
+	case PICK_NONE:
+		return 1;
+	case PICK_REFUSE:
+		return refuse();
+	default:
+		break;
+	}
+	write6(ctx, &be.addr, be.port);
+	remember_peer(ctx, &key, &be);
+	if (key.proto == IPPROTO_UDP)
+		remember_udp(ctx, &key, &be);
+	return 1;
+}
+
+SEC("cgroup/sendmsg4")
+int sm_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	struct svc_key key = {};
+	struct backend be;
+
+	key4(ctx, &key);
+	switch (pick_backend(&key, &be)) {
+	case PICK_NONE:
+		return 1;
+	case PICK_REFUSE:
+		return refuse();
+	default:
+		break;
+	}
+	write4(ctx, &be.addr, be.port);
+	remember_udp(ctx, &key, &be);
+	return 1;
+}
+
+SEC("cgroup/sendmsg6")
+int sm_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	struct svc_key key = {};
+	struct backend be;
+
+	key6(ctx, &key);
+	switch (pick_backend(&key, &be)) {
+	case PICK_NONE:
+		return 1;
+	case PICK_REFUSE:
+		return refuse();
+	default:
+		break;
+	}
+	write6(ctx, &be.addr, be.port);
+	remember_udp(ctx, &key, &be);
+	return 1;
+}
+
+/* reverse looks up the VIP for a datagram from (addr, port) on this socket:
+ * first the unconnected-UDP table, then the socket's own connect record. */
+static __always_inline int reverse(struct bpf_sock_addr *ctx, const struct addr6 *from, __u16 port,
+				   struct addr6 *vip, __u16 *vport)
+{
+	struct udp_rev_key rk = {};
+	struct udp_rev_val *rv;
+	struct peer *p;
+
+	rk.cookie = bpf_get_socket_cookie(ctx);
+	rk.backend = *from;
+	rk.bport = port;
+	rv = bpf_map_lookup_elem(&sm_udp_rev, &rk);
+	if (rv) {
+		*vip = rv->vip;
+		*vport = rv->vport;
+		return 1;
+	}
+	if (!ctx->sk)
+		return 0;
+	p = bpf_sk_storage_get(&sm_sock_peer, ctx->sk, 0, 0);
+	if (!p || p->bport != port || !addr_equal(&p->backend, from))
+		return 0;
+	*vip = p->vip;
+	*vport = p->vport;
+	return 1;
+}
+
+static __always_inline int reverse4(struct bpf_sock_addr *ctx)
+{
+	struct addr6 from, vip;
+	__u16 port = (__u16)ctx->user_port, vport;
+
+	addr_from_ip4(&from, ctx->user_ip4);
+	if (!reverse(ctx, &from, port, &vip, &vport))
+		return 1;
+	write4(ctx, &vip, vport);
+	count(STAT_REVERSED);
+	return 1;
+}
+
+static __always_inline int reverse6(struct bpf_sock_addr *ctx)
+{
+	struct addr6 from, vip;
+	__u16 port = (__u16)ctx->user_port, vport;
+
+	from.w[0] = ctx->user_ip6[0];
+	from.w[1] = ctx->user_ip6[1];
+	from.w[2] = ctx->user_ip6[2];
+	from.w[3] = ctx->user_ip6[3];
+	if (!reverse(ctx, &from, port, &vip, &vport))
+		return 1;
+	write6(ctx, &vip, vport);
+	count(STAT_REVERSED);
+	return 1;
+}
+
+SEC("cgroup/recvmsg4")
+int sm_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	return reverse4(ctx);
+}
+
+SEC("cgroup/recvmsg6")
+int sm_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return reverse6(ctx);
+}
+
+SEC("cgroup/getpeername4")
+int sm_getpeername4(struct bpf_sock_addr *ctx)
+{
+	return reverse4(ctx);
+}
+
+SEC("cgroup/getpeername6")
+int sm_getpeername6(struct bpf_sock_addr *ctx)
+{
+	return reverse6(ctx);
+}

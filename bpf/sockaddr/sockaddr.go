@@ -1,0 +1,164 @@
+package sockaddr
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+)
+
+// Protocol numbers as the kernel reports them in bpf_sock_addr.protocol.
+const (
+	ProtoTCP uint8 = 6
+	ProtoUDP uint8 = 17
+)
+
+// Map and program names, as pinned.
+const (
+	MapServices = bpfMapSmServices
+	MapSlots    = bpfMapSmSlots
+	MapUDPRev   = bpfMapSmUdpRev
+	MapStats    = bpfMapSmStats
+)
+
+// MaxSlots is how many slots one service revision may use; weights are scaled
+// down to fit.
+const MaxSlots = 1024
+
+// ServiceKey is the key of sm_services.
+type ServiceKey = bpfSvcKey
+
+// ServiceValue is the value of sm_services.
+type ServiceValue = bpfSvcVal
+
+// SlotKey is the key of sm_slots.
+type SlotKey = bpfSlotKey
+
+// Backend is the value of sm_slots.
+type Backend = bpfBackend
+
+// Objects are the loaded programs and maps.
+type Objects = bpfObjects
+
+// Attachment pairs a program with the cgroup hook it belongs on.
+type Attachment struct {
+	Name    string
+	Type    ebpf.AttachType
+	Program *ebpf.Program
+}
+
+// Attachments lists every program of o with its hook.
+func Attachments(o *Objects) []Attachment {
+	return []Attachment{
+		{bpfProgSmConnect4, ebpf.AttachCGroupInet4Connect, o.SmConnect4},
+		{bpfProgSmConnect6, ebpf.AttachCGroupInet6Connect, o.SmConnect6},
+		{bpfProgSmSendmsg4, ebpf.AttachCGroupUDP4Sendmsg, o.SmSendmsg4},
+		{bpfProgSmSendmsg6, ebpf.AttachCGroupUDP6Sendmsg, o.SmSendmsg6},
+		{bpfProgSmRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg, o.SmRecvmsg4},
+		{bpfProgSmRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg, o.SmRecvmsg6},
+		{bpfProgSmGetpeername4, ebpf.AttachCgroupInet4GetPeername, o.SmGetpeername4},
+		{bpfProgSmGetpeername6, ebpf.AttachCgroupInet6GetPeername, o.SmGetpeername6},
+	}
+}
+
+// Spec returns the compiled collection spec.
+func Spec() (*ebpf.CollectionSpec, error) {
+	return loadBpf()
+}
+
+// Load loads the programs and maps. Maps marked for pinning are pinned in,
+// or adopted from, pinDir; an empty pinDir pins nothing.
+func Load(pinDir string) (*Objects, error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("load sockaddr spec: %w", err)
+	}
+	var objs Objects
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
+	if pinDir == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load sockaddr programs: %+v", verr)
+		}
+		return nil, fmt.Errorf("load sockaddr programs: %w", err)
+	}
+	return &objs, nil
+}
+
+// Addr encodes an address the way the programs store it: IPv4 v4-mapped,
+// every word in network byte order.
+func Addr(a netip.Addr) (w [4]uint32) {
+	b := a.As16() // As16 maps IPv4 to ::ffff:a.b.c.d
+	for i := range w {
+		w[i] = binary.NativeEndian.Uint32(b[i*4:])
+	}
+	return w
+}
+
+// AddrFrom decodes an address stored by Addr; v4-mapped becomes IPv4.
+func AddrFrom(w [4]uint32) netip.Addr {
+	var b [16]byte
+	for i := range w {
+		binary.NativeEndian.PutUint32(b[i*4:], w[i])
+	}
+	return netip.AddrFrom16(b).Unmap()
+}
+
+// Port encodes a port in network byte order as the programs store it.
+func Port(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+// PortFrom decodes a port stored by Port.
+func PortFrom(p uint16) uint16 { return Port(p) }
+
+// NewServiceKey builds the key of one service port.
+func NewServiceKey(vip netip.Addr, port uint16, proto uint8) ServiceKey {
+	var k ServiceKey
+	k.Vip.W = Addr(vip)
+	k.Port = Port(port)
+	k.Proto = proto
+	return k
+}
+
+// NewBackend builds a slot value.
+func NewBackend(addr netip.Addr, port uint16) Backend {
+	var b Backend
+	b.Addr.W = Addr(addr)
+	b.Port = Port(port)
+	return b
+}
+
+// Stats are the programs' counters summed over CPUs.
+type Stats struct {
+	Translated    uint64 `json:"translated"`
+	NoBackend     uint64 `json:"noBackend"`
+	SlotMiss      uint64 `json:"slotMiss"`
+	Reversed      uint64 `json:"reversed"`
+	UDPReverseErr uint64 `json:"udpReverseFull"`
+}
+
+// ReadStats sums the per-CPU counters of the sm_stats map.
+func ReadStats(m *ebpf.Map) (Stats, error) {
+	var s Stats
+	dst := []*uint64{&s.Translated, &s.NoBackend, &s.SlotMiss, &s.Reversed, &s.UDPReverseErr}
+	for i, p := range dst {
+		var per []uint64
+		if err := m.Lookup(uint32(i), &per); err != nil {
+			return s, fmt.Errorf("read stat %d: %w", i, err)
+		}
+		for _, v := range per {
+			*p += v
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,258 @@
+// Command sockmesh is the one sockmesh binary: control plane, node agent,
+// both at once (standalone), and the operator CLI. Flags are bound here into
+// each component's Config; the components do the rest.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sockmesh/sockmesh/install"
+	"github.com/sockmesh/sockmesh/mesh"
+	"github.com/sockmesh/sockmesh/mesh/file"
+	"github.com/sockmesh/sockmesh/node"
+	"github.com/sockmesh/sockmesh/node/dataplane"
+	"github.com/sockmesh/sockmesh/xds"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
+	var logLevel string
+	root := &cobra.Command{
+		Use:           "sockmesh",
+		Short:         "A service mesh without sidecars: xDS control plane, eBPF node agent, operator CLI",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	logger := func() (*slog.Logger, error) {
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(logLevel)); err != nil {
+			return nil, fmt.Errorf("--log-level: %w", err)
+		}
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
+	}
+	node.Version = versionString()
+	root.AddCommand(upCmd(logger), controlPlaneCmd(logger), agentCmd(logger), precheckCmd(), versionCmd())
+	return root
+}
+
+type loggerFunc func() (*slog.Logger, error)
+
+func upCmd(logger loggerFunc) *cobra.Command {
+	var files []string
+	cp := xds.DefaultConfig()
+	cp.Address = "127.0.0.1:15010"
+	ag := node.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "up [-f FILE]...",
+		Short: "Run the control plane and the agent in one process (standalone, YAML source)",
+		Long: `Run sockmesh on this machine: the control plane, fed by YAML files of
+Kubernetes kinds (v1 Service, discovery.k8s.io/v1 EndpointSlice) that are
+watched for changes, and the node agent, which routes service VIPs at
+connect() time for processes in --cgroup.
+
+Without -f, the embedded example mesh is served.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logger()
+			if err != nil {
+				return err
+			}
+			ag.XDSAddress = cp.Address
+			if ag.NodeID == "" {
+				ag.NodeID = hostname()
+			}
+			return runUp(cmd.Context(), log, files, cp, ag)
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&files, "file", "f", nil, "YAML file or directory of the mesh (repeatable; default: the embedded example)")
+	f.StringVar(&cp.Address, "xds-address", cp.Address, "address to serve xDS on")
+	f.StringVar(&cp.Domain, "domain", cp.Domain, "cluster domain")
+	bindAgentFlags(cmd, &ag)
+	return cmd
+}
+
+func runUp(ctx context.Context, log *slog.Logger, files []string, cp xds.Config, ag node.Config) error {
+	reg := mesh.NewRegistry()
+	g, ctx := errgroup.WithContext(ctx)
+	if len(files) == 0 {
+		svcs, err := file.Parse(map[string][]byte{install.ExampleMeshName: install.ExampleMesh})
+		if err != nil {
+			return fmt.Errorf("embedded example: %w", err)
+		}
+		reg.Set(file.SourceName, svcs)
+		log.Info("serving the embedded example mesh", "services", len(svcs))
+	} else {
+		fcfg := file.DefaultConfig()
+		fcfg.Paths = files
+		src, err := file.New(fcfg, reg, log)
+		if err != nil {
+			return err
+		}
+		// The first load must succeed before anything is served.
+		if err := src.Load(); err != nil {
+			return err
+		}
+		g.Go(func() error { return src.Run(ctx) })
+	}
+	srv, err := xds.New(cp, reg, log.With("component", "control-plane"))
+	if err != nil {
+		return err
+	}
+	if _, err := srv.Listen(); err != nil {
+		return err
+	}
+	agent, err := node.New(ag, log.With("component", "agent"))
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error { return agent.Run(ctx) })
+	return g.Wait()
+}
+
+func controlPlaneCmd(logger loggerFunc) *cobra.Command {
+	var files []string
+	cp := xds.DefaultConfig()
+	cmd := &cobra.Command{
+		Use:   "control-plane -f FILE...",
+		Short: "Run the xDS control plane alone",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logger()
+			if err != nil {
+				return err
+			}
+			if len(files) == 0 {
+				return errors.New("control-plane: give the mesh with -f (the Kubernetes source is not available yet)")
+			}
+			reg := mesh.NewRegistry()
+			fcfg := file.DefaultConfig()
+			fcfg.Paths = files
+			src, err := file.New(fcfg, reg, log)
+			if err != nil {
+				return err
+			}
+			if err := src.Load(); err != nil {
+				return err
+			}
+			srv, err := xds.New(cp, reg, log)
+			if err != nil {
+				return err
+			}
+			g, ctx := errgroup.WithContext(cmd.Context())
+			g.Go(func() error { return src.Run(ctx) })
+			g.Go(func() error { return srv.Run(ctx) })
+			return g.Wait()
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVarP(&files, "file", "f", nil, "YAML file or directory of the mesh (repeatable)")
+	f.StringVar(&cp.Address, "xds-address", cp.Address, "address to serve xDS on")
+	f.StringVar(&cp.Domain, "domain", cp.Domain, "cluster domain")
+	return cmd
+}
+
+func agentCmd(logger loggerFunc) *cobra.Command {
+	ag := node.DefaultConfig()
+	var cleanup bool
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent alone, following a control plane",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cleanup {
+				return dataplane.Cleanup(ag.PinDir)
+			}
+			log, err := logger()
+			if err != nil {
+				return err
+			}
+			if ag.NodeID == "" {
+				ag.NodeID = hostname()
+			}
+			a, err := node.New(ag, log)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVar(&ag.XDSAddress, "xds-address", ag.XDSAddress, "control plane xDS address, host:port")
+	cmd.Flags().BoolVar(&cleanup, "cleanup", false, "remove what this instance pinned and attached (by --pin-dir) and exit")
+	bindAgentFlags(cmd, &ag)
+	return cmd
+}
+
+func bindAgentFlags(cmd *cobra.Command, ag *node.Config) {
+	f := cmd.Flags()
+	f.StringVar(&ag.NodeID, "node-id", ag.NodeID, "node id reported to the control plane (default: the host name)")
+	f.StringVar(&ag.Cgroup, "cgroup", ag.Cgroup, "cgroup v2 to attach to: empty for the root, relative to the v2 mount, or absolute")
+	f.StringVar(&ag.PinDir, "pin-dir", ag.PinDir, "bpffs directory for this instance's maps and links (bpffs is mounted if needed)")
+	f.StringVar(&ag.AdminAddress, "admin-address", ag.AdminAddress, "admin HTTP address (/ready, /config_dump, /maps); keep it on loopback")
+	f.StringVar(&ag.Cluster, "cluster-id", ag.Cluster, "mesh cluster id reported to the control plane")
+	f.StringVar(&ag.Region, "region", ag.Region, "this node's region")
+	f.StringVar(&ag.Zone, "zone", ag.Zone, "this node's zone")
+}
+
+func precheckCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "precheck",
+		Short: "Check that this kernel has every feature sockmesh uses",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return install.WritePrecheck(cmd.OutOrStdout(), install.Precheck())
+		},
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "sockmesh", versionString())
+		},
+	}
+}
+
+func versionString() string {
+	if version != "dev" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return version
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "sockmesh-node"
+	}
+	return h
+}

@@ -1,0 +1,115 @@
+package install
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/node/host"
+)
+
+// Check is one kernel or host feature sockmesh uses.
+type Check struct {
+	Feature  string
+	Required bool
+	// Without says what stops working when the feature is missing.
+	Without string
+	Probe   func() error
+}
+
+// CheckResult is a Check and how it went.
+type CheckResult struct {
+	Check
+	Err error
+}
+
+// Checks lists every feature sockmesh uses, required first.
+func Checks() []Check {
+	prog := func(pt ebpf.ProgramType) func() error { return func() error { return features.HaveProgramType(pt) } }
+	mapT := func(mt ebpf.MapType) func() error { return func() error { return features.HaveMapType(mt) } }
+	helper := func(pt ebpf.ProgramType, fn asm.BuiltinFunc) func() error {
+		return func() error { return features.HaveProgramHelper(pt, fn) }
+	}
+	return []Check{
+		{"cgroup v2 mounted", true, "no service routing: programs attach to a cgroup v2", func() error { _, err := host.Cgroup2Mount(); return err }},
+		{"cgroup sock_addr programs", true, "no service routing", prog(ebpf.CGroupSockAddr)},
+		{"hash and LRU hash maps", true, "no service routing", func() error {
+			return errors.Join(features.HaveMapType(ebpf.Hash), features.HaveMapType(ebpf.LRUHash), features.HaveMapType(ebpf.PerCPUArray))
+		}},
+		{"socket local storage", true, "getpeername and connected UDP cannot show the VIP", mapT(ebpf.SkStorage)},
+		{"bpf_set_retval in sock_addr", true, "a service without backends cannot be refused cleanly", helper(ebpf.CGroupSockAddr, asm.FnSetRetval)},
+		{"sockaddr programs pass the verifier", true, "no service routing", func() error {
+			objs, err := sockaddr.Load("")
+			if err != nil {
+				return err
+			}
+			return objs.Close()
+		}},
+		{"sockops programs", false, "no same-node fast path", prog(ebpf.SockOps)},
+		{"sk_msg programs", false, "no same-node fast path", prog(ebpf.SkMsg)},
+		{"sockhash maps", false, "no same-node fast path", mapT(ebpf.SockHash)},
+		{"ring buffer maps", false, "no L7 telemetry", mapT(ebpf.RingBuf)},
+		{"uprobes (uprobe PMU)", false, "no L7 telemetry", func() error {
+			if _, err := os.Stat("/sys/bus/event_source/devices/uprobe/type"); err != nil {
+				return fmt.Errorf("uprobe PMU not found: %w", err)
+			}
+			return features.HaveProgramType(ebpf.Kprobe)
+		}},
+	}
+}
+
+// Precheck runs every check.
+func Precheck() []CheckResult {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return []CheckResult{{Check: Check{Feature: "remove memlock rlimit", Required: true, Without: "nothing can load"}, Err: err}}
+	}
+	var out []CheckResult
+	for _, c := range Checks() {
+		out = append(out, CheckResult{Check: c, Err: c.Probe()})
+	}
+	return out
+}
+
+// WritePrecheck prints results as a table and returns an error if a
+// required feature is missing.
+func WritePrecheck(w io.Writer, results []CheckResult) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FEATURE\tSTATUS\tREQUIRED\tWITHOUT IT")
+	var missing []string
+	for _, r := range results {
+		status := "ok"
+		if r.Err != nil {
+			status = "missing: " + firstLine(r.Err.Error())
+			if r.Required {
+				missing = append(missing, r.Feature)
+			}
+		}
+		req := "no"
+		if r.Required {
+			req = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Feature, status, req, r.Without)
+	}
+	tw.Flush()
+	if len(missing) > 0 {
+		return fmt.Errorf("required kernel features missing: %s", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 60 {
+		s = s[:57] + "..."
+	}
+	return s
+}

@@ -1,0 +1,75 @@
+package mesh
+
+import (
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Registry merges the services reported by each source into one snapshot.
+// Every Set makes a new snapshot with a higher version; watchers are told
+// that something changed and read Snapshot themselves, so a slow watcher sees
+// the latest state, never a backlog.
+type Registry struct {
+	mu       sync.Mutex
+	sources  map[string][]*Service
+	snapshot *Snapshot
+	watchers map[chan struct{}]struct{}
+}
+
+// NewRegistry returns an empty registry at version 0.
+func NewRegistry() *Registry {
+	return &Registry{
+		sources:  make(map[string][]*Service),
+		snapshot: &Snapshot{},
+		watchers: make(map[chan struct{}]struct{}),
+	}
+}
+
+// Set replaces everything source reports. When two sources report the same
+// service, the one whose name sorts first wins.
+func (r *Registry) Set(source string, services []*Service) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sources[source] = services
+
+	merged := make(map[string]*Service)
+	for _, name := range slices.Sorted(maps.Keys(r.sources)) {
+		for _, svc := range r.sources[name] {
+			if _, ok := merged[svc.Key()]; !ok {
+				merged[svc.Key()] = svc
+			}
+		}
+	}
+	list := slices.Collect(maps.Values(merged))
+	slices.SortFunc(list, func(a, b *Service) int { return strings.Compare(a.Key(), b.Key()) })
+	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: list}
+	for w := range r.watchers {
+		select {
+		case w <- struct{}{}:
+		default: // a change is already pending for this watcher
+		}
+	}
+}
+
+// Snapshot returns the current snapshot.
+func (r *Registry) Snapshot() *Snapshot {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.snapshot
+}
+
+// Watch returns a channel that receives a value after each change, and a
+// function that stops the watch. Changes coalesce.
+func (r *Registry) Watch() (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	r.mu.Lock()
+	r.watchers[ch] = struct{}{}
+	r.mu.Unlock()
+	return ch, func() {
+		r.mu.Lock()
+		delete(r.watchers, ch)
+		r.mu.Unlock()
+	}
+}

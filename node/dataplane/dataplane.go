@@ -1,0 +1,321 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/rlimit"
+
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/node/host"
+)
+
+// Config names one agent instance's kernel footprint.
+type Config struct {
+	// PinDir is the bpffs directory this instance pins maps and links in.
+	PinDir string
+	// Cgroup is the cgroup v2 directory the programs attach to; sockets of
+	// processes in it and below are routed.
+	Cgroup string
+}
+
+// Validate checks the config.
+func (c Config) Validate() error {
+	if c.PinDir == "" || !filepath.IsAbs(c.PinDir) {
+		return fmt.Errorf("dataplane: pin directory %q must be an absolute path", c.PinDir)
+	}
+	if c.Cgroup == "" || !filepath.IsAbs(c.Cgroup) {
+		return fmt.Errorf("dataplane: cgroup %q must be an absolute path", c.Cgroup)
+	}
+	return nil
+}
+
+func (c Config) mapDir() string  { return filepath.Join(c.PinDir, "maps") }
+func (c Config) linkDir() string { return filepath.Join(c.PinDir, "links") }
+
+// entry is what one service key holds in the kernel now.
+type entry struct {
+	rev   uint32
+	slots []sockaddr.Backend
+	name  string
+}
+
+// Dataplane is the loaded, attached kernel state of one agent instance.
+type Dataplane struct {
+	cfg  Config
+	log  *slog.Logger
+	objs *sockaddr.Objects
+
+	mu      sync.Mutex
+	current map[sockaddr.ServiceKey]entry
+	nextRev uint32
+	links   []link.Link
+
+	syncErrors uint64
+}
+
+// Open loads the programs, adopts maps and links a previous instance pinned
+// in cfg.PinDir, attaches what is not attached yet, and reads back the
+// service state the maps hold. A failed Open leaves no new attachment.
+func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("dataplane: remove memlock limit: %w", err)
+	}
+	if _, err := host.EnsureBPFFS(cfg.PinDir); err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	for _, d := range []string{cfg.mapDir(), cfg.linkDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("dataplane: %w", err)
+		}
+	}
+	objs, err := sockaddr.Load(cfg.mapDir())
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	d := &Dataplane{cfg: cfg, log: log, objs: objs, current: map[sockaddr.ServiceKey]entry{}, nextRev: 1}
+	defer func() {
+		if err != nil {
+			d.Close()
+		}
+	}()
+	if err := d.adopt(); err != nil {
+		return nil, err
+	}
+	if err := d.attach(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// attach links each program to the cgroup. A link pinned by a previous run
+// is updated in place to the new program, atomically: there is no moment
+// without a program, so no connection escapes routing during a restart.
+func (d *Dataplane) attach() error {
+	cg, err := os.Open(d.cfg.Cgroup)
+	if err != nil {
+		return fmt.Errorf("dataplane: open cgroup: %w", err)
+	}
+	defer cg.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(cg.Fd()), &st); err != nil {
+		return fmt.Errorf("dataplane: stat cgroup: %w", err)
+	}
+	for _, a := range sockaddr.Attachments(d.objs) {
+		pin := filepath.Join(d.cfg.linkDir(), a.Name)
+		l, err := link.LoadPinnedLink(pin, nil)
+		switch {
+		case err == nil:
+			info, ierr := l.Info()
+			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != st.Ino {
+				l.Close()
+				return fmt.Errorf("dataplane: %s is attached to another cgroup (id %d) than %s: use another pin directory or clean up", pin, info.Cgroup().CgroupId, d.cfg.Cgroup)
+			}
+			if err := l.Update(a.Program); err != nil {
+				l.Close()
+				return fmt.Errorf("dataplane: update pinned link %s: %w", a.Name, err)
+			}
+			d.log.Debug("adopted link", "program", a.Name)
+		case errors.Is(err, os.ErrNotExist):
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: d.cfg.Cgroup, Attach: a.Type, Program: a.Program})
+			if err != nil {
+				return fmt.Errorf("dataplane: attach %s to %s: %w", a.Name, d.cfg.Cgroup, err)
+			}
+			if err := l.Pin(pin); err != nil {
+				l.Close()
+				return fmt.Errorf("dataplane: pin link %s: %w", a.Name, err)
+			}
+		default:
+			return fmt.Errorf("dataplane: load pinned link %s: %w", a.Name, err)
+		}
+		d.links = append(d.links, l)
+	}
+	return nil
+}
+
+// adopt reads what the pinned maps hold, so the first Sync writes only
+// differences, and drops slots no service points at (left by a run that
+// stopped between writing slots and switching the service).
+func (d *Dataplane) adopt() error {
+	byRev := map[uint32][]struct {
+		slot uint32
+		b    sockaddr.Backend
+	}{}
+	var sk sockaddr.SlotKey
+	var b sockaddr.Backend
+	it := d.objs.SmSlots.Iterate()
+	for it.Next(&sk, &b) {
+		byRev[sk.Rev] = append(byRev[sk.Rev], struct {
+			slot uint32
+			b    sockaddr.Backend
+		}{sk.Slot, b})
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("dataplane: read slots: %w", err)
+	}
+	var key sockaddr.ServiceKey
+	var val sockaddr.ServiceValue
+	used := map[uint32]bool{}
+	sit := d.objs.SmServices.Iterate()
+	for sit.Next(&key, &val) {
+		slots := make([]sockaddr.Backend, val.Slots)
+		for _, s := range byRev[val.Rev] {
+			if s.slot < val.Slots {
+				slots[s.slot] = s.b
+			}
+		}
+		d.current[key] = entry{rev: val.Rev, slots: slots}
+		used[val.Rev] = true
+		d.nextRev = max(d.nextRev, val.Rev+1)
+	}
+	if err := sit.Err(); err != nil {
+		return fmt.Errorf("dataplane: read services: %w", err)
+	}
+	for rev, slots := range byRev {
+		d.nextRev = max(d.nextRev, rev+1)
+		if used[rev] {
+			continue
+		}
+		for _, s := range slots {
+			_ = d.objs.SmSlots.Delete(sockaddr.SlotKey{Rev: rev, Slot: s.slot})
+		}
+	}
+	if len(d.current) > 0 {
+		d.log.Info("adopted kernel state", "services", len(d.current), "pin_dir", d.cfg.PinDir)
+	}
+	return nil
+}
+
+// Sync makes the kernel's service maps equal to desired. Per service, the
+// new backends are written under a fresh revision before the service entry
+// is switched to it, and the old revision is deleted after: a connect sees
+// either the old or the new backend set, never a mix or a gap. Services
+// that fail (e.g. a full map) keep their previous state; the errors are
+// returned together.
+func (d *Dataplane) Sync(desired []Service) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := make(map[sockaddr.ServiceKey]Service, len(desired))
+	var errs []error
+	for _, s := range desired {
+		k := s.key()
+		if _, dup := want[k]; dup {
+			errs = append(errs, fmt.Errorf("%s: listed twice", s))
+			continue
+		}
+		want[k] = s
+	}
+	for k, s := range want {
+		slots, err := Slots(s.Backends)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s, err))
+			continue
+		}
+		cur, ok := d.current[k]
+		if ok && slices.Equal(cur.slots, slots) {
+			if cur.name != s.Name {
+				cur.name = s.Name
+				d.current[k] = cur
+			}
+			continue
+		}
+		if err := d.write(k, slots, s.Name); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", s, err))
+		}
+	}
+	for k, cur := range d.current {
+		if _, ok := want[k]; ok {
+			continue
+		}
+		if err := d.objs.SmServices.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("delete service %s: %w", cur.name, err))
+			continue
+		}
+		d.deleteSlots(cur.rev, len(cur.slots))
+		delete(d.current, k)
+	}
+	if len(errs) > 0 {
+		d.syncErrors += uint64(len(errs))
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, name string) error {
+	rev := d.nextRev
+	d.nextRev++
+	for i, b := range slots {
+		if err := d.objs.SmSlots.Update(sockaddr.SlotKey{Rev: rev, Slot: uint32(i)}, b, ebpf.UpdateNoExist); err != nil {
+			d.deleteSlots(rev, i)
+			return fmt.Errorf("write backend slot (%d of %d): %w", i+1, len(slots), err)
+		}
+	}
+	val := sockaddr.ServiceValue{Rev: rev, Slots: uint32(len(slots))}
+	if err := d.objs.SmServices.Update(k, val, ebpf.UpdateAny); err != nil {
+		d.deleteSlots(rev, len(slots))
+		return fmt.Errorf("write service entry: %w", err)
+	}
+	if old, ok := d.current[k]; ok {
+		d.deleteSlots(old.rev, len(old.slots))
+	}
+	d.current[k] = entry{rev: rev, slots: slots, name: name}
+	return nil
+}
+
+func (d *Dataplane) deleteSlots(rev uint32, n int) {
+	for i := range n {
+		if err := d.objs.SmSlots.Delete(sockaddr.SlotKey{Rev: rev, Slot: uint32(i)}); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			d.log.Warn("delete backend slot", "rev", rev, "slot", i, "err", err)
+		}
+	}
+}
+
+// Close releases this process's handles. Pinned links and maps stay: the
+// routing keeps working while no agent runs, and the next one adopts it.
+func (d *Dataplane) Close() error {
+	for _, l := range d.links {
+		l.Close()
+	}
+	d.links = nil
+	return d.objs.Close()
+}
+
+// Cleanup removes everything an instance pinned under pinDir: its links
+// (which detaches the programs) and its maps. It leaves other instances
+// alone and succeeds when there is nothing to remove.
+func Cleanup(pinDir string) error {
+	var errs []error
+	for _, sub := range []string{"links", "maps"} {
+		dir := filepath.Join(pinDir, sub)
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, e := range entries {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := os.Remove(dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		errs = append(errs, host.ReleaseBPFFS(pinDir))
+	}
+	return errors.Join(errs...)
+}

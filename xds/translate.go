@@ -1,0 +1,277 @@
+package xds
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"time"
+
+	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
+	matcherv3 "github.com/cncf/xds/go/xds/type/matcher/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sockmesh/sockmesh/mesh"
+)
+
+// MetadataKey is the filter_metadata key under which sockmesh puts what
+// xDS has no field for.
+const MetadataKey = "sockmesh"
+
+// Names of the Envoy extensions the translation uses.
+const (
+	tcpProxyFilter = "envoy.filters.network.tcp_proxy"
+	udpProxyFilter = "envoy.filters.udp_listener.udp_proxy"
+)
+
+// Resources is one translation of the mesh, by type.
+type Resources struct {
+	Listeners []types.Resource
+	Clusters  []types.Resource
+	Endpoints []types.Resource
+}
+
+// ClusterName is the Istio-style name of the cluster for one service port:
+// "outbound|PORT||HOST" for TCP; UDP, which Istio does not have, uses the
+// "outbound-udp" direction so the names of a TCP and a UDP port with the same
+// number do not collide.
+func ClusterName(svc *mesh.Service, p mesh.Port, domain string) string {
+	dir := "outbound"
+	if p.Protocol == mesh.UDP {
+		dir = "outbound-udp"
+	}
+	return fmt.Sprintf("%s|%d||%s", dir, p.Port, svc.Hostname(domain))
+}
+
+// ListenerName names the listener of one VIP and port: "VIP_PORT" as Istio
+// names its outbound listeners, with "_udp" appended for UDP.
+func ListenerName(vip netip.Addr, p mesh.Port) string {
+	name := fmt.Sprintf("%s_%d", vip, p.Port)
+	if p.Protocol == mesh.UDP {
+		name += "_udp"
+	}
+	return name
+}
+
+// Translate turns a snapshot of the mesh into Envoy resources. The result
+// depends only on the snapshot's content, in a stable order.
+func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
+	var out Resources
+	for _, svc := range snap.Services {
+		for _, port := range svc.Ports {
+			cluster := ClusterName(svc, port, domain)
+			meta := serviceMetadata(svc, port)
+			out.Clusters = append(out.Clusters, buildCluster(cluster, meta))
+			out.Endpoints = append(out.Endpoints, buildAssignment(cluster, svc, port))
+			for _, vip := range svc.VIPs {
+				l, err := buildListener(vip, port, cluster, meta)
+				if err != nil {
+					return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
+				}
+				out.Listeners = append(out.Listeners, l)
+			}
+		}
+	}
+	return &out, nil
+}
+
+func serviceMetadata(svc *mesh.Service, p mesh.Port) *corev3.Metadata {
+	s, _ := structpb.NewStruct(map[string]any{
+		"service":   svc.Name,
+		"namespace": svc.Namespace,
+		"port":      p.Name,
+		"protocol":  string(p.Protocol),
+	})
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: s}}
+}
+
+func buildCluster(name string, meta *corev3.Metadata) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		ConnectTimeout:       durationpb.New(10 * time.Second),
+		LbPolicy:             clusterv3.Cluster_ROUND_ROBIN,
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{
+			EdsConfig: &corev3.ConfigSource{
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			},
+		},
+		Metadata: meta,
+	}
+}
+
+type localityKey struct{ region, zone string }
+
+func buildAssignment(cluster string, svc *mesh.Service, port mesh.Port) *endpointv3.ClusterLoadAssignment {
+	proto := socketProtocol(port.Protocol)
+	groups := map[localityKey]*endpointv3.LocalityLbEndpoints{}
+	for _, ep := range svc.Endpoints {
+		target, ok := ep.TargetFor(port)
+		if !ok {
+			continue
+		}
+		lk := localityKey{ep.Region, ep.Zone}
+		g := groups[lk]
+		if g == nil {
+			g = &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{Region: ep.Region, Zone: ep.Zone}}
+			groups[lk] = g
+		}
+		weight := max(ep.Weight, 1)
+		lbe := &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: socketAddress(ep.Address, target, proto),
+			}},
+			HealthStatus:        healthStatus(ep),
+			LoadBalancingWeight: wrapperspb.UInt32(weight),
+		}
+		if ep.Node != "" {
+			s, _ := structpb.NewStruct(map[string]any{"node": ep.Node})
+			lbe.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: s}}
+		}
+		g.LbEndpoints = append(g.LbEndpoints, lbe)
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: cluster}
+	for _, lk := range slices.SortedFunc(maps.Keys(groups), func(a, b localityKey) int {
+		return cmp.Or(cmp.Compare(a.region, b.region), cmp.Compare(a.zone, b.zone))
+	}) {
+		g := groups[lk]
+		var total uint32
+		for _, e := range g.LbEndpoints {
+			total += e.GetLoadBalancingWeight().GetValue()
+		}
+		// gRPC's xDS client drops localities without a weight.
+		g.LoadBalancingWeight = wrapperspb.UInt32(max(total, 1))
+		cla.Endpoints = append(cla.Endpoints, g)
+	}
+	return cla
+}
+
+// healthStatus maps Kubernetes endpoint conditions to Envoy's: ready is
+// HEALTHY; serving while terminating is DRAINING (no new connections unless
+// nothing else is left); anything else is UNHEALTHY.
+func healthStatus(ep mesh.Endpoint) corev3.HealthStatus {
+	switch {
+	case ep.Ready && !ep.Terminating:
+		return corev3.HealthStatus_HEALTHY
+	case ep.Serving && ep.Terminating:
+		return corev3.HealthStatus_DRAINING
+	default:
+		return corev3.HealthStatus_UNHEALTHY
+	}
+}
+
+func socketProtocol(p mesh.Protocol) corev3.SocketAddress_Protocol {
+	if p == mesh.UDP {
+		return corev3.SocketAddress_UDP
+	}
+	return corev3.SocketAddress_TCP
+}
+
+func socketAddress(a netip.Addr, port uint16, proto corev3.SocketAddress_Protocol) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Protocol:      proto,
+		Address:       a.String(),
+		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+func buildListener(vip netip.Addr, port mesh.Port, cluster string, meta *corev3.Metadata) (*listenerv3.Listener, error) {
+	l := &listenerv3.Listener{
+		Name:             ListenerName(vip, port),
+		Address:          socketAddress(vip, port.Port, socketProtocol(port.Protocol)),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		// Like Istio's outbound VIP listeners: traffic reaches them by
+		// capture, never by a bind on the VIP.
+		BindToPort: wrapperspb.Bool(false),
+		Metadata:   meta,
+	}
+	if port.Protocol == mesh.UDP {
+		route, err := anypb.New(&udpproxyv3.Route{Cluster: cluster})
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := anypb.New(&udpproxyv3.UdpProxyConfig{
+			StatPrefix: cluster,
+			RouteSpecifier: &udpproxyv3.UdpProxyConfig_Matcher{Matcher: &matcherv3.Matcher{
+				OnNoMatch: &matcherv3.Matcher_OnMatch{OnMatch: &matcherv3.Matcher_OnMatch_Action{
+					Action: &xdscorev3.TypedExtensionConfig{Name: "route", TypedConfig: route},
+				}},
+			}},
+		})
+		if err != nil {
+			return nil, err
+		}
+		l.UdpListenerConfig = &listenerv3.UdpListenerConfig{}
+		l.ListenerFilters = []*listenerv3.ListenerFilter{{
+			Name:       udpProxyFilter,
+			ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: cfg},
+		}}
+		return l, nil
+	}
+	cfg, err := anypb.New(&tcpproxyv3.TcpProxy{
+		StatPrefix:       cluster,
+		ClusterSpecifier: &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
+	})
+	if err != nil {
+		return nil, err
+	}
+	l.FilterChains = []*listenerv3.FilterChain{{
+		Filters: []*listenerv3.Filter{{
+			Name:       tcpProxyFilter,
+			ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: cfg},
+		}},
+	}}
+	return l, nil
+}
+
+// Snapshot builds a go-control-plane snapshot from resources. Each type's
+// version is a hash of its content, so it changes only when content does.
+func (r *Resources) Snapshot() (*cachev3.Snapshot, error) {
+	snap := &cachev3.Snapshot{}
+	for typ, items := range map[types.ResponseType][]types.Resource{
+		types.Listener: r.Listeners,
+		types.Cluster:  r.Clusters,
+		types.Endpoint: r.Endpoints,
+	} {
+		v, err := contentVersion(items)
+		if err != nil {
+			return nil, err
+		}
+		snap.Resources[typ] = cachev3.NewResources(v, items)
+	}
+	if err := snap.Consistent(); err != nil {
+		return nil, fmt.Errorf("inconsistent snapshot: %w", err)
+	}
+	return snap, nil
+}
+
+// contentVersion hashes the deterministic encoding of items.
+func contentVersion(items []types.Resource) (string, error) {
+	h := sha256.New()
+	opts := proto.MarshalOptions{Deterministic: true}
+	for _, it := range items {
+		b, err := opts.Marshal(it)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%d:", len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
