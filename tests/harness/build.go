@@ -1,0 +1,56 @@
+package harness
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+)
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Binaries builds sockmesh and podbin once per test process and returns
+// their paths.
+func Binaries() (sockmesh, podbin string, err error) {
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "sockmesh-bin-")
+		if buildErr != nil {
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		for _, pkg := range []string{"./cmd/sockmesh", "./tests/podbin"} {
+			cmd := exec.Command("go", "build", "-o", buildDir+"/", pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+				return
+			}
+		}
+	})
+	return filepath.Join(buildDir, "sockmesh"), filepath.Join(buildDir, "podbin"), buildErr
+}
+
+func moduleRoot() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", fmt.Errorf("cannot locate the module")
+	}
+	return filepath.Abs(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// RemoveBinaries deletes what Binaries built; call it from TestMain.
+func RemoveBinaries() {
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+}

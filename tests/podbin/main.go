@@ -1,0 +1,212 @@
+// Command podbin is the workload the end-to-end tests and benchmarks run in
+// their pods: a TCP/UDP server that names itself, and a client that reports
+// what it reached and what the kernel showed it, as JSON.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: podbin serve|dial [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "dial":
+		err = dial(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "podbin:", err)
+		os.Exit(1)
+	}
+}
+
+// serve answers every TCP connection with "ID\n" and then echoes, and every
+// UDP datagram with "ID payload".
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	id := fs.String("id", "", "name to answer with")
+	var tcp, udp multi
+	fs.Var(&tcp, "tcp", "TCP address to listen on (repeatable)")
+	fs.Var(&udp, "udp", "UDP address to listen on (repeatable)")
+	fs.Parse(args)
+	for _, a := range tcp {
+		l, err := net.Listen("tcp", a)
+		if err != nil {
+			return err
+		}
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					fmt.Fprintf(c, "%s\n", *id)
+					io.Copy(c, c)
+				}()
+			}
+		}()
+	}
+	for _, a := range udp {
+		pc, err := net.ListenPacket("udp", a)
+		if err != nil {
+			return err
+		}
+		go func() {
+			buf := make([]byte, 64*1024)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				pc.WriteTo([]byte(*id+" "+string(buf[:n])), from)
+			}
+		}()
+	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
+}
+
+// Result is what dial prints.
+type Result struct {
+	// Servers counts answers by server ID.
+	Servers map[string]int `json:"servers"`
+	// Peers counts the peer addresses the kernel reported (getpeername for
+	// TCP and connected UDP, the datagram source for unconnected UDP).
+	Peers map[string]int `json:"peers"`
+	// Errors counts failures by message.
+	Errors map[string]int `json:"errors"`
+}
+
+func dial(args []string) error {
+	fs := flag.NewFlagSet("dial", flag.ExitOnError)
+	addr := fs.String("addr", "", "host:port to reach")
+	proto := fs.String("proto", "tcp", "tcp, udp (connected) or udp-unconnected")
+	n := fs.Int("n", 1, "connections (or datagrams) to make")
+	timeout := fs.Duration("timeout", 2*time.Second, "per attempt")
+	fs.Parse(args)
+	res := Result{Servers: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
+	for i := 0; i < *n; i++ {
+		id, peer, err := once(*proto, *addr, *timeout, i)
+		if err != nil {
+			res.Errors[errText(err)]++
+			continue
+		}
+		res.Servers[id]++
+		res.Peers[peer]++
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func once(proto, addr string, timeout time.Duration, i int) (id, peer string, err error) {
+	deadline := time.Now().Add(timeout)
+	switch proto {
+	case "tcp":
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return "", "", err
+		}
+		defer c.Close()
+		c.SetDeadline(deadline)
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			return "", "", err
+		}
+		return strings.TrimSpace(line), c.RemoteAddr().String(), nil
+	case "udp":
+		c, err := net.DialTimeout("udp", addr, timeout)
+		if err != nil {
+			return "", "", err
+		}
+		defer c.Close()
+		c.SetDeadline(deadline)
+		msg := fmt.Sprintf("ping-%d", i)
+		if _, err := c.Write([]byte(msg)); err != nil {
+			return "", "", err
+		}
+		buf := make([]byte, 1500)
+		k, err := c.Read(buf)
+		if err != nil {
+			return "", "", err
+		}
+		return udpID(buf[:k], msg), c.RemoteAddr().String(), nil
+	case "udp-unconnected":
+		raddr, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return "", "", err
+		}
+		pc, err := net.ListenPacket("udp", ":0")
+		if err != nil {
+			return "", "", err
+		}
+		defer pc.Close()
+		pc.SetDeadline(deadline)
+		msg := fmt.Sprintf("ping-%d", i)
+		if _, err := pc.WriteTo([]byte(msg), raddr); err != nil {
+			return "", "", err
+		}
+		buf := make([]byte, 1500)
+		k, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return "", "", err
+		}
+		// Normalise ::ffff:a.b.c.d (dual-stack socket) to a.b.c.d.
+		ap := from.(*net.UDPAddr).AddrPort()
+		return udpID(buf[:k], msg), netipUnmap(ap).String(), nil
+	}
+	return "", "", fmt.Errorf("unknown proto %q", proto)
+}
+
+func udpID(b []byte, msg string) string {
+	id, payload, _ := strings.Cut(string(b), " ")
+	if payload != msg {
+		return "bad-echo"
+	}
+	return id
+}
+
+// errText reduces an error to its syscall errno where there is one, so
+// results group by cause ("connection refused", "network is unreachable").
+func errText(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return "timeout"
+	}
+	return err.Error()
+}
+
+type multi []string
+
+func (m *multi) String() string     { return strings.Join(*m, ",") }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
+
+func netipUnmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

@@ -1,0 +1,256 @@
+package tests
+
+import (
+	"math"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sockmesh/sockmesh/internal/testutil"
+	"github.com/sockmesh/sockmesh/tests/harness"
+)
+
+const (
+	vip4 = "10.96.7.10"
+	vip6 = "fd96::7:10"
+)
+
+// routingWorld is a topology with a client pod, two backend pods serving
+// TCP 8080 and UDP 5353, an unmeshed pod, and sockmesh routing web/dns.
+type routingWorld struct {
+	tp          *harness.Topology
+	client      *harness.Pod
+	outsider    *harness.Pod
+	be1, be2    *harness.Pod
+	sm          *harness.Sockmesh
+	meshFile    string
+	backendYAML func(addrs4, addrs6 []string) string
+}
+
+func newRoutingWorld(t *testing.T) *routingWorld {
+	t.Helper()
+	testutil.Privileged(t)
+	tp := harness.New(t)
+	w := &routingWorld{tp: tp}
+	w.client = tp.Pod("client", true)
+	w.outsider = tp.Pod("outsider", false)
+	w.be1 = tp.Pod("be1", true)
+	w.be2 = tp.Pod("be2", true)
+	w.be1.Serve("be1", []int{8080}, []int{5353})
+	w.be2.Serve("be2", []int{8080}, []int{5353})
+	w.backendYAML = func(addrs4, addrs6 []string) string {
+		parts := []string{
+			svc("web", []string{vip4, vip6}, "http:80/TCP", "dns:53/UDP"),
+			slice("web-v4", "web", "IPv4", 0, addrs4, "http:8080/TCP", "dns:5353/UDP"),
+		}
+		if len(addrs6) > 0 {
+			parts = append(parts, slice("web-v6", "web", "IPv6", 0, addrs6, "http:8080/TCP", "dns:5353/UDP"))
+		}
+		return docs(parts...)
+	}
+	w.meshFile = filepath.Join(t.TempDir(), "mesh.yaml")
+	writeMesh(t, w.meshFile, w.backendYAML(
+		[]string{w.be1.IP4.String(), w.be2.IP4.String()},
+		[]string{w.be1.IP6.String(), w.be2.IP6.String()}))
+	w.sm = tp.StartSockmesh("-f", w.meshFile)
+	return w
+}
+
+func TestTCPThroughVIP(t *testing.T) {
+	w := newRoutingWorld(t)
+	res := w.client.Dial("tcp", vip4+":80", 50)
+	if len(res.Errors) > 0 {
+		t.Fatalf("errors: %v", res.Errors)
+	}
+	if res.Servers["be1"]+res.Servers["be2"] != 50 {
+		t.Fatalf("answers %v, want 50 from be1/be2", res.Servers)
+	}
+	// getpeername shows the VIP, never the backend.
+	if res.Peers[vip4+":80"] != 50 {
+		t.Fatalf("peer addresses %v, want only %s:80", res.Peers, vip4)
+	}
+}
+
+func TestIPv6VIP(t *testing.T) {
+	w := newRoutingWorld(t)
+	res := w.client.Dial("tcp", "["+vip6+"]:80", 20)
+	if len(res.Errors) > 0 || res.Servers["be1"]+res.Servers["be2"] != 20 {
+		t.Fatalf("answers %v errors %v", res.Servers, res.Errors)
+	}
+	if want := "[" + vip6 + "]:80"; res.Peers[want] != 20 {
+		t.Fatalf("peer addresses %v, want only %s", res.Peers, want)
+	}
+	res = w.client.Dial("udp-unconnected", "["+vip6+"]:53", 10)
+	if len(res.Errors) > 0 || res.Peers["["+vip6+"]:53"] != 10 {
+		t.Fatalf("udp6: answers %v peers %v errors %v", res.Servers, res.Peers, res.Errors)
+	}
+}
+
+func TestUDPThroughVIPSeesVIPAsSource(t *testing.T) {
+	w := newRoutingWorld(t)
+	for _, proto := range []string{"udp", "udp-unconnected"} {
+		res := w.client.Dial(proto, vip4+":53", 20)
+		if len(res.Errors) > 0 {
+			t.Fatalf("%s: errors %v", proto, res.Errors)
+		}
+		if res.Servers["be1"]+res.Servers["be2"] != 20 {
+			t.Fatalf("%s: answers %v", proto, res.Servers)
+		}
+		if res.Peers[vip4+":53"] != 20 {
+			t.Fatalf("%s: replies came from %v, want only %s:53", proto, res.Peers, vip4)
+		}
+	}
+}
+
+func TestOutsideAndNonVIPUntouched(t *testing.T) {
+	w := newRoutingWorld(t)
+	// A pod outside the attach cgroup is not routed: the VIP has no route
+	// in the pod, so the connect fails locally.
+	res := w.outsider.Dial("tcp", vip4+":80", 3)
+	if res.Errors["network is unreachable"] != 3 {
+		t.Fatalf("outsider reached %v, errors %v; want network is unreachable", res.Servers, res.Errors)
+	}
+	// A meshed pod connecting to a backend's own address goes there
+	// directly, and sees that address.
+	direct := w.be2.IP4.String() + ":8080"
+	res = w.client.Dial("tcp", direct, 10)
+	if res.Servers["be2"] != 10 || res.Peers[direct] != 10 {
+		t.Fatalf("direct: answers %v peers %v errors %v", res.Servers, res.Peers, res.Errors)
+	}
+	// A VIP port that is not a service port is not translated either.
+	res = w.client.Dial("tcp", vip4+":81", 2)
+	if res.Errors["network is unreachable"] != 2 {
+		t.Fatalf("vip:81: answers %v errors %v", res.Servers, res.Errors)
+	}
+}
+
+func TestWeightsHold(t *testing.T) {
+	testutil.Privileged(t)
+	tp := harness.New(t)
+	client := tp.Pod("client", true)
+	light, heavy := tp.Pod("light", true), tp.Pod("heavy", true)
+	light.Serve("light", []int{8080}, nil)
+	heavy.Serve("heavy", []int{8080}, nil)
+	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
+	writeMesh(t, mesh, docs(
+		svc("weighted", []string{vip4}, "http:80/TCP"),
+		slice("weighted-light", "weighted", "IPv4", 1, []string{light.IP4.String()}, "http:8080/TCP"),
+		slice("weighted-heavy", "weighted", "IPv4", 3, []string{heavy.IP4.String()}, "http:8080/TCP"),
+	))
+	tp.StartSockmesh("-f", mesh)
+
+	const n = 2000
+	res := client.Dial("tcp", vip4+":80", n)
+	if len(res.Errors) > 0 {
+		t.Fatalf("errors: %v", res.Errors)
+	}
+	// Expected share of "heavy" is 3/4. Allow 4 standard deviations of a
+	// binomial(n, 0.75): a correct implementation fails about once in
+	// 16,000 runs; a uniform choice (0.5) is 20 deviations away.
+	p := 0.75
+	sd := math.Sqrt(n * p * (1 - p))
+	got := float64(res.Servers["heavy"])
+	if math.Abs(got-n*p) > 4*sd {
+		t.Fatalf("heavy got %v of %d connections, want %v ± %.0f (weights 1:3)", got, n, n*p, 4*sd)
+	}
+	t.Logf("weights 1:3 over %d connections: light=%d heavy=%d (heavy share %.3f)", n, res.Servers["light"], res.Servers["heavy"], got/n)
+}
+
+func TestEndpointChangesFollowTheFile(t *testing.T) {
+	w := newRoutingWorld(t)
+	be1, be2 := w.be1.IP4.String(), w.be2.IP4.String()
+
+	// Remove be2: new connections stop reaching it within 1 s.
+	start := time.Now()
+	writeMesh(t, w.meshFile, w.backendYAML([]string{be1}, nil))
+	stoppedAfter := waitFor(t, 3*time.Second, func() bool {
+		return w.client.Dial("tcp", vip4+":80", 20).Servers["be2"] == 0
+	})
+	if took := stoppedAfter.Sub(start); took > time.Second {
+		t.Errorf("be2 still reached %v after it was removed, want < 1s", took)
+	} else {
+		t.Logf("removal took effect within %v", took)
+	}
+	if res := w.client.Dial("tcp", vip4+":80", 200); res.Servers["be1"] != 200 {
+		t.Fatalf("after removing be2: %v errors %v", res.Servers, res.Errors)
+	}
+
+	// Add it back: it is used again.
+	writeMesh(t, w.meshFile, w.backendYAML([]string{be1, be2}, nil))
+	waitFor(t, 3*time.Second, func() bool {
+		return w.client.Dial("tcp", vip4+":80", 20).Servers["be2"] > 0
+	})
+
+	// A service with no ready endpoint refuses connections.
+	writeMesh(t, w.meshFile, w.backendYAML(nil, nil))
+	waitFor(t, 3*time.Second, func() bool {
+		return w.client.Dial("tcp", vip4+":80", 1).Errors["connection refused"] == 1
+	})
+
+	// Deleting the service makes the VIP behave as without a mesh.
+	writeMesh(t, w.meshFile, svc("other", []string{"10.96.7.99"}, "http:80/TCP"))
+	waitFor(t, 3*time.Second, func() bool {
+		return w.client.Dial("tcp", vip4+":80", 1).Errors["network is unreachable"] == 1
+	})
+
+	// A broken edit is rejected and the last good state keeps serving.
+	writeMesh(t, w.meshFile, w.backendYAML([]string{be1}, nil))
+	waitFor(t, 3*time.Second, func() bool { return w.client.Dial("tcp", vip4+":80", 1).Servers["be1"] == 1 })
+	writeMesh(t, w.meshFile, "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.7.10\n  ports: [{port: 70000}]\n")
+	time.Sleep(500 * time.Millisecond)
+	if res := w.client.Dial("tcp", vip4+":80", 20); res.Servers["be1"] != 20 {
+		t.Fatalf("after a bad edit: %v errors %v, want the last good state", res.Servers, res.Errors)
+	}
+	if out := w.sm.Output(); !contains(out, "spec.ports[0].port") {
+		t.Errorf("the bad edit was not reported with its field; log:\n%s", out)
+	}
+}
+
+func TestStateSurvivesAgentRestart(t *testing.T) {
+	w := newRoutingWorld(t)
+	w.sm.Stop()
+	// No agent runs: the pinned programs and maps keep routing.
+	if res := w.client.Dial("tcp", vip4+":80", 20); res.Servers["be1"]+res.Servers["be2"] != 20 {
+		t.Fatalf("without the agent: %v errors %v", res.Servers, res.Errors)
+	}
+	sm := w.sm.Restart("-f", w.meshFile)
+	if res := w.client.Dial("tcp", vip4+":80", 20); res.Servers["be1"]+res.Servers["be2"] != 20 {
+		t.Fatalf("after restart: %v errors %v", res.Servers, res.Errors)
+	}
+	if !contains(sm.Output(), "adopted kernel state") {
+		t.Errorf("restarted agent did not adopt the pinned state; log:\n%s", sm.Output())
+	}
+}
+
+// TestUpWithEmbeddedExample drives `sockmesh up` as the README does: no
+// mesh file, the embedded example (web 10.96.0.10:80 -> 127.0.0.1:8080,
+// 127.0.0.2:8080).
+func TestUpWithEmbeddedExample(t *testing.T) {
+	testutil.Privileged(t)
+	tp := harness.New(t)
+	pod := tp.Pod("app", true)
+	pod.Serve("local-web", []int{8080}, nil)
+	tp.StartSockmesh()
+	res := pod.Dial("tcp", "10.96.0.10:80", 10)
+	if res.Servers["local-web"] != 10 || res.Peers["10.96.0.10:80"] != 10 {
+		t.Fatalf("answers %v peers %v errors %v", res.Servers, res.Peers, res.Errors)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, cond func() bool) time.Time {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return time.Now()
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
