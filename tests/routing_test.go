@@ -253,4 +253,3 @@ func waitFor(t *testing.T, timeout time.Duration, cond func() bool) time.Time {
 }
 
 func contains(s, sub string) bool { return strings.Contains(s, sub) }
-
