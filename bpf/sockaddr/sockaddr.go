@@ -150,8 +150,7 @@ type Stats struct {
 // ReadStats sums the per-CPU counters of the sm_stats map.
 func ReadStats(m *ebpf.Map) (Stats, error) {
 	var s Stats
-	dst := []*uint64{&s.Translated, &s.NoBackend, &s.SlotMiss, &s.Reversed, &s.UDPReverseErr}
-	for i, p := range dst {
+	for i, p := range statFields(&s) {
 		var per []uint64
 		if err := m.Lookup(uint32(i), &per); err != nil {
 			return s, fmt.Errorf("read stat %d: %w", i, err)
@@ -161,4 +160,15 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 		}
 	}
 	return s, nil
+}
+
+// statFields lists s's counters in the order of the program's enum stat.
+func statFields(s *Stats) []*uint64 {
+	return []*uint64{
+		bpfStatSTAT_TRANSLATED:   &s.Translated,
+		bpfStatSTAT_NO_BACKEND:   &s.NoBackend,
+		bpfStatSTAT_SLOT_MISS:    &s.SlotMiss,
+		bpfStatSTAT_REVERSED:     &s.Reversed,
+		bpfStatSTAT_UDP_REV_FULL: &s.UDPReverseErr,
+	}
 }

@@ -15,6 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
 	"github.com/sockmesh/sockmesh/mesh"
@@ -136,8 +137,8 @@ func (p *parsed) add(doc document) error {
 	switch {
 	case tm.APIVersion == "v1" && tm.Kind == "Service":
 		var svc corev1.Service
-		if err := yaml.UnmarshalStrict(doc.data, &svc); err != nil {
-			return &Error{File: doc.file, Line: doc.line, Object: "Service", Msg: cleanDecodeError(err)}
+		if err := decodeStrict(doc.data, &svc); err != nil {
+			return &Error{File: doc.file, Line: doc.line, Object: "Service", Msg: err.Error()}
 		}
 		s, err := serviceFrom(doc, &svc)
 		if err != nil {
@@ -146,8 +147,8 @@ func (p *parsed) add(doc document) error {
 		p.services = append(p.services, s)
 	case tm.APIVersion == "discovery.k8s.io/v1" && tm.Kind == "EndpointSlice":
 		var es discoveryv1.EndpointSlice
-		if err := yaml.UnmarshalStrict(doc.data, &es); err != nil {
-			return &Error{File: doc.file, Line: doc.line, Object: "EndpointSlice", Msg: cleanDecodeError(err)}
+		if err := decodeStrict(doc.data, &es); err != nil {
+			return &Error{File: doc.file, Line: doc.line, Object: "EndpointSlice", Msg: err.Error()}
 		}
 		if es.Namespace == "" {
 			es.Namespace = "default"
@@ -161,14 +162,18 @@ func (p *parsed) add(doc document) error {
 	return nil
 }
 
-// cleanDecodeError drops the decoder's layers of "error unmarshaling JSON:"
-// prefixes, which say nothing to a user.
-func cleanDecodeError(err error) string {
-	msg := err.Error()
-	for _, prefix := range []string{"error unmarshaling JSON: ", "while decoding JSON: ", "json: "} {
-		msg = strings.ReplaceAll(msg, prefix, "")
+// decodeStrict decodes a YAML document into v the way the API server does:
+// unknown and duplicate fields are errors that name the field's path.
+func decodeStrict(data []byte, v any) error {
+	js, err := yaml.YAMLToJSON(data)
+	if err != nil {
+		return fmt.Errorf("invalid YAML: %w", err)
 	}
-	return msg
+	strict, err := kjson.UnmarshalStrict(js, v, kjson.DisallowDuplicateFields, kjson.DisallowUnknownFields)
+	if err != nil {
+		return err
+	}
+	return errors.Join(strict...)
 }
 
 func serviceFrom(doc document, svc *corev1.Service) (*mesh.Service, error) {
