@@ -118,4 +118,3 @@ func TestDesiredRejectsMalformed(t *testing.T) {
 		t.Fatal("malformed listener accepted")
 	}
 }
-
