@@ -51,16 +51,40 @@ type Source struct {
 	reg *mesh.Registry
 	log *slog.Logger
 
+	watcher *fsnotify.Watcher
+
 	mu      sync.Mutex
 	lastErr error
+	loaded  bool
 }
 
-// New returns a source that will feed reg.
+// New returns a source that will feed reg. It starts watching the files at
+// once, so nothing written after New returns is missed, even before Run.
 func New(cfg Config, reg *mesh.Registry, log *slog.Logger) (*Source, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Source{cfg: cfg, reg: reg, log: log}, nil
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("file source: watch: %w", err)
+	}
+	// Watch directories, not files: editors replace files by rename, which
+	// ends a watch on the file itself.
+	dirs := map[string]bool{}
+	for _, p := range cfg.Paths {
+		dir := p
+		if st, err := os.Stat(p); err != nil || !st.IsDir() {
+			dir = filepath.Dir(p)
+		}
+		if !dirs[dir] {
+			if err := w.Add(dir); err != nil {
+				w.Close()
+				return nil, fmt.Errorf("file source: watch %s: %w", dir, err)
+			}
+			dirs[dir] = true
+		}
+	}
+	return &Source{cfg: cfg, reg: reg, log: log, watcher: w}, nil
 }
 
 // Err returns the problem with the files as last read, or nil when they were
@@ -83,36 +107,24 @@ func (s *Source) Load() error {
 	}
 	s.mu.Lock()
 	s.lastErr = err
+	s.loaded = s.loaded || err == nil
 	s.mu.Unlock()
 	return err
 }
 
-// Run loads the files, then reloads them whenever they change until ctx
-// ends. The first load must succeed; later failures are logged and the last
-// good state stays in the registry.
+// Run loads the files unless Load already succeeded, then reloads them
+// whenever they change until ctx ends. The first load must succeed; later
+// failures are logged and the last good state stays in the registry.
 func (s *Source) Run(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("file source: watch: %w", err)
-	}
+	w := s.watcher
 	defer w.Close()
-	// Watch directories, not files: editors replace files by rename, which
-	// ends a watch on the file itself.
-	dirs := map[string]bool{}
-	for _, p := range s.cfg.Paths {
-		dir := p
-		if st, err := os.Stat(p); err != nil || !st.IsDir() {
-			dir = filepath.Dir(p)
+	s.mu.Lock()
+	loaded := s.loaded
+	s.mu.Unlock()
+	if !loaded {
+		if err := s.Load(); err != nil {
+			return fmt.Errorf("file source: %w", err)
 		}
-		if !dirs[dir] {
-			if err := w.Add(dir); err != nil {
-				return fmt.Errorf("file source: watch %s: %w", dir, err)
-			}
-			dirs[dir] = true
-		}
-	}
-	if err := s.Load(); err != nil {
-		return fmt.Errorf("file source: %w", err)
 	}
 	s.log.Info("mesh files loaded", "paths", s.cfg.Paths, "version", s.reg.Snapshot().Version)
 

@@ -23,6 +23,9 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
+// maxMessage is the largest xDS response accepted.
+const maxMessage = 512 << 20
+
 // Config configures the client.
 type Config struct {
 	// Address of the control plane's xDS port, host:port.
@@ -143,7 +146,11 @@ func (c *Client) State() *State {
 // with backoff. Accepted state survives reconnects: on a new stream the
 // client tells the server what it has, so removals made meanwhile arrive.
 func (c *Client) Run(ctx context.Context) error {
-	conn, err := grpc.NewClient(c.cfg.Address, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(c.cfg.Address,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		// A mesh of 10,000 services is ~5 MB of listeners in one response;
+		// gRPC's default 4 MB limit would make the agent reconnect forever.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxMessage)))
 	if err != nil {
 		return fmt.Errorf("xdsclient: %w", err)
 	}

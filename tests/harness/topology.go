@@ -231,11 +231,20 @@ type DialResult struct {
 // to addr with podbin and returns what they reached.
 func (p *Pod) Dial(proto, addr string, n int) DialResult {
 	p.tp.t.Helper()
+	var res DialResult
+	p.RunJSON(&res, "dial", "-proto", proto, "-addr", addr, "-n", strconv.Itoa(n), "-timeout", "2s")
+	return res
+}
+
+// RunJSON runs podbin with args in the pod to completion and decodes its
+// JSON output into v.
+func (p *Pod) RunJSON(v any, args ...string) {
+	p.tp.t.Helper()
 	_, podbin, err := Binaries()
 	if err != nil {
 		p.tp.t.Fatal(err)
 	}
-	cmd, done, err := p.command(podbin, "dial", "-proto", proto, "-addr", addr, "-n", strconv.Itoa(n), "-timeout", "2s")
+	cmd, done, err := p.command(podbin, args...)
 	if err != nil {
 		p.tp.t.Fatal(err)
 	}
@@ -244,13 +253,19 @@ func (p *Pod) Dial(proto, addr string, n int) DialResult {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		p.tp.t.Fatalf("dial %s %s from %s: %v\n%s", proto, addr, p.Name, err, stderr.String())
+		p.tp.t.Fatalf("podbin %s in %s: %v\n%s", strings.Join(args, " "), p.Name, err, stderr.String())
 	}
-	var res DialResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		p.tp.t.Fatalf("dial output %q: %v", out, err)
+	if err := json.Unmarshal(out, v); err != nil {
+		p.tp.t.Fatalf("podbin %s output %q: %v", args[0], out, err)
 	}
-	return res
+}
+
+// Sysctl sets a per-namespace sysctl in the pod.
+func (p *Pod) Sysctl(key, value string) {
+	p.tp.t.Helper()
+	if out, err := exec.Command("ip", "netns", "exec", p.NS, "sysctl", "-qw", key+"="+value).CombinedOutput(); err != nil {
+		p.tp.t.Fatalf("sysctl %s in %s: %v\n%s", key, p.Name, err, out)
+	}
 }
 
 // start runs a process and waits for a line containing want on its output.

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -30,6 +31,10 @@ func main() {
 		err = serve(os.Args[2:])
 	case "dial":
 		err = dial(os.Args[2:])
+	case "rr":
+		err = requestResponse(os.Args[2:])
+	case "connect":
+		err = connectRate(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -209,4 +214,85 @@ func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
 func netipUnmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// RRResult is what rr prints: request/response over one TCP connection.
+type RRResult struct {
+	Ops     int     `json:"ops"`
+	OpsPerS float64 `json:"opsPerS"`
+	P50us   float64 `json:"p50us"`
+	P99us   float64 `json:"p99us"`
+}
+
+// requestResponse connects once, then sends size bytes and waits for the
+// echo n times, timing each round trip.
+func requestResponse(args []string) error {
+	fs := flag.NewFlagSet("rr", flag.ExitOnError)
+	addr := fs.String("addr", "", "host:port of a podbin server")
+	n := fs.Int("n", 10000, "round trips")
+	size := fs.Int("size", 1, "bytes per request")
+	fs.Parse(args)
+	c, err := net.Dial("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	if _, err := r.ReadString('\n'); err != nil {
+		return err
+	}
+	req, resp := make([]byte, *size), make([]byte, *size)
+	lat := make([]time.Duration, *n)
+	start := time.Now()
+	for i := range lat {
+		t0 := time.Now()
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(r, resp); err != nil {
+			return err
+		}
+		lat[i] = time.Since(t0)
+	}
+	total := time.Since(start)
+	slices.Sort(lat)
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	return json.NewEncoder(os.Stdout).Encode(RRResult{
+		Ops: *n, OpsPerS: float64(*n) / total.Seconds(),
+		P50us: us(lat[len(lat)/2]), P99us: us(lat[len(lat)*99/100]),
+	})
+}
+
+// ConnectResult is what connect prints.
+type ConnectResult struct {
+	Conns     int     `json:"conns"`
+	ConnsPerS float64 `json:"connsPerS"`
+	Errors    int     `json:"errors"`
+}
+
+// connectRate opens, uses (reads the server's first line) and closes
+// connections one after another for a fixed time.
+func connectRate(args []string) error {
+	fs := flag.NewFlagSet("connect", flag.ExitOnError)
+	addr := fs.String("addr", "", "host:port of a podbin server")
+	d := fs.Duration("duration", time.Second, "how long")
+	fs.Parse(args)
+	var res ConnectResult
+	buf := make([]byte, 256)
+	start := time.Now()
+	for time.Since(start) < *d {
+		c, err := net.Dial("tcp", *addr)
+		if err != nil {
+			res.Errors++
+			continue
+		}
+		if _, err := c.Read(buf); err != nil {
+			res.Errors++
+		} else {
+			res.Conns++
+		}
+		c.Close()
+	}
+	res.ConnsPerS = float64(res.Conns) / time.Since(start).Seconds()
+	return json.NewEncoder(os.Stdout).Encode(res)
 }

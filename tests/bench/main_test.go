@@ -1,0 +1,14 @@
+package bench
+
+import (
+	"os"
+	"testing"
+
+	"github.com/sockmesh/sockmesh/tests/harness"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	harness.RemoveBinaries()
+	os.Exit(code)
+}
