@@ -48,7 +48,7 @@ func Checks() []Check {
 		{"socket local storage", true, "getpeername and connected UDP cannot show the VIP", mapT(ebpf.SkStorage)},
 		{"bpf_set_retval in sock_addr", true, "a service without backends cannot be refused cleanly", helper(ebpf.CGroupSockAddr, asm.FnSetRetval)},
 		{"sockaddr programs pass the verifier", true, "no service routing", func() error {
-			objs, err := sockaddr.Load("")
+			objs, err := sockaddr.Load(sockaddr.LoadOptions{})
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,9 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -39,17 +42,23 @@ type Config struct {
 	// AdminAddress serves /ready, /healthz, /config_dump and /maps. Keep it
 	// on loopback: it shows the whole configuration.
 	AdminAddress string
+	// MetricsAddress serves Prometheus metrics at /metrics (Istio's agent
+	// port); empty disables it.
+	MetricsAddress string
 	// Region and Zone are the node's locality.
 	Region, Zone string
+	// MaxServices and MaxSlots size the kernel's service maps (0: defaults).
+	MaxServices, MaxSlots uint32
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
-		XDSAddress:   "127.0.0.1:15010",
-		Cluster:      "Kubernetes",
-		PinDir:       "/sys/fs/bpf/sockmesh",
-		AdminAddress: "127.0.0.1:15000",
+		XDSAddress:     "127.0.0.1:15010",
+		Cluster:        "Kubernetes",
+		PinDir:         "/sys/fs/bpf/sockmesh",
+		AdminAddress:   "127.0.0.1:15000",
+		MetricsAddress: ":15020",
 	}
 }
 
@@ -65,9 +74,12 @@ func (c Config) Validate() error {
 	if c.PinDir == "" {
 		errs = append(errs, errors.New("agent: empty pin directory"))
 	}
-	if c.AdminAddress != "" {
-		if _, _, err := net.SplitHostPort(c.AdminAddress); err != nil {
-			errs = append(errs, fmt.Errorf("agent: admin address %q: %w", c.AdminAddress, err))
+	for flag, addr := range map[string]string{"admin": c.AdminAddress, "metrics": c.MetricsAddress} {
+		if addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("agent: %s address %q: %w", flag, addr, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -114,7 +126,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	dp, err := dataplane.Open(dataplane.Config{PinDir: a.cfg.PinDir, Cgroup: cg}, a.log)
+	dp, err := dataplane.Open(dataplane.Config{PinDir: a.cfg.PinDir, Cgroup: cg, MaxServices: a.cfg.MaxServices, MaxSlots: a.cfg.MaxSlots}, a.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -148,6 +160,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return client.Run(ctx) })
 	if a.cfg.AdminAddress != "" {
 		g.Go(func() error { return a.serveAdmin(ctx) })
+	}
+	if a.cfg.MetricsAddress != "" {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(newCollector(a), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		g.Go(func() error { return serveHTTP(ctx, a.cfg.MetricsAddress, mux, a.log) })
 	}
 	return g.Wait()
 }
@@ -183,10 +202,24 @@ func (a *Agent) serveAdmin(ctx context.Context) error {
 		}
 		lis = a.adminLis
 	}
-	srv := &http.Server{Handler: a.adminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	a.log.Info("admin serving", "address", lis.Addr().String())
+	return serveOn(ctx, lis, a.adminHandler())
+}
+
+func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("agent: listen %s: %w", addr, err)
+	}
+	log.Info("metrics serving", "address", lis.Addr().String())
+	return serveOn(ctx, lis, h)
+}
+
+// serveOn serves h on lis until ctx ends.
+func serveOn(ctx context.Context, lis net.Listener, h http.Handler) error {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	a.log.Info("admin serving", "address", lis.Addr().String())
 	select {
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -194,6 +227,6 @@ func (a *Agent) serveAdmin(ctx context.Context) error {
 		srv.Shutdown(sctx)
 		return nil
 	case err := <-errc:
-		return fmt.Errorf("agent: admin: %w", err)
+		return fmt.Errorf("agent: serve %s: %w", lis.Addr(), err)
 	}
 }

@@ -68,19 +68,35 @@ func Spec() (*ebpf.CollectionSpec, error) {
 	return loadBpf()
 }
 
-// Load loads the programs and maps. Maps marked for pinning are pinned in,
-// or adopted from, pinDir; an empty pinDir pins nothing.
-func Load(pinDir string) (*Objects, error) {
+// LoadOptions say where to pin and how large to make the maps.
+type LoadOptions struct {
+	// PinDir is where maps are pinned in, or adopted from; empty pins
+	// nothing.
+	PinDir string
+	// MaxServices and MaxSlots override the capacity of sm_services and
+	// sm_slots (0: the compiled-in 65536 and 262144). Pinned maps of
+	// another capacity are not adopted: loading fails.
+	MaxServices, MaxSlots uint32
+}
+
+// Load loads the programs and maps.
+func Load(o LoadOptions) (*Objects, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load sockaddr spec: %w", err)
 	}
 	var objs Objects
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}
-	if pinDir == "" {
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: o.PinDir}}
+	if o.PinDir == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
 		}
+	}
+	if o.MaxServices > 0 {
+		spec.Maps[MapServices].MaxEntries = o.MaxServices
+	}
+	if o.MaxSlots > 0 {
+		spec.Maps[MapSlots].MaxEntries = o.MaxSlots
 	}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		var verr *ebpf.VerifierError

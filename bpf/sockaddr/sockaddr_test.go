@@ -35,7 +35,7 @@ func TestStatsCoverEveryCounter(t *testing.T) {
 // TestLoad loads every program through the kernel verifier.
 func TestLoad(t *testing.T) {
 	testutil.Privileged(t)
-	objs, err := Load("")
+	objs, err := Load(LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

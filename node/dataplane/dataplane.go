@@ -25,6 +25,9 @@ type Config struct {
 	// Cgroup is the cgroup v2 directory the programs attach to; sockets of
 	// processes in it and below are routed.
 	Cgroup string
+	// MaxServices and MaxSlots size the service and backend-slot maps
+	// (0: the defaults, 65536 and 262144).
+	MaxServices, MaxSlots uint32
 }
 
 // Validate checks the config.
@@ -80,7 +83,7 @@ func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
 			return nil, fmt.Errorf("dataplane: %w", err)
 		}
 	}
-	objs, err := sockaddr.Load(cfg.mapDir())
+	objs, err := sockaddr.Load(sockaddr.LoadOptions{PinDir: cfg.mapDir(), MaxServices: cfg.MaxServices, MaxSlots: cfg.MaxSlots})
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}

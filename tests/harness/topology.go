@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -322,33 +323,44 @@ func (tp *Topology) start(name string, prepare func() (*exec.Cmd, func(), error)
 // Sockmesh is a running `sockmesh up`.
 type Sockmesh struct {
 	*Proc
-	tp    *Topology
-	Admin string // host:port of the admin API
-	XDS   string // host:port of the control plane
+	tp      *Topology
+	Admin   string // host:port of the admin API
+	XDS     string // host:port of the control plane
+	Metrics string // host:port of /metrics
 }
 
 // StartSockmesh runs `sockmesh up` attached to the topology's mesh cgroup
 // with extra args (e.g. -f FILE) and waits until /ready answers 200.
 func (tp *Topology) StartSockmesh(args ...string) *Sockmesh {
 	tp.t.Helper()
-	return tp.startSockmesh(FreePort(tp.t), FreePort(tp.t), args...)
+	return tp.startSockmesh(FreePort(tp.t), FreePort(tp.t), FreePort(tp.t), args...)
 }
 
-func (tp *Topology) startSockmesh(admin, xds string, args ...string) *Sockmesh {
+func (tp *Topology) startSockmesh(admin, xds, metrics string, args ...string) *Sockmesh {
 	tp.t.Helper()
 	bin, _, err := Binaries()
 	if err != nil {
 		tp.t.Fatal(err)
 	}
 	full := append([]string{"up", "--cgroup", tp.Mesh, "--pin-dir", tp.PinDir,
-		"--admin-address", admin, "--xds-address", xds, "--node-id", tp.ID}, args...)
+		"--admin-address", admin, "--xds-address", xds, "--metrics-address", metrics, "--node-id", tp.ID}, args...)
 	proc := tp.start("sockmesh", func() (*exec.Cmd, func(), error) {
 		cmd := exec.Command(bin, full...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		return cmd, func() {}, nil
 	}, "")
-	s := &Sockmesh{Proc: proc, tp: tp, Admin: admin, XDS: xds}
+	s := &Sockmesh{Proc: proc, tp: tp, Admin: admin, XDS: xds, Metrics: metrics}
 	s.WaitReady()
+	return s
+}
+
+// Attach makes a Sockmesh for an agent the test started itself, so the
+// helpers (WaitReady, Get, Maps) work on it.
+func Attach(t testing.TB, s *Sockmesh) *Sockmesh {
+	s.tp = &Topology{t: t}
+	if s.Proc == nil {
+		s.Proc = &Proc{output: &bytes.Buffer{}, done: make(chan struct{})}
+	}
 	return s
 }
 
@@ -357,7 +369,7 @@ func (tp *Topology) startSockmesh(admin, xds string, args ...string) *Sockmesh {
 func (s *Sockmesh) Restart(args ...string) *Sockmesh {
 	s.tp.t.Helper()
 	s.Stop()
-	return s.tp.startSockmesh(s.Admin, s.XDS, args...)
+	return s.tp.startSockmesh(s.Admin, s.XDS, s.Metrics, args...)
 }
 
 // WaitReady waits until the agent's /ready answers 200.
@@ -378,6 +390,29 @@ func (s *Sockmesh) WaitReady() {
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.tp.t.Fatalf("sockmesh not ready after 15s\n%s", s.Output())
+}
+
+// Get fetches a path from the agent's admin API (or, for /metrics, its
+// metrics port) and returns the body.
+func (s *Sockmesh) Get(path string) string {
+	s.tp.t.Helper()
+	addr := s.Admin
+	if path == "/metrics" {
+		addr = s.Metrics
+	}
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		s.tp.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		s.tp.t.Fatal(err)
+	}
+	if resp.StatusCode != 200 {
+		s.tp.t.Fatalf("GET %s: %s: %s", path, resp.Status, b)
+	}
+	return string(b)
 }
 
 // Maps returns the agent's /maps.

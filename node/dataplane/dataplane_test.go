@@ -1,0 +1,154 @@
+package dataplane
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/internal/testutil"
+	"github.com/sockmesh/sockmesh/node/host"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func open(t *testing.T, cfg Config) *Dataplane {
+	t.Helper()
+	d, err := Open(cfg, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	testutil.Privileged(t)
+	cfg := Config{PinDir: filepath.Join(t.TempDir(), "bpf"), Cgroup: testutil.Cgroup(t)}
+	t.Cleanup(func() {
+		if err := Cleanup(cfg.PinDir); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	return cfg
+}
+
+func svc(vip string, port uint16, backends ...string) Service {
+	s := Service{VIP: netip.MustParseAddr(vip), Port: port, Proto: sockaddr.ProtoTCP, Name: vip}
+	for _, b := range backends {
+		s.Backends = append(s.Backends, Backend{Addr: netip.MustParseAddr(b), Port: 8080, Weight: 1})
+	}
+	return s
+}
+
+func TestFullMapIsAnErrorAndKeepsTheRest(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxServices = 4
+	d := open(t, cfg)
+	defer d.Close()
+	var want []Service
+	for i := range 5 {
+		want = append(want, svc(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}).String(), 80, "10.0.0.1"))
+	}
+	err := d.Sync(want)
+	if err == nil || !strings.Contains(err.Error(), "write service entry") {
+		t.Fatalf("syncing 5 services into a map of 4: %v", err)
+	}
+	dump, err := d.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dump.Services) != 4 || dump.SyncErrors != 1 {
+		t.Fatalf("%d services in the map, %d sync errors; want 4 and 1", len(dump.Services), dump.SyncErrors)
+	}
+	// No slot of the failed service is left behind.
+	var n int
+	var k sockaddr.SlotKey
+	var b sockaddr.Backend
+	for it := d.objs.SmSlots.Iterate(); it.Next(&k, &b); {
+		n++
+	}
+	if n != 4 {
+		t.Fatalf("%d slots, want 4", n)
+	}
+}
+
+func TestAdoptAndDiff(t *testing.T) {
+	cfg := testConfig(t)
+	d := open(t, cfg)
+	a := svc("10.96.0.1", 80, "10.0.0.1", "10.0.0.2")
+	b := svc("10.96.0.2", 80, "10.0.0.3")
+	if err := d.Sync([]Service{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	revA := d.current[a.key()].rev
+	d.Close()
+
+	// A new instance adopts: same desired state, nothing rewritten.
+	d2 := open(t, cfg)
+	defer d2.Close()
+	if len(d2.current) != 2 {
+		t.Fatalf("adopted %d services", len(d2.current))
+	}
+	if err := d2.Sync([]Service{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if d2.current[a.key()].rev != revA {
+		t.Fatal("an unchanged service was rewritten after adoption")
+	}
+	// A change writes a new revision and removes the old one's slots.
+	a.Backends = a.Backends[:1]
+	if err := d2.Sync([]Service{a}); err != nil {
+		t.Fatal(err)
+	}
+	dump, _ := d2.Dump()
+	if len(dump.Services) != 1 || len(dump.Services[0].Backends) != 1 || dump.Services[0].Revision == revA {
+		t.Fatalf("after change: %+v", dump.Services)
+	}
+	var n int
+	var k sockaddr.SlotKey
+	var v sockaddr.Backend
+	for it := d2.objs.SmSlots.Iterate(); it.Next(&k, &v); {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d slots left, want 1", n)
+	}
+}
+
+func TestCleanupRemovesEverything(t *testing.T) {
+	testutil.Privileged(t)
+	cfg := Config{PinDir: filepath.Join(t.TempDir(), "bpf"), Cgroup: testutil.Cgroup(t)}
+	d := open(t, cfg)
+	d.Close()
+	if err := Cleanup(cfg.PinDir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cfg.PinDir); !os.IsNotExist(err) {
+		t.Fatalf("pin dir still there: %v", err)
+	}
+	if ok, _ := host.IsBPFFS(filepath.Dir(cfg.PinDir)); ok {
+		t.Fatal("bpffs still mounted")
+	}
+	// Nothing attached to the cgroup any more: a second Open attaches anew.
+	d = open(t, cfg)
+	d.Close()
+	if err := Cleanup(cfg.PinDir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPinDirOfAnotherCgroupIsRefused(t *testing.T) {
+	cfg := testConfig(t)
+	d := open(t, cfg)
+	d.Close()
+	other := cfg
+	other.Cgroup = testutil.Cgroup(t)
+	if _, err := Open(other, quiet); err == nil || !strings.Contains(err.Error(), "another cgroup") {
+		t.Fatalf("opening a pin dir attached elsewhere: %v", err)
+	}
+}

@@ -1,0 +1,63 @@
+package node
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector reads the agent's counters when Prometheus scrapes, so the
+// kernel is read once per scrape and never on the data path.
+type collector struct {
+	a *Agent
+
+	ready, services, syncErrors, acks, nacks, sockaddr *prometheus.Desc
+}
+
+func newCollector(a *Agent) *collector {
+	return &collector{
+		a:          a,
+		ready:      prometheus.NewDesc("sockmesh_agent_ready", "1 once the first complete configuration is in the kernel.", nil, nil),
+		services:   prometheus.NewDesc("sockmesh_dataplane_services", "Service ports (VIP, port, protocol) in the kernel's service map.", nil, nil),
+		syncErrors: prometheus.NewDesc("sockmesh_dataplane_sync_errors_total", "Service updates the kernel refused (e.g. a full map); the service kept its previous state.", nil, nil),
+		acks:       prometheus.NewDesc("sockmesh_xds_acks_total", "xDS responses accepted.", nil, nil),
+		nacks:      prometheus.NewDesc("sockmesh_xds_nacks_total", "xDS responses rejected; the previous state was kept.", nil, nil),
+		sockaddr:   prometheus.NewDesc("sockmesh_sockaddr_events_total", "Events counted by the sock_addr programs.", []string{"event"}, nil),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.ready, c.services, c.syncErrors, c.acks, c.nacks, c.sockaddr} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	ready := 0.0
+	if c.a.Ready() {
+		ready = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.ready, prometheus.GaugeValue, ready)
+	if c.a.client != nil {
+		st := c.a.client.Stats()
+		ch <- prometheus.MustNewConstMetric(c.acks, prometheus.CounterValue, float64(st.Acks))
+		ch <- prometheus.MustNewConstMetric(c.nacks, prometheus.CounterValue, float64(st.Nacks))
+	}
+	if c.a.dp == nil {
+		return
+	}
+	dump, err := c.a.dp.Dump()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.services, err)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.services, prometheus.GaugeValue, float64(len(dump.Services)))
+	ch <- prometheus.MustNewConstMetric(c.syncErrors, prometheus.CounterValue, float64(dump.SyncErrors))
+	for event, v := range map[string]uint64{
+		"translated":       dump.Stats.Translated,
+		"no_backend":       dump.Stats.NoBackend,
+		"slot_miss":        dump.Stats.SlotMiss,
+		"reversed":         dump.Stats.Reversed,
+		"udp_reverse_full": dump.Stats.UDPReverseErr,
+	} {
+		ch <- prometheus.MustNewConstMetric(c.sockaddr, prometheus.CounterValue, float64(v), event)
+	}
+}
