@@ -137,6 +137,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	meta, _ := structpb.NewStruct(map[string]any{
 		"CLUSTER_ID":       a.cfg.Cluster,
 		"SOCKMESH_VERSION": Version,
+		"ISTIO_VERSION":    Version,
 	})
 	client, err := xdsclient.New(xdsclient.Config{
 		Address: a.cfg.XDSAddress,

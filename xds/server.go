@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -14,25 +15,36 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	endpointservice "github.com/envoyproxy/go-control-plane/envoy/service/endpoint/v3"
 	listenerservice "github.com/envoyproxy/go-control-plane/envoy/service/listener/v3"
+	routeservice "github.com/envoyproxy/go-control-plane/envoy/service/route/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/sockmesh/sockmesh/mesh"
 )
 
+// Version is the control plane's version, reported to clients.
+var Version = "dev"
+
 // Config configures the control plane.
 type Config struct {
-	// Address is where xDS is served (plaintext gRPC).
+	// Address is where xDS, CSDS and gRPC reflection are served
+	// (plaintext gRPC).
 	Address string
+	// MonitorAddress serves /metrics, /debug/syncz and /debug/config_dump
+	// over HTTP; empty disables it.
+	MonitorAddress string
 	// Domain is the cluster domain of service hostnames.
 	Domain string
 }
 
-// DefaultConfig returns the defaults: Istio's plaintext xDS port.
+// DefaultConfig returns the defaults: Istio's ports.
 func DefaultConfig() Config {
-	return Config{Address: ":15010", Domain: mesh.DefaultDomain}
+	return Config{Address: ":15010", MonitorAddress: ":15014", Domain: mesh.DefaultDomain}
 }
 
 // Validate checks the config.
@@ -40,8 +52,13 @@ func (c Config) Validate() error {
 	if c.Address == "" {
 		return errors.New("xds: no listen address")
 	}
-	if _, _, err := net.SplitHostPort(c.Address); err != nil {
-		return fmt.Errorf("xds: listen address %q: %w", c.Address, err)
+	for name, a := range map[string]string{"xds": c.Address, "monitoring": c.MonitorAddress} {
+		if a == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a); err != nil {
+			return fmt.Errorf("xds: %s address %q: %w", name, a, err)
+		}
 	}
 	if c.Domain == "" {
 		return errors.New("xds: empty cluster domain")
@@ -59,16 +76,17 @@ func (sharedHash) ID(*corev3.Node) string { return snapshotNode }
 
 // Server serves the mesh over ADS.
 type Server struct {
-	cfg   Config
-	reg   *mesh.Registry
-	log   *slog.Logger
-	cache cachev3.SnapshotCache
-	nacks *nackHold
+	cfg     Config
+	reg     *mesh.Registry
+	log     *slog.Logger
+	cache   cachev3.SnapshotCache
+	tracker *tracker
+	metrics *serverMetrics
 
 	mu       sync.Mutex
 	lis      net.Listener
+	monLis   net.Listener
 	resource *Resources
-	version  uint64 // registry version last translated
 }
 
 // New returns a control plane serving reg.
@@ -76,63 +94,86 @@ func New(cfg Config, reg *mesh.Registry, log *slog.Logger) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	return &Server{
-		cfg:   cfg,
-		reg:   reg,
-		log:   log,
-		cache: cachev3.NewSnapshotCache(true, sharedHash{}, cacheLogger{log}),
-		nacks: newNackHold(log),
-	}, nil
+	s := &Server{
+		cfg:     cfg,
+		reg:     reg,
+		log:     log,
+		cache:   cachev3.NewSnapshotCache(true, sharedHash{}, cacheLogger{log}),
+		tracker: newTracker(log),
+	}
+	s.metrics = newServerMetrics(s)
+	return s, nil
 }
 
-// Listen binds the xDS address; Run serves on it. Split so callers (and
-// tests using port 0) learn the address before serving starts.
+// Listen binds the xDS (and monitoring) addresses; Run serves on them.
+// Split so callers (and tests using port 0) learn the addresses first.
 func (s *Server) Listen() (net.Addr, error) {
 	lis, err := net.Listen("tcp", s.cfg.Address)
 	if err != nil {
 		return nil, fmt.Errorf("xds: listen: %w", err)
 	}
+	var mon net.Listener
+	if s.cfg.MonitorAddress != "" {
+		if mon, err = net.Listen("tcp", s.cfg.MonitorAddress); err != nil {
+			lis.Close()
+			return nil, fmt.Errorf("xds: listen (monitoring): %w", err)
+		}
+	}
 	s.mu.Lock()
-	s.lis = lis
+	s.lis, s.monLis = lis, mon
 	s.mu.Unlock()
 	return lis.Addr(), nil
 }
 
-// Run translates every registry change into a new snapshot and serves ADS
-// until ctx ends. It calls Listen if that was not done.
+// MonitorAddr returns the monitoring address once Listen succeeded.
+func (s *Server) MonitorAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.monLis == nil {
+		return nil
+	}
+	return s.monLis.Addr()
+}
+
+// Run translates every registry change into a new snapshot and serves until
+// ctx ends. It calls Listen if that was not done.
 func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
-	lis := s.lis
+	bound := s.lis != nil
 	s.mu.Unlock()
-	if lis == nil {
+	if !bound {
 		if _, err := s.Listen(); err != nil {
 			return err
 		}
-		lis = s.lis
 	}
+	s.mu.Lock()
+	lis, mon := s.lis, s.monLis
+	s.mu.Unlock()
 	changes, stop := s.reg.Watch()
 	defer stop()
 	if err := s.publish(ctx); err != nil {
 		lis.Close()
+		if mon != nil {
+			mon.Close()
+		}
 		return err
 	}
 
+	t := s.tracker
 	cb := serverv3.CallbackFuncs{
-		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
-			s.nacks.onRequest(id, req)
-			return nil
-		},
+		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error { t.onRequest(id, req); return nil },
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
-			s.nacks.onResponse(id, resp)
+			t.onResponse(id, resp)
 		},
-		StreamClosedFunc: func(id int64, _ *corev3.Node) { s.nacks.onClosed(id) },
-		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error {
-			s.nacks.onDeltaRequest(id, req)
-			return nil
+		StreamClosedFunc:       func(id int64, _ *corev3.Node) { t.onClosed(id) },
+		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error { t.onDeltaRequest(id, req); return nil },
+		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
+			t.onDeltaResponse(id, resp)
 		},
-		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { s.nacks.onClosed(id) },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { t.onClosed(id) },
 	}
-	xdsServer := serverv3.NewServer(ctx, s.cache, cb)
+	watcher := &statusCache{SnapshotCache: s.cache, t: t, identity: controlPlaneIdentity(Version)}
+	xdsServer := serverv3.NewServer(ctx, watcher, cb)
 	gs := grpc.NewServer(
 		grpc.MaxConcurrentStreams(100000),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 5 * time.Second}),
@@ -140,33 +181,62 @@ func (s *Server) Run(ctx context.Context) error {
 	)
 	discovery.RegisterAggregatedDiscoveryServiceServer(gs, xdsServer)
 	listenerservice.RegisterListenerDiscoveryServiceServer(gs, xdsServer)
+	routeservice.RegisterRouteDiscoveryServiceServer(gs, xdsServer)
 	clusterservice.RegisterClusterDiscoveryServiceServer(gs, xdsServer)
 	endpointservice.RegisterEndpointDiscoveryServiceServer(gs, xdsServer)
+	statusv3.RegisterClientStatusDiscoveryServiceServer(gs, &csds{t: t})
+	reflection.Register(gs)
 
-	errc := make(chan error, 1)
-	go func() { errc <- gs.Serve(lis) }()
-	s.log.Info("xDS serving", "address", lis.Addr().String())
-	for {
-		select {
-		case <-ctx.Done():
-			gs.GracefulStop()
-			<-errc
-			return nil
-		case err := <-errc:
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := gs.Serve(lis); err != nil {
 			return fmt.Errorf("xds: serve: %w", err)
-		case <-changes:
-			if err := s.publish(ctx); err != nil {
-				// The previous snapshot keeps serving; the next change
-				// tries again.
-				s.log.Error("xds: translation failed, keeping the previous config", "err", err)
+		}
+		return nil
+	})
+	if mon != nil {
+		hs := &http.Server{Handler: s.monitorHandler(), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := hs.Serve(mon); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("xds: monitoring: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return hs.Shutdown(sctx)
+		})
+		s.log.Info("monitoring serving", "address", mon.Addr().String())
+	}
+	g.Go(func() error {
+		<-gctx.Done()
+		gs.GracefulStop()
+		return nil
+	})
+	s.log.Info("xDS serving", "address", lis.Addr().String())
+	g.Go(func() error {
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-changes:
+				if err := s.publish(gctx); err != nil {
+					// The previous snapshot keeps serving; the next
+					// change tries again.
+					s.log.Error("xds: translation failed, keeping the previous config", "err", err)
+				}
 			}
 		}
-	}
+	})
+	return g.Wait()
 }
 
 // publish translates the registry's current snapshot and hands it to the
 // cache.
 func (s *Server) publish(ctx context.Context) error {
+	start := time.Now()
 	snap := s.reg.Snapshot()
 	res, err := Translate(snap, s.cfg.Domain)
 	if err != nil {
@@ -180,15 +250,16 @@ func (s *Server) publish(ctx context.Context) error {
 		return fmt.Errorf("xds: set snapshot: %w", err)
 	}
 	s.mu.Lock()
-	s.resource, s.version = res, snap.Version
+	s.resource = res
 	s.mu.Unlock()
+	s.metrics.translate.Observe(time.Since(start).Seconds())
 	s.log.Debug("xDS snapshot published", "registry_version", snap.Version,
 		"listeners", len(res.Listeners), "clusters", len(res.Clusters))
 	return nil
 }
 
 // Nacks returns how many NACKs clients have sent.
-func (s *Server) Nacks() uint64 { return s.nacks.nacks.Load() }
+func (s *Server) Nacks() uint64 { return s.tracker.nacks.Load() }
 
 // cacheLogger adapts slog to go-control-plane's logger.
 type cacheLogger struct{ log *slog.Logger }

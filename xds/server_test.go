@@ -20,8 +20,17 @@ import (
 
 func startServer(t *testing.T, reg *mesh.Registry) discovery.AggregatedDiscoveryServiceClient {
 	t.Helper()
+	srv, conn := startServerConn(t, reg)
+	_ = srv
+	return discovery.NewAggregatedDiscoveryServiceClient(conn)
+}
+
+// startServerConn runs a control plane on loopback (xDS and monitoring on
+// free ports) and returns it with a client connection.
+func startServerConn(t *testing.T, reg *mesh.Registry) (*Server, *grpc.ClientConn) {
+	t.Helper()
 	cfg := DefaultConfig()
-	cfg.Address = "127.0.0.1:0"
+	cfg.Address, cfg.MonitorAddress = "127.0.0.1:0", "127.0.0.1:0"
 	srv, err := New(cfg, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +53,7 @@ func startServer(t *testing.T, reg *mesh.Registry) discovery.AggregatedDiscovery
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return discovery.NewAggregatedDiscoveryServiceClient(conn)
+	return srv, conn
 }
 
 func oneService(vip string, endpoints ...string) []*mesh.Service {

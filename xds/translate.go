@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	xdscorev3 "github.com/cncf/xds/go/xds/core/v3"
@@ -16,6 +17,9 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
@@ -42,6 +46,7 @@ const (
 // Resources is one translation of the mesh, by type.
 type Resources struct {
 	Listeners []types.Resource
+	Routes    []types.Resource
 	Clusters  []types.Resource
 	Endpoints []types.Resource
 }
@@ -84,6 +89,14 @@ func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
 					return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
 				}
 				out.Listeners = append(out.Listeners, l)
+			}
+			if port.Protocol == mesh.TCP {
+				ls, rc, err := buildProxyless(svc, port, cluster, domain)
+				if err != nil {
+					return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
+				}
+				out.Listeners = append(out.Listeners, ls...)
+				out.Routes = append(out.Routes, rc)
 			}
 		}
 	}
@@ -246,6 +259,7 @@ func (r *Resources) Snapshot() (*cachev3.Snapshot, error) {
 	snap := &cachev3.Snapshot{}
 	for typ, items := range map[types.ResponseType][]types.Resource{
 		types.Listener: r.Listeners,
+		types.Route:    r.Routes,
 		types.Cluster:  r.Clusters,
 		types.Endpoint: r.Endpoints,
 	} {
@@ -255,9 +269,9 @@ func (r *Resources) Snapshot() (*cachev3.Snapshot, error) {
 		}
 		snap.Resources[typ] = cachev3.NewResources(v, items)
 	}
-	if err := snap.Consistent(); err != nil {
-		return nil, fmt.Errorf("inconsistent snapshot: %w", err)
-	}
+	// snap.Consistent() is not used: it does not see route references in
+	// api_listeners, which proxyless gRPC listeners are made of. Translate
+	// emits every referenced route and assignment by construction.
 	return snap, nil
 }
 
@@ -274,4 +288,73 @@ func contentVersion(items []types.Resource) (string, error) {
 		h.Write(b)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// ProxylessNames are the names a gRPC client may use as an xds:/// target
+// for a service port, longest first: HOST:PORT with the full hostname,
+// NAME.NAMESPACE.svc, and NAME.NAMESPACE. A name without a port means
+// port 80 to gRPC only, so only the forms with ports are listed.
+func ProxylessNames(svc *mesh.Service, p mesh.Port, domain string) []string {
+	return []string{
+		fmt.Sprintf("%s:%d", svc.Hostname(domain), p.Port),
+		fmt.Sprintf("%s.%s.svc:%d", svc.Name, svc.Namespace, p.Port),
+		fmt.Sprintf("%s.%s:%d", svc.Name, svc.Namespace, p.Port),
+	}
+}
+
+// buildProxyless makes what a proxyless gRPC client resolves a target with:
+// per name, a Listener whose api_listener is an HttpConnectionManager with
+// RDS and the router filter; and one RouteConfiguration sending every
+// request to the service port's cluster. The route configuration is named
+// after the first (fully qualified) listener name.
+func buildProxyless(svc *mesh.Service, p mesh.Port, cluster, domain string) ([]types.Resource, *routev3.RouteConfiguration, error) {
+	names := ProxylessNames(svc, p, domain)
+	routeName := names[0]
+	router, err := anypb.New(&routerv3.Router{})
+	if err != nil {
+		return nil, nil, err
+	}
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{
+		StatPrefix: cluster,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: routeName,
+			ConfigSource: &corev3.ConfigSource{
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+			},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router},
+		}},
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var listeners []types.Resource
+	for _, n := range names {
+		listeners = append(listeners, &listenerv3.Listener{
+			Name:        n,
+			ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
+		})
+	}
+	domains := slices.Clone(names)
+	for _, n := range names {
+		host, _, _ := strings.Cut(n, ":")
+		domains = append(domains, host)
+	}
+	rc := &routev3.RouteConfiguration{
+		Name: routeName,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    routeName,
+			Domains: domains,
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: cluster},
+				}},
+			}},
+		}},
+	}
+	return listeners, rc, nil
 }

@@ -44,7 +44,7 @@ func TestTranslateGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, items := range map[string][]types.Resource{
-		"listeners": res.Listeners, "clusters": res.Clusters, "endpoints": res.Endpoints,
+		"listeners": res.Listeners, "routes": res.Routes, "clusters": res.Clusters, "endpoints": res.Endpoints,
 	} {
 		for _, it := range items {
 			if v, ok := it.(interface{ ValidateAll() error }); ok {

@@ -53,6 +53,7 @@ func rootCmd() *cobra.Command {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})), nil
 	}
 	node.Version = versionString()
+	xds.Version = versionString()
 	root.AddCommand(upCmd(logger), controlPlaneCmd(logger), agentCmd(logger), precheckCmd(), versionCmd())
 	return root
 }
@@ -89,6 +90,7 @@ Without -f, the embedded example mesh is served.`,
 	f := cmd.Flags()
 	f.StringArrayVarP(&files, "file", "f", nil, "YAML file or directory of the mesh (repeatable; default: the embedded example)")
 	f.StringVar(&cp.Address, "xds-address", cp.Address, "address to serve xDS on")
+	f.StringVar(&cp.MonitorAddress, "monitoring-address", cp.MonitorAddress, "control plane /metrics, /debug/syncz, /debug/config_dump (empty: off)")
 	f.StringVar(&cp.Domain, "domain", cp.Domain, "cluster domain")
 	bindAgentFlags(cmd, &ag)
 	return cmd
@@ -171,6 +173,7 @@ func controlPlaneCmd(logger loggerFunc) *cobra.Command {
 	f := cmd.Flags()
 	f.StringArrayVarP(&files, "file", "f", nil, "YAML file or directory of the mesh (repeatable)")
 	f.StringVar(&cp.Address, "xds-address", cp.Address, "address to serve xDS on")
+	f.StringVar(&cp.MonitorAddress, "monitoring-address", cp.MonitorAddress, "/metrics, /debug/syncz, /debug/config_dump (empty: off)")
 	f.StringVar(&cp.Domain, "domain", cp.Domain, "cluster domain")
 	return cmd
 }

@@ -327,29 +327,30 @@ type Sockmesh struct {
 	Admin   string // host:port of the admin API
 	XDS     string // host:port of the control plane
 	Metrics string // host:port of /metrics
+	Monitor string // host:port of the control plane's monitoring
 }
 
 // StartSockmesh runs `sockmesh up` attached to the topology's mesh cgroup
 // with extra args (e.g. -f FILE) and waits until /ready answers 200.
 func (tp *Topology) StartSockmesh(args ...string) *Sockmesh {
 	tp.t.Helper()
-	return tp.startSockmesh(FreePort(tp.t), FreePort(tp.t), FreePort(tp.t), args...)
+	return tp.startSockmesh(&Sockmesh{Admin: FreePort(tp.t), XDS: FreePort(tp.t), Metrics: FreePort(tp.t), Monitor: FreePort(tp.t)}, args...)
 }
 
-func (tp *Topology) startSockmesh(admin, xds, metrics string, args ...string) *Sockmesh {
+func (tp *Topology) startSockmesh(addrs *Sockmesh, args ...string) *Sockmesh {
 	tp.t.Helper()
 	bin, _, err := Binaries()
 	if err != nil {
 		tp.t.Fatal(err)
 	}
 	full := append([]string{"up", "--cgroup", tp.Mesh, "--pin-dir", tp.PinDir,
-		"--admin-address", admin, "--xds-address", xds, "--metrics-address", metrics, "--node-id", tp.ID}, args...)
+		"--admin-address", addrs.Admin, "--xds-address", addrs.XDS, "--metrics-address", addrs.Metrics, "--monitoring-address", addrs.Monitor, "--node-id", tp.ID}, args...)
 	proc := tp.start("sockmesh", func() (*exec.Cmd, func(), error) {
 		cmd := exec.Command(bin, full...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		return cmd, func() {}, nil
 	}, "")
-	s := &Sockmesh{Proc: proc, tp: tp, Admin: admin, XDS: xds, Metrics: metrics}
+	s := &Sockmesh{Proc: proc, tp: tp, Admin: addrs.Admin, XDS: addrs.XDS, Metrics: addrs.Metrics, Monitor: addrs.Monitor}
 	s.WaitReady()
 	return s
 }
@@ -369,7 +370,7 @@ func Attach(t testing.TB, s *Sockmesh) *Sockmesh {
 func (s *Sockmesh) Restart(args ...string) *Sockmesh {
 	s.tp.t.Helper()
 	s.Stop()
-	return s.tp.startSockmesh(s.Admin, s.XDS, s.Metrics, args...)
+	return s.tp.startSockmesh(s, args...)
 }
 
 // WaitReady waits until the agent's /ready answers 200.
