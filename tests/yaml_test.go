@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // svc renders a v1 Service with one VIP per family given and ports
@@ -56,3 +57,7 @@ func writeMesh(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+func splitLines(s string) []string { return strings.Split(s, "\n") }
+
+func sleep() { time.Sleep(20 * time.Millisecond) }

@@ -95,10 +95,14 @@ func New(cfg Config, reg *mesh.Registry, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{
-		cfg:     cfg,
-		reg:     reg,
-		log:     log,
-		cache:   cachev3.NewSnapshotCache(true, sharedHash{}, cacheLogger{log}),
+		cfg: cfg,
+		reg: reg,
+		log: log,
+		// Not in "ADS mode": there the cache answers a request for named
+		// resources only if it names every resource of the type, which
+		// suits Envoy's EDS but never answers a gRPC client asking for
+		// one listener.
+		cache:   cachev3.NewSnapshotCache(false, sharedHash{}, cacheLogger{log}),
 		tracker: newTracker(log),
 	}
 	s.metrics = newServerMetrics(s)

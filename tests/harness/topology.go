@@ -44,6 +44,8 @@ type Topology struct {
 	// PinDir is the bpffs directory for the topology's sockmesh instance.
 	PinDir string
 
+	nodeAddrOnce sync.Once
+
 	mu    sync.Mutex
 	pods  []*Pod
 	procs []*Proc
@@ -83,6 +85,27 @@ func (tp *Topology) ip(args ...string) {
 	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
 		tp.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
+}
+
+// NodeIP is the node namespace's own address on the bridge, for services
+// the pods reach "on the node" (a control plane, say). Pods still have no
+// default route: only the bridge's subnet is reachable.
+var NodeIP = netip.AddrFrom4([4]byte{10, 77, 0, 254})
+
+// OnNode starts a process in the node's network namespace (on the bridge,
+// at NodeIP) and waits for a line containing want on its output ("" for no
+// wait).
+func (tp *Topology) OnNode(name, want, bin string, args ...string) *Proc {
+	tp.t.Helper()
+	tp.nodeAddrOnce.Do(func() {
+		tp.ip("-n", tp.nodeNS, "addr", "add", NodeIP.String()+"/24", "dev", "br0")
+		tp.ip("-n", tp.nodeNS, "link", "set", "lo", "up")
+	})
+	return tp.start(name, func() (*exec.Cmd, func(), error) {
+		cmd := exec.Command("ip", append([]string{"netns", "exec", tp.nodeNS, bin}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		return cmd, func() {}, nil
+	}, want)
 }
 
 // Pod is a network namespace on the topology's bridge with a cgroup.
@@ -208,6 +231,22 @@ func (p *Pod) Start(args ...string) *Proc {
 	return p.tp.start(p.Name, func() (*exec.Cmd, func(), error) { return p.command(podbin, args...) }, "ready")
 }
 
+// StartEnv is Start with extra environment variables.
+func (p *Pod) StartEnv(env []string, want string, args ...string) *Proc {
+	p.tp.t.Helper()
+	_, podbin, err := Binaries()
+	if err != nil {
+		p.tp.t.Fatal(err)
+	}
+	return p.tp.start(p.Name, func() (*exec.Cmd, func(), error) {
+		cmd, done, err := p.command(podbin, args...)
+		if cmd != nil {
+			cmd.Env = append(os.Environ(), env...)
+		}
+		return cmd, done, err
+	}, want)
+}
+
 // Serve starts a podbin server with id on the given TCP and UDP ports, on
 // all of the pod's addresses.
 func (p *Pod) Serve(id string, tcpPorts, udpPorts []int) *Proc {
@@ -241,6 +280,12 @@ func (p *Pod) Dial(proto, addr string, n int) DialResult {
 // JSON output into v.
 func (p *Pod) RunJSON(v any, args ...string) {
 	p.tp.t.Helper()
+	p.RunJSONEnv(v, nil, args...)
+}
+
+// RunJSONEnv is RunJSON with extra environment variables.
+func (p *Pod) RunJSONEnv(v any, env []string, args ...string) {
+	p.tp.t.Helper()
 	_, podbin, err := Binaries()
 	if err != nil {
 		p.tp.t.Fatal(err)
@@ -250,6 +295,9 @@ func (p *Pod) RunJSON(v any, args ...string) {
 		p.tp.t.Fatal(err)
 	}
 	defer done()
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -35,6 +35,10 @@ func main() {
 		err = requestResponse(os.Args[2:])
 	case "connect":
 		err = connectRate(os.Args[2:])
+	case "grpc-serve":
+		err = grpcServe(os.Args[2:])
+	case "grpc-call":
+		err = grpcCall(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
+	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and balancers
+)
+
+// testServer answers UnaryCall with its id, so a client can tell which
+// backend it reached.
+type testServer struct {
+	testgrpc.UnimplementedTestServiceServer
+	id string
+}
+
+func (s *testServer) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	return &testgrpc.SimpleResponse{ServerId: s.id}, nil
+}
+
+func grpcServe(args []string) error {
+	fs := flag.NewFlagSet("grpc-serve", flag.ExitOnError)
+	id := fs.String("id", "", "server id")
+	addr := fs.String("addr", ":50051", "listen address")
+	fs.Parse(args)
+	l, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer()
+	testgrpc.RegisterTestServiceServer(gs, &testServer{id: *id})
+	go gs.Serve(l)
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	gs.Stop()
+	return nil
+}
+
+// grpcCall makes n unary calls to target (e.g. xds:///name.ns.svc.cluster.local:80,
+// with the bootstrap in GRPC_XDS_BOOTSTRAP_CONFIG) over one channel, and
+// prints which servers answered. With -until, it keeps calling until a
+// server of that id answers (or the timeout), for tests of updates.
+func grpcCall(args []string) error {
+	fs := flag.NewFlagSet("grpc-call", flag.ExitOnError)
+	target := fs.String("target", "", "gRPC target")
+	n := fs.Int("n", 10, "calls")
+	timeout := fs.Duration("timeout", 20*time.Second, "overall")
+	until := fs.String("until", "", "keep calling until this server answers")
+	fs.Parse(args)
+	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	client := testgrpc.NewTestServiceClient(conn)
+	res := Result{Servers: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
+	for i := 0; i < *n || *until != ""; i++ {
+		r, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		if err != nil {
+			res.Errors[status.Code(err).String()]++
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		res.Servers[r.GetServerId()]++
+		if *until != "" && r.GetServerId() == *until {
+			break
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
+}
