@@ -138,6 +138,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		"CLUSTER_ID":       a.cfg.Cluster,
 		"SOCKMESH_VERSION": Version,
 		"ISTIO_VERSION":    Version,
+		"ADMIN_ADDRESS":    a.cfg.AdminAddress,
 	})
 	client, err := xdsclient.New(xdsclient.Config{
 		Address: a.cfg.XDSAddress,

@@ -169,12 +169,12 @@ func (s *Server) Run(ctx context.Context) error {
 		StreamResponseFunc: func(_ context.Context, id int64, _ *discovery.DiscoveryRequest, resp *discovery.DiscoveryResponse) {
 			t.onResponse(id, resp)
 		},
-		StreamClosedFunc:       func(id int64, _ *corev3.Node) { t.onClosed(id) },
+		StreamClosedFunc:       func(id int64, _ *corev3.Node) { t.onClosed(id, false) },
 		StreamDeltaRequestFunc: func(id int64, req *discovery.DeltaDiscoveryRequest) error { t.onDeltaRequest(id, req); return nil },
 		StreamDeltaResponseFunc: func(id int64, _ *discovery.DeltaDiscoveryRequest, resp *discovery.DeltaDiscoveryResponse) {
 			t.onDeltaResponse(id, resp)
 		},
-		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { t.onClosed(id) },
+		DeltaStreamClosedFunc: func(id int64, _ *corev3.Node) { t.onClosed(id, true) },
 	}
 	watcher := &statusCache{SnapshotCache: s.cache, t: t, identity: controlPlaneIdentity(Version)}
 	xdsServer := serverv3.NewServer(ctx, watcher, cb)

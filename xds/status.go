@@ -36,14 +36,23 @@ type tracker struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	streams map[int64]*streamState
+	streams map[streamKey]*streamState
 
+	seq    uint64
 	nacks  atomic.Uint64
 	pushes atomic.Uint64
 }
 
+// streamKey names a stream: go-control-plane numbers SotW and delta
+// streams separately, so an id alone is ambiguous.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
 type streamState struct {
 	id    int64
+	seq   uint64 // order of creation across SotW and delta
 	node  *corev3.Node
 	delta bool
 	types map[string]*typeState
@@ -57,14 +66,16 @@ type typeState struct {
 }
 
 func newTracker(log *slog.Logger) *tracker {
-	return &tracker{log: log, streams: make(map[int64]*streamState)}
+	return &tracker{log: log, streams: make(map[streamKey]*streamState)}
 }
 
 func (t *tracker) stream(id int64, delta bool) *streamState {
-	s := t.streams[id]
+	k := streamKey{delta, id}
+	s := t.streams[k]
 	if s == nil {
-		s = &streamState{id: id, delta: delta, types: make(map[string]*typeState)}
-		t.streams[id] = s
+		t.seq++
+		s = &streamState{id: id, seq: t.seq, delta: delta, types: make(map[string]*typeState)}
+		t.streams[k] = s
 	}
 	return s
 }
@@ -140,10 +151,10 @@ func (t *tracker) onDeltaResponse(id int64, resp *discovery.DeltaDiscoveryRespon
 	ts.sentNonce, ts.sentVersion, ts.acked, ts.nackDetail = resp.GetNonce(), resp.GetSystemVersionInfo(), false, ""
 }
 
-func (t *tracker) onClosed(id int64) {
+func (t *tracker) onClosed(id int64, delta bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.streams, id)
+	delete(t.streams, streamKey{delta, id})
 }
 
 // connected returns how many streams are open.
@@ -165,7 +176,7 @@ func (t *tracker) clientConfigs(match func(*corev3.Node) bool) []*statusv3.Clien
 		if s.node == nil || (match != nil && !match(s.node)) {
 			continue
 		}
-		if cur, ok := newest[s.node.GetId()]; !ok || s.id > cur.id {
+		if cur, ok := newest[s.node.GetId()]; !ok || s.seq > cur.seq {
 			newest[s.node.GetId()] = s
 		}
 	}

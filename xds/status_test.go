@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -171,5 +172,19 @@ func TestReflectionListsServices(t *testing.T) {
 		if !strings.Contains(strings.Join(names, " "), want) {
 			t.Errorf("reflection lists %v, missing %s", names, want)
 		}
+	}
+}
+
+// TestTrackerKeepsSotWAndDeltaApart: go-control-plane numbers SotW and
+// delta streams separately; closing SotW stream 1 must not forget delta
+// stream 1.
+func TestTrackerKeepsSotWAndDeltaApart(t *testing.T) {
+	tr := newTracker(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	tr.onDeltaRequest(1, &discovery.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "agent"}, TypeUrl: resource.ListenerType})
+	tr.onRequest(1, &discovery.DiscoveryRequest{Node: &corev3.Node{Id: "cli"}, TypeUrl: SynczType})
+	tr.onClosed(1, false)
+	cc := tr.clientConfigs(nil)
+	if len(cc) != 1 || cc[0].GetNode().GetId() != "agent" {
+		t.Fatalf("after closing the SotW stream: %v", cc)
 	}
 }

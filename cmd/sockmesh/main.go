@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -54,7 +56,8 @@ func rootCmd() *cobra.Command {
 	}
 	node.Version = versionString()
 	xds.Version = versionString()
-	root.AddCommand(upCmd(logger), controlPlaneCmd(logger), agentCmd(logger), precheckCmd(), versionCmd())
+	root.AddCommand(upCmd(logger), controlPlaneCmd(logger), agentCmd(logger), precheckCmd(), versionCmd(),
+		proxyStatusCmd(), proxyConfigCmd())
 	return root
 }
 
@@ -232,6 +235,64 @@ func precheckCmd() *cobra.Command {
 			return install.WritePrecheck(cmd.OutOrStdout(), install.Precheck())
 		},
 	}
+}
+
+func proxyStatusCmd() *cobra.Command {
+	var addr, format string
+	cmd := &cobra.Command{
+		Use:   "proxy-status [NODE]",
+		Short: "Show what every node (or one) has received from the control plane, per xDS type, from CSDS",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			node := ""
+			if len(args) == 1 {
+				node = args[0]
+			}
+			ps, err := install.FetchProxyStatus(cmd.Context(), addr, node)
+			if err != nil {
+				return err
+			}
+			return install.WriteProxyStatus(cmd.OutOrStdout(), ps, format)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "xds-address", "127.0.0.1:15010", "control plane xDS address")
+	cmd.Flags().StringVarP(&format, "output", "o", "table", "table or json")
+	return cmd
+}
+
+func proxyConfigCmd() *cobra.Command {
+	var addr, admin, format string
+	cmd := &cobra.Command{
+		Use:   "proxy-config NODE listeners|routes|clusters|endpoints|maps|all",
+		Short: "Show the xDS a node's agent accepted and the BPF maps it programmed from it",
+		Long: `Reads the agent's admin /config_dump (Envoy's ConfigDump) and /maps. The
+agent is found through the admin address it reports to the control plane
+(ADMIN_ADDRESS node metadata), or given with --admin.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !slices.Contains(install.Sections, args[1]) {
+				return fmt.Errorf("unknown section %q (one of %s)", args[1], strings.Join(install.Sections, ", "))
+			}
+			if admin == "" {
+				ps, err := install.FetchProxyStatus(cmd.Context(), addr, args[0])
+				if err != nil {
+					return err
+				}
+				if admin, err = install.AdminAddress(ps); err != nil {
+					return err
+				}
+			}
+			pc, err := install.FetchProxyConfig(cmd.Context(), admin)
+			if err != nil {
+				return err
+			}
+			return install.WriteProxyConfig(cmd.OutOrStdout(), pc, args[1], format)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "xds-address", "127.0.0.1:15010", "control plane xDS address (to find the node's agent)")
+	cmd.Flags().StringVar(&admin, "admin", "", "the agent's admin address (skips asking the control plane)")
+	cmd.Flags().StringVarP(&format, "output", "o", "short", "short, json or yaml")
+	return cmd
 }
 
 func versionCmd() *cobra.Command {

@@ -441,13 +441,17 @@ func (s *Sockmesh) WaitReady() {
 	s.tp.t.Fatalf("sockmesh not ready after 15s\n%s", s.Output())
 }
 
-// Get fetches a path from the agent's admin API (or, for /metrics, its
-// metrics port) and returns the body.
+// Get fetches a path from the agent's admin API (for /metrics, its metrics
+// port; for /monitor/..., the control plane's monitoring port) and returns
+// the body.
 func (s *Sockmesh) Get(path string) string {
 	s.tp.t.Helper()
 	addr := s.Admin
-	if path == "/metrics" {
+	switch {
+	case path == "/metrics":
 		addr = s.Metrics
+	case strings.HasPrefix(path, "/monitor/"):
+		addr, path = s.Monitor, strings.TrimPrefix(path, "/monitor")
 	}
 	resp, err := http.Get("http://" + addr + path)
 	if err != nil {
