@@ -3,7 +3,9 @@ package tests
 import (
 	"encoding/json"
 	"path/filepath"
+	"regexp"
 	"testing"
+	"time"
 
 	"github.com/sockmesh/sockmesh/internal/testutil"
 	"github.com/sockmesh/sockmesh/tests/harness"
@@ -54,6 +56,16 @@ func TestProxylessGRPC(t *testing.T) {
 	// Move the service to g2 while a client runs: it follows without a
 	// restart (EDS update over the same stream).
 	proc := client.StartEnv(env, "", "grpc-call", "-target", "xds:///greeter.default.svc.cluster.local:80", "-until", "g2", "-timeout", "20s")
+
+	// The control plane sees grpc-go's client acknowledge every type (CSDS,
+	// through sockmesh proxy-status).
+	row := regexp.MustCompile(`(?m)^grpc-client~\S+\s+test\s+\S+\s+\S+\s+SYNCED\s+SYNCED\s+SYNCED\s+SYNCED\s*$`)
+	var status string
+	waitFor(t, 10*time.Second, func() bool {
+		status, _ = tp.RunOnNode(bin, "proxy-status", "--xds-address", xdsAddr)
+		return row.MatchString(status)
+	})
+	t.Logf("proxy-status with grpc-go's client connected:\n%s", status)
 	write(g2.IP4.String())
 	<-procDone(proc)
 	var res harness.DialResult

@@ -55,6 +55,23 @@ func TestProxyStatusAndConfig(t *testing.T) {
 	if out := sockmeshCLI(t, "proxy-config", tp.ID, "endpoints", "--admin", sm.Admin, "-o", "yaml"); !strings.Contains(out, "configs:") {
 		t.Fatalf("proxy-config -o yaml:\n%s", out)
 	}
+
+	// grpcurl, which knows nothing of sockmesh, lists and calls the
+	// services through reflection.
+	grpcurl, err := harness.Tool("github.com/fullstorydev/grpcurl/cmd/grpcurl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := exec.Command(grpcurl, "-plaintext", sm.XDS, "list").CombinedOutput()
+	if err != nil || !strings.Contains(string(list), "envoy.service.status.v3.ClientStatusDiscoveryService") ||
+		!strings.Contains(string(list), "envoy.service.discovery.v3.AggregatedDiscoveryService") {
+		t.Fatalf("grpcurl list: %v\n%s", err, list)
+	}
+	call, err := exec.Command(grpcurl, "-plaintext", "-d", "{}", sm.XDS, "envoy.service.status.v3.ClientStatusDiscoveryService/FetchClientStatus").CombinedOutput()
+	if err != nil || !strings.Contains(string(call), `"id": "`+tp.ID+`"`) || !strings.Contains(string(call), "SYNCED") {
+		t.Fatalf("grpcurl FetchClientStatus: %v\n%s", err, call)
+	}
+	t.Logf("grpcurl list:\n%s", list)
 }
 
 // TestNACKIsVisibleAndNotResent makes the agent reject an update (its

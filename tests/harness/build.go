@@ -54,3 +54,34 @@ func RemoveBinaries() {
 		os.RemoveAll(buildDir)
 	}
 }
+
+var (
+	toolMu    sync.Mutex
+	toolBuilt = map[string]string{}
+)
+
+// Tool builds a third-party program pinned in the tools module (e.g.
+// "github.com/fullstorydev/grpcurl/cmd/grpcurl") once per test process and
+// returns its path.
+func Tool(pkg string) (string, error) {
+	if _, _, err := Binaries(); err != nil {
+		return "", err
+	}
+	toolMu.Lock()
+	defer toolMu.Unlock()
+	if p, ok := toolBuilt[pkg]; ok {
+		return p, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(buildDir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = filepath.Join(root, "tools")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	toolBuilt[pkg] = out
+	return out, nil
+}

@@ -108,6 +108,13 @@ func (tp *Topology) OnNode(name, want, bin string, args ...string) *Proc {
 	}, want)
 }
 
+// RunOnNode runs a command to completion in the node's network namespace
+// and returns its combined output.
+func (tp *Topology) RunOnNode(bin string, args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", tp.nodeNS, bin}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
 // Pod is a network namespace on the topology's bridge with a cgroup.
 type Pod struct {
 	tp     *Topology
