@@ -9,7 +9,7 @@ APT_BPF   := clang-19 llvm-19 libbpf-dev
 BIN       := bin/sockmesh
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help build test test-unit generate generate-check bench clean deps-bpf
+.PHONY: help build test test-unit test-kernels generate generate-check bench clean deps-bpf
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -23,6 +23,9 @@ test: ## everything CI runs after generate-check: vet, unit, kernel and end-to-e
 
 test-unit: ## tier 1 only (no root needed): kernel tests skip
 	SOCKMESH_TEST_PRIVILEGED= $(GO) test -count=1 ./...
+
+test-kernels: ## kernel tests on the host kernel and, in qemu (TCG), on Debian 6.1 and 6.12 (root; kernels cached)
+	bash tests/kernel/matrix.sh
 
 deps-bpf: ## install the pinned BPF toolchain from apt (root)
 	@command -v $(CLANG) >/dev/null && command -v llvm-strip-19 >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || \

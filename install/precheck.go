@@ -21,6 +21,10 @@ import (
 type Check struct {
 	Feature  string
 	Required bool
+	// Since is the upstream kernel release that introduced the feature.
+	// make test-kernels verifies them all on Debian's 6.1 and 6.12 and on
+	// the host.
+	Since string
 	// Without says what stops working when the feature is missing.
 	Without string
 	Probe   func() error
@@ -40,25 +44,25 @@ func Checks() []Check {
 		return func() error { return features.HaveProgramHelper(pt, fn) }
 	}
 	return []Check{
-		{"cgroup v2 mounted", true, "no service routing: programs attach to a cgroup v2", func() error { _, err := host.Cgroup2Mount(); return err }},
-		{"cgroup sock_addr programs", true, "no service routing", prog(ebpf.CGroupSockAddr)},
-		{"hash and LRU hash maps", true, "no service routing", func() error {
+		{"cgroup v2 mounted", true, "4.5", "no service routing: programs attach to a cgroup v2", func() error { _, err := host.Cgroup2Mount(); return err }},
+		{"cgroup sock_addr programs", true, "5.8", "no service routing (getpeername hooks: 5.8)", prog(ebpf.CGroupSockAddr)},
+		{"hash and LRU hash maps", true, "4.10", "no service routing", func() error {
 			return errors.Join(features.HaveMapType(ebpf.Hash), features.HaveMapType(ebpf.LRUHash), features.HaveMapType(ebpf.PerCPUArray))
 		}},
-		{"socket local storage", true, "getpeername and connected UDP cannot show the VIP", mapT(ebpf.SkStorage)},
-		{"bpf_set_retval in sock_addr", true, "a service without backends cannot be refused cleanly", helper(ebpf.CGroupSockAddr, asm.FnSetRetval)},
-		{"sockaddr programs pass the verifier", true, "no service routing", func() error {
+		{"socket local storage", true, "5.2", "getpeername and connected UDP cannot show the VIP", mapT(ebpf.SkStorage)},
+		{"bpf_set_retval in sock_addr", true, "5.18", "a service without backends cannot be refused cleanly", helper(ebpf.CGroupSockAddr, asm.FnSetRetval)},
+		{"sockaddr programs pass the verifier", true, "5.18", "no service routing", func() error {
 			objs, err := sockaddr.Load(sockaddr.LoadOptions{})
 			if err != nil {
 				return err
 			}
 			return objs.Close()
 		}},
-		{"sockops programs", false, "no same-node fast path", prog(ebpf.SockOps)},
-		{"sk_msg programs", false, "no same-node fast path", prog(ebpf.SkMsg)},
-		{"sockhash maps", false, "no same-node fast path", mapT(ebpf.SockHash)},
-		{"ring buffer maps", false, "no L7 telemetry", mapT(ebpf.RingBuf)},
-		{"uprobes (uprobe PMU)", false, "no L7 telemetry", func() error {
+		{"sockops programs", false, "4.13", "no same-node fast path", prog(ebpf.SockOps)},
+		{"sk_msg programs", false, "4.17", "no same-node fast path", prog(ebpf.SkMsg)},
+		{"sockhash maps", false, "4.18", "no same-node fast path", mapT(ebpf.SockHash)},
+		{"ring buffer maps", false, "5.8", "no L7 telemetry", mapT(ebpf.RingBuf)},
+		{"uprobes (uprobe PMU)", false, "4.17", "no L7 telemetry", func() error {
 			if _, err := os.Stat("/sys/bus/event_source/devices/uprobe/type"); err != nil {
 				return fmt.Errorf("uprobe PMU not found: %w", err)
 			}
@@ -70,7 +74,7 @@ func Checks() []Check {
 // Precheck runs every check.
 func Precheck() []CheckResult {
 	if err := rlimit.RemoveMemlock(); err != nil {
-		return []CheckResult{{Check: Check{Feature: "remove memlock rlimit", Required: true, Without: "nothing can load"}, Err: err}}
+		return []CheckResult{{Check: Check{Feature: "remove memlock rlimit", Required: true, Since: "-", Without: "nothing can load"}, Err: err}}
 	}
 	var out []CheckResult
 	for _, c := range Checks() {
@@ -83,8 +87,9 @@ func Precheck() []CheckResult {
 // required feature is missing.
 func WritePrecheck(w io.Writer, results []CheckResult) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "FEATURE\tSTATUS\tREQUIRED\tWITHOUT IT")
+	fmt.Fprintln(tw, "FEATURE\tSTATUS\tREQUIRED\tSINCE\tWITHOUT IT")
 	var missing []string
+	defer fmt.Fprintln(w, "SINCE is the upstream release; make test-kernels verifies sockmesh on Debian 6.1, 6.12 and the host kernel.")
 	for _, r := range results {
 		status := "ok"
 		if r.Err != nil {
@@ -97,7 +102,7 @@ func WritePrecheck(w io.Writer, results []CheckResult) error {
 		if r.Required {
 			req = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Feature, status, req, r.Without)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Feature, status, req, r.Since, r.Without)
 	}
 	tw.Flush()
 	if len(missing) > 0 {

@@ -2,11 +2,12 @@ package sockaddr
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/sockmesh/sockmesh/bpf/verifier"
 )
 
 // Protocol numbers as the kernel reports them in bpf_sock_addr.protocol.
@@ -99,11 +100,7 @@ func Load(o LoadOptions) (*Objects, error) {
 		spec.Maps[MapSlots].MaxEntries = o.MaxSlots
 	}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
-		var verr *ebpf.VerifierError
-		if errors.As(err, &verr) {
-			return nil, fmt.Errorf("load sockaddr programs: %+v", verr)
-		}
-		return nil, fmt.Errorf("load sockaddr programs: %w", err)
+		return nil, verifier.Explain("sockaddr programs", err)
 	}
 	return &objs, nil
 }

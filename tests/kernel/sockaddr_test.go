@@ -1,0 +1,183 @@
+package kernel
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/node/dataplane"
+)
+
+// TestSockaddrRouting loads and attaches all eight sock_addr programs and
+// sends TCP and UDP, IPv4 and IPv6, through service VIPs to servers on
+// loopback.
+func TestSockaddrRouting(t *testing.T) {
+	isolated(t, func(cg string) {
+		pin := filepath.Join(t.TempDir(), "bpf")
+		dp, err := dataplane.Open(dataplane.Config{PinDir: pin, Cgroup: cg}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			dp.Close()
+			if err := dataplane.Cleanup(pin); err != nil {
+				t.Error(err)
+			}
+		}()
+
+		tcp4, tcpPort4 := serveTCP(t, "127.0.0.1:0", "tcp4-backend")
+		defer tcp4.Close()
+		tcp6, tcpPort6 := serveTCP(t, "[::1]:0", "tcp6-backend")
+		defer tcp6.Close()
+		udp, udpPort := serveUDP(t, "127.0.0.1:0")
+		defer udp.Close()
+
+		svc := func(vip string, port uint16, proto uint8, backend string, bport uint16) dataplane.Service {
+			return dataplane.Service{VIP: netip.MustParseAddr(vip), Port: port, Proto: proto,
+				Backends: []dataplane.Backend{{Addr: netip.MustParseAddr(backend), Port: bport, Weight: 1}}}
+		}
+		if err := dp.Sync([]dataplane.Service{
+			svc("10.96.0.1", 80, sockaddr.ProtoTCP, "127.0.0.1", tcpPort4),
+			svc("fd00:96::1", 80, sockaddr.ProtoTCP, "::1", tcpPort6),
+			svc("10.96.0.1", 53, sockaddr.ProtoUDP, "127.0.0.1", udpPort),
+			{VIP: netip.MustParseAddr("10.96.0.2"), Port: 80, Proto: sockaddr.ProtoTCP}, // no backends
+		}); err != nil {
+			t.Fatal(err)
+		}
+
+		// TCP over IPv4 and IPv6: connect4/6 translate, getpeername4/6
+		// show the VIP.
+		for _, c := range []struct{ addr, want string }{
+			{"10.96.0.1:80", "tcp4-backend"},
+			{"[fd00:96::1]:80", "tcp6-backend"},
+		} {
+			conn, err := net.Dial("tcp", c.addr)
+			if err != nil {
+				t.Fatalf("dial %s: %v", c.addr, err)
+			}
+			line, err := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if err != nil || strings.TrimSpace(line) != c.want {
+				t.Fatalf("%s answered %q, %v; want %s", c.addr, line, err, c.want)
+			}
+			if got := conn.RemoteAddr().String(); got != c.addr {
+				t.Errorf("getpeername shows %s, want the VIP %s", got, c.addr)
+			}
+		}
+		// A v4-mapped destination on a dual-stack socket (what many
+		// runtimes use) goes through connect6 and getpeername6.
+		if peer, err := dialMapped(netip.MustParseAddr("::ffff:10.96.0.1"), 80); err != nil || peer != "[::ffff:10.96.0.1]:80" {
+			t.Errorf("v4-mapped connect: peer %s, %v", peer, err)
+		}
+
+		// UDP, unconnected (sendmsg4 + recvmsg4) and connected (connect4
+		// + recvmsg4 + getpeername4): replies come from the VIP.
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vip := &net.UDPAddr{IP: net.ParseIP("10.96.0.1"), Port: 53}
+		if _, err := pc.WriteTo([]byte("ping"), vip); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		n, from, err := pc.ReadFrom(buf)
+		pc.Close()
+		if err != nil || string(buf[:n]) != "ping" || from.String() != "10.96.0.1:53" {
+			t.Fatalf("unconnected UDP: %q from %v, %v", buf[:n], from, err)
+		}
+		uc, err := net.Dial("udp4", "10.96.0.1:53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		uc.Write([]byte("pong"))
+		n, err = uc.Read(buf)
+		if err != nil || string(buf[:n]) != "pong" || uc.RemoteAddr().String() != "10.96.0.1:53" {
+			t.Fatalf("connected UDP: %q from %v, %v", buf[:n], uc.RemoteAddr(), err)
+		}
+		uc.Close()
+
+		// A service without backends is refused; a non-VIP is left
+		// alone (and has no route in this namespace).
+		if _, err := net.Dial("tcp", "10.96.0.2:80"); err == nil || !strings.Contains(err.Error(), "connection refused") {
+			t.Errorf("service without backends: %v, want connection refused", err)
+		}
+		if _, err := net.Dial("tcp", "10.96.0.3:80"); err == nil || !strings.Contains(err.Error(), "network is unreachable") {
+			t.Errorf("non-VIP: %v, want network is unreachable", err)
+		}
+		dump, err := dp.Dump()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dump.Stats.Translated < 5 || dump.Stats.Reversed < 4 || dump.Stats.NoBackend != 1 {
+			t.Errorf("program counters %+v", dump.Stats)
+		}
+	})
+}
+
+func serveTCP(t *testing.T, addr, id string) (net.Listener, uint16) {
+	t.Helper()
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s\n", id)
+			c.Close()
+		}
+	}()
+	return l, uint16(l.Addr().(*net.TCPAddr).Port)
+}
+
+func serveUDP(t *testing.T, addr string) (net.PacketConn, uint16) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return pc, uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+}
+
+// dialMapped connects an AF_INET6 socket to a (v4-mapped) address with
+// plain syscalls, as Go's net package will not, and returns the peer the
+// kernel reports.
+func dialMapped(a netip.Addr, port int) (string, error) {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Addr: a.As16(), Port: port}); err != nil {
+		return "", err
+	}
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return "", err
+	}
+	in6 := sa.(*unix.SockaddrInet6)
+	return netip.AddrPortFrom(netip.AddrFrom16(in6.Addr), uint16(in6.Port)).String(), nil
+}
