@@ -24,10 +24,20 @@ struct svc_key {
 /* svc_val points at the backend slot table of one revision. slots == 0 means
  * the service exists but has no healthy backend: the caller gets
  * ECONNREFUSED instead of a connection to the VIP. */
+enum svc_flags {
+	/* Translate only while the agent's heartbeat is fresh: used to capture
+	 * DNS, which must reach the original server when the agent is gone. */
+	SVC_F_AGENT_LIVE = 1,
+};
+
 struct svc_val {
 	__u32 rev;
 	__u32 slots;
+	enum svc_flags flags; /* a bit set of SVC_F_* */
 };
+
+/* An agent heartbeat older than this no longer counts as alive. */
+#define AGENT_STALE_NS (2ULL * 1000 * 1000 * 1000)
 
 /* slot_key addresses one slot of a revision's table. A backend with weight w
  * fills a number of slots proportional to w, so a uniform random slot is a
@@ -72,6 +82,7 @@ enum stat {
 	STAT_SLOT_MISS,      /* service entry pointed at a missing slot */
 	STAT_REVERSED,       /* recvmsg/getpeername shown the VIP */
 	STAT_UDP_REV_FULL,   /* udp reverse entry could not be stored */
+	STAT_AGENT_DOWN,     /* agent-bound service skipped: no fresh heartbeat */
 	STAT_MAX,
 };
 
@@ -121,6 +132,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_udp_rev SEC(".maps");
 
+/* sm_agent: one entry, the agent's last heartbeat (bpf_ktime_get_ns clock,
+ * i.e. CLOCK_MONOTONIC). Written by the agent every 500 ms while it serves
+ * (0 when it stops), read by connect/sendmsg for SVC_F_AGENT_LIVE services. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_agent SEC(".maps");
+
 /* sm_stats: per-CPU counters indexed by enum stat, read by the agent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -153,6 +175,15 @@ static __always_inline enum pick pick_backend(const struct svc_key *key, struct 
 
 	if (!svc)
 		return PICK_NONE;
+	if (svc->flags & SVC_F_AGENT_LIVE) {
+		__u32 zero = 0;
+		__u64 *hb = bpf_map_lookup_elem(&sm_agent, &zero);
+
+		if (!hb || *hb == 0 || bpf_ktime_get_ns() - *hb > AGENT_STALE_NS) {
+			count(STAT_AGENT_DOWN);
+			return PICK_NONE;
+		}
+	}
 	if (svc->slots == 0) {
 		count(STAT_NO_BACKEND);
 		return PICK_REFUSE;

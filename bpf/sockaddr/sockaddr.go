@@ -22,7 +22,15 @@ const (
 	MapSlots    = bpfMapSmSlots
 	MapUDPRev   = bpfMapSmUdpRev
 	MapStats    = bpfMapSmStats
+	MapAgent    = bpfMapSmAgent
 )
+
+// ServiceFlags are the bits of ServiceValue.Flags.
+type ServiceFlags = bpfSvcFlags
+
+// FlagAgentLive marks a service translated only while the agent's
+// heartbeat in sm_agent is less than two seconds old.
+const FlagAgentLive = bpfSvcFlagsSVC_F_AGENT_LIVE
 
 // MaxSlots is how many slots one service revision may use; weights are scaled
 // down to fit.
@@ -158,6 +166,7 @@ type Stats struct {
 	SlotMiss      uint64 `json:"slotMiss"`
 	Reversed      uint64 `json:"reversed"`
 	UDPReverseErr uint64 `json:"udpReverseFull"`
+	AgentDown     uint64 `json:"agentDown"`
 }
 
 // ReadStats sums the per-CPU counters of the sm_stats map.
@@ -183,5 +192,6 @@ func statFields(s *Stats) []*uint64 {
 		bpfStatSTAT_SLOT_MISS:    &s.SlotMiss,
 		bpfStatSTAT_REVERSED:     &s.Reversed,
 		bpfStatSTAT_UDP_REV_FULL: &s.UDPReverseErr,
+		bpfStatSTAT_AGENT_DOWN:   &s.AgentDown,
 	}
 }

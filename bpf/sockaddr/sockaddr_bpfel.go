@@ -51,7 +51,14 @@ const (
 	bpfStatSTAT_SLOT_MISS    bpfStat = 2
 	bpfStatSTAT_REVERSED     bpfStat = 3
 	bpfStatSTAT_UDP_REV_FULL bpfStat = 4
-	bpfStatSTAT_MAX          bpfStat = 5
+	bpfStatSTAT_AGENT_DOWN   bpfStat = 5
+	bpfStatSTAT_MAX          bpfStat = 6
+)
+
+type bpfSvcFlags uint32
+
+const (
+	bpfSvcFlagsSVC_F_AGENT_LIVE bpfSvcFlags = 1
 )
 
 type bpfSvcKey struct {
@@ -69,6 +76,7 @@ type bpfSvcVal struct {
 	_     structs.HostLayout
 	Rev   uint32
 	Slots uint32
+	Flags bpfSvcFlags
 }
 
 type bpfUdpRevKey struct {
@@ -96,6 +104,7 @@ type bpfUdpRevVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	bpfMapSmAgent         = "sm_agent"
 	bpfMapSmServices      = "sm_services"
 	bpfMapSmSlots         = "sm_slots"
 	bpfMapSmSockPeer      = "sm_sock_peer"
@@ -167,6 +176,7 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
+	SmAgent    *ebpf.MapSpec `ebpf:"sm_agent"`
 	SmServices *ebpf.MapSpec `ebpf:"sm_services"`
 	SmSlots    *ebpf.MapSpec `ebpf:"sm_slots"`
 	SmSockPeer *ebpf.MapSpec `ebpf:"sm_sock_peer"`
@@ -200,6 +210,7 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
+	SmAgent    *ebpf.Map `ebpf:"sm_agent"`
 	SmServices *ebpf.Map `ebpf:"sm_services"`
 	SmSlots    *ebpf.Map `ebpf:"sm_slots"`
 	SmSockPeer *ebpf.Map `ebpf:"sm_sock_peer"`
@@ -209,6 +220,7 @@ type bpfMaps struct {
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
+		m.SmAgent,
 		m.SmServices,
 		m.SmSlots,
 		m.SmSockPeer,

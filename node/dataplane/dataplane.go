@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/node/host"
@@ -48,6 +49,7 @@ func (c Config) linkDir() string { return filepath.Join(c.PinDir, "links") }
 type entry struct {
 	rev   uint32
 	slots []sockaddr.Backend
+	flags sockaddr.ServiceFlags
 	name  string
 }
 
@@ -178,7 +180,7 @@ func (d *Dataplane) adopt() error {
 				slots[s.slot] = s.b
 			}
 		}
-		d.current[key] = entry{rev: val.Rev, slots: slots}
+		d.current[key] = entry{rev: val.Rev, slots: slots, flags: val.Flags}
 		used[val.Rev] = true
 		d.nextRev = max(d.nextRev, val.Rev+1)
 	}
@@ -226,14 +228,14 @@ func (d *Dataplane) Sync(desired []Service) error {
 			continue
 		}
 		cur, ok := d.current[k]
-		if ok && slices.Equal(cur.slots, slots) {
+		if ok && cur.flags == s.flags() && slices.Equal(cur.slots, slots) {
 			if cur.name != s.Name {
 				cur.name = s.Name
 				d.current[k] = cur
 			}
 			continue
 		}
-		if err := d.write(k, slots, s.Name); err != nil {
+		if err := d.write(k, slots, s.flags(), s.Name); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", s, err))
 		}
 	}
@@ -255,7 +257,7 @@ func (d *Dataplane) Sync(desired []Service) error {
 	return nil
 }
 
-func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, name string) error {
+func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, flags sockaddr.ServiceFlags, name string) error {
 	rev := d.nextRev
 	d.nextRev++
 	for i, b := range slots {
@@ -264,7 +266,7 @@ func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, name 
 			return fmt.Errorf("write backend slot (%d of %d): %w", i+1, len(slots), err)
 		}
 	}
-	val := sockaddr.ServiceValue{Rev: rev, Slots: uint32(len(slots))}
+	val := sockaddr.ServiceValue{Rev: rev, Slots: uint32(len(slots)), Flags: flags}
 	if err := d.objs.SmServices.Update(k, val, ebpf.UpdateAny); err != nil {
 		d.deleteSlots(rev, len(slots))
 		return fmt.Errorf("write service entry: %w", err)
@@ -272,7 +274,7 @@ func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, name 
 	if old, ok := d.current[k]; ok {
 		d.deleteSlots(old.rev, len(old.slots))
 	}
-	d.current[k] = entry{rev: rev, slots: slots, name: name}
+	d.current[k] = entry{rev: rev, slots: slots, flags: flags, name: name}
 	return nil
 }
 
@@ -282,6 +284,22 @@ func (d *Dataplane) deleteSlots(rev uint32, n int) {
 			d.log.Warn("delete backend slot", "rev", rev, "slot", i, "err", err)
 		}
 	}
+}
+
+// Heartbeat tells the programs the agent is alive (now) or gone (alive
+// false). Services with RequireAgent are translated only while the last
+// heartbeat is under two seconds old, so call it at least every second.
+func (d *Dataplane) Heartbeat(alive bool) error {
+	var v uint64
+	if alive {
+		var ts unix.Timespec
+		// bpf_ktime_get_ns() reads CLOCK_MONOTONIC.
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			return err
+		}
+		v = uint64(ts.Nano())
+	}
+	return d.objs.SmAgent.Put(uint32(0), v)
 }
 
 // Close releases this process's handles. Pinned links and maps stay: the

@@ -18,6 +18,17 @@ type Service struct {
 	Backends []Backend
 	// Name says where the service came from (for dumps and errors).
 	Name string
+	// RequireAgent translates the service only while the agent's
+	// heartbeat is fresh (Heartbeat): if the agent dies, traffic goes to
+	// the original destination as if there were no mesh.
+	RequireAgent bool
+}
+
+func (s Service) flags() sockaddr.ServiceFlags {
+	if s.RequireAgent {
+		return sockaddr.FlagAgentLive
+	}
+	return 0
 }
 
 // Backend is one destination with its relative weight.

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -180,4 +181,56 @@ func dialMapped(a netip.Addr, port int) (string, error) {
 	}
 	in6 := sa.(*unix.SockaddrInet6)
 	return netip.AddrPortFrom(netip.AddrFrom16(in6.Addr), uint16(in6.Port)).String(), nil
+}
+
+// TestAgentBoundServiceFollowsHeartbeat: a RequireAgent service (how DNS
+// is captured) is translated only while the agent's heartbeat is fresh.
+func TestAgentBoundServiceFollowsHeartbeat(t *testing.T) {
+	isolated(t, func(cg string) {
+		pin := filepath.Join(t.TempDir(), "bpf")
+		dp, err := dataplane.Open(dataplane.Config{PinDir: pin, Cgroup: cg}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			dp.Close()
+			if err := dataplane.Cleanup(pin); err != nil {
+				t.Error(err)
+			}
+		}()
+		l, port := serveTCP(t, "127.0.0.1:0", "agent")
+		defer l.Close()
+		if err := dp.Sync([]dataplane.Service{{VIP: netip.MustParseAddr("10.96.0.53"), Port: 53, Proto: sockaddr.ProtoTCP, RequireAgent: true,
+			Backends: []dataplane.Backend{{Addr: netip.MustParseAddr("127.0.0.1"), Port: port, Weight: 1}}}}); err != nil {
+			t.Fatal(err)
+		}
+		dial := func() error {
+			c, err := net.Dial("tcp", "10.96.0.53:53")
+			if err == nil {
+				c.Close()
+			}
+			return err
+		}
+		if err := dial(); err == nil || !strings.Contains(err.Error(), "network is unreachable") {
+			t.Fatalf("before any heartbeat: %v, want the original destination (unreachable here)", err)
+		}
+		if err := dp.Heartbeat(true); err != nil {
+			t.Fatal(err)
+		}
+		if err := dial(); err != nil {
+			t.Fatalf("with a fresh heartbeat: %v", err)
+		}
+		if err := dp.Heartbeat(false); err != nil {
+			t.Fatal(err)
+		}
+		if err := dial(); err == nil {
+			t.Fatal("after the agent said it stopped, the service was still captured")
+		}
+		// An agent that dies without a word: its last heartbeat ages out.
+		dp.Heartbeat(true)
+		time.Sleep(2100 * time.Millisecond)
+		if err := dial(); err == nil {
+			t.Fatal("a heartbeat older than 2 s still captured the service")
+		}
+	})
 }
