@@ -9,7 +9,7 @@ APT_BPF   := clang-19 llvm-19 libbpf-dev
 BIN       := bin/sockmesh
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help build test test-unit test-kernels generate generate-check bench clean deps-bpf
+.PHONY: help build test test-unit test-kernels deps-test generate generate-check bench clean deps-bpf
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -17,7 +17,7 @@ help: ## list targets
 build: ## build bin/sockmesh (no clang needed: BPF objects are committed)
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/sockmesh
 
-test: ## everything CI runs after generate-check: vet, unit, kernel and end-to-end tests
+test: deps-test ## everything CI runs after generate-check: vet, unit, kernel and end-to-end tests
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
 
@@ -26,6 +26,12 @@ test-unit: ## tier 1 only (no root needed): kernel tests skip
 
 test-kernels: ## kernel tests on the host kernel and, in qemu (TCG), on Debian 6.1 and 6.12 (root; kernels cached)
 	bash tests/kernel/matrix.sh
+
+# Programs the end-to-end tests drive (dig); installed when running as root.
+APT_TEST := bind9-dnsutils
+deps-test: ## install the peer programs the tests use, from apt (as root; others skip kernel tests anyway)
+	@if [ "$$(id -u)" = 0 ] && ! command -v dig >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST) >/dev/null; fi
 
 deps-bpf: ## install the pinned BPF toolchain from apt (root)
 	@command -v $(CLANG) >/dev/null && command -v llvm-strip-19 >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || \

@@ -25,10 +25,16 @@ type Service struct {
 	Namespace string
 	Name      string
 	// VIPs are the service's cluster IPs, IPv4 and/or IPv6. Empty for a
-	// headless service.
-	VIPs      []netip.Addr
-	Ports     []Port
-	Endpoints []Endpoint
+	// headless or ExternalName service.
+	VIPs []netip.Addr
+	// Headless services (clusterIP: None) resolve to their ready
+	// endpoints' addresses instead of a VIP.
+	Headless bool
+	// ExternalName, when set, makes the service a DNS alias (CNAME) of
+	// this host; it has no VIP and no endpoints.
+	ExternalName string
+	Ports        []Port
+	Endpoints    []Endpoint
 }
 
 // Port is one port a service exposes.

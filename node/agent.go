@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +19,9 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/node/dataplane"
+	"github.com/sockmesh/sockmesh/node/dns"
 	"github.com/sockmesh/sockmesh/node/host"
 	"github.com/sockmesh/sockmesh/node/xdsclient"
 )
@@ -49,11 +52,19 @@ type Config struct {
 	Region, Zone string
 	// MaxServices and MaxSlots size the kernel's service maps (0: defaults).
 	MaxServices, MaxSlots uint32
+	// DNS configures the agent's DNS server; an empty Address turns it off.
+	DNS dns.Config
+	// ClusterDNS is the DNS server address pods are configured with (e.g.
+	// kube-dns's 10.96.0.10). When set, DNS sent there by processes in the
+	// cgroup (UDP and TCP port 53) goes to the agent's DNS server while
+	// the agent is alive, and to ClusterDNS itself when it is not.
+	ClusterDNS netip.Addr
 }
 
 // DefaultConfig returns the defaults.
 func DefaultConfig() Config {
 	return Config{
+		DNS:            dns.DefaultConfig(),
 		XDSAddress:     "127.0.0.1:15010",
 		Cluster:        "Kubernetes",
 		PinDir:         "/sys/fs/bpf/sockmesh",
@@ -82,7 +93,39 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("agent: %s address %q: %w", flag, addr, err))
 		}
 	}
+	if c.DNS.Address != "" {
+		if err := c.DNS.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("agent: %w", err))
+		}
+		for _, u := range c.DNS.Upstreams {
+			if ap, err := netip.ParseAddrPort(u); err == nil && ap.Addr() == c.ClusterDNS {
+				errs = append(errs, fmt.Errorf("agent: DNS upstream %s is the captured cluster DNS address: queries would loop back to the agent", u))
+			}
+		}
+	} else if c.ClusterDNS.IsValid() {
+		errs = append(errs, errors.New("agent: capturing DNS for the cluster DNS address needs the DNS server (--dns-address)"))
+	}
 	return errors.Join(errs...)
+}
+
+// dnsTarget is where captured DNS goes: the DNS server's address, with an
+// unspecified IP made loopback.
+func (c Config) dnsTarget() (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(c.DNS.Address)
+	if err != nil {
+		host, port, serr := net.SplitHostPort(c.DNS.Address)
+		if serr != nil || host != "" {
+			return netip.AddrPort{}, fmt.Errorf("DNS address %q: want IP:port", c.DNS.Address)
+		}
+		ap, err = netip.ParseAddrPort("0.0.0.0:" + port)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+	}
+	if ap.Addr().IsUnspecified() {
+		ap = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), ap.Port())
+	}
+	return ap, nil
 }
 
 // Agent is one node agent.
@@ -92,6 +135,7 @@ type Agent struct {
 
 	dp     *dataplane.Dataplane
 	client *xdsclient.Client
+	dns    *dns.Server
 	ready  atomic.Bool
 
 	adminMu  sync.Mutex
@@ -159,6 +203,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.client = client
 
 	g, ctx := errgroup.WithContext(ctx)
+	if a.cfg.DNS.Address != "" {
+		if a.dns, err = dns.New(a.cfg.DNS, a.log.With("component", "dns")); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+		g.Go(func() error { return a.dns.Run(ctx) })
+		g.Go(func() error { return a.heartbeat(ctx) })
+	}
 	g.Go(func() error { return client.Run(ctx) })
 	if a.cfg.AdminAddress != "" {
 		g.Go(func() error { return a.serveAdmin(ctx) })
@@ -166,6 +217,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.MetricsAddress != "" {
 		reg := prometheus.NewRegistry()
 		reg.MustRegister(newCollector(a), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		if a.dns != nil {
+			reg.MustRegister(a.dns.Collectors()...)
+		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		g.Go(func() error { return serveHTTP(ctx, a.cfg.MetricsAddress, mux, a.log) })
@@ -180,15 +234,52 @@ func (a *Agent) apply(st *xdsclient.State) error {
 	if err != nil {
 		return err
 	}
+	if a.cfg.ClusterDNS.IsValid() {
+		target, err := a.cfg.dnsTarget()
+		if err != nil {
+			return err
+		}
+		for _, proto := range []uint8{sockaddr.ProtoUDP, sockaddr.ProtoTCP} {
+			svcs = append(svcs, dataplane.Service{
+				VIP: a.cfg.ClusterDNS, Port: 53, Proto: proto, Name: "dns-capture", RequireAgent: true,
+				Backends: []dataplane.Backend{{Addr: target.Addr(), Port: target.Port(), Weight: 1}},
+			})
+		}
+	}
 	start := time.Now()
 	if err := a.dp.Sync(svcs); err != nil {
 		return fmt.Errorf("program kernel: %w", err)
+	}
+	if a.dns != nil {
+		a.dns.SetTable(dns.BuildTable(st, a.cfg.DNS.Domain))
 	}
 	if !a.ready.Load() && st.Complete() {
 		a.ready.Store(true)
 		a.log.Info("agent ready: first configuration is in the kernel", "services", len(svcs), "took", time.Since(start))
 	}
 	return nil
+}
+
+// heartbeat tells the kernel, twice a second, whether captured DNS may go
+// to the agent: only while the DNS server listens and the mesh's names are
+// loaded. Stopping says so at once; dying lets the heartbeat age out (2 s).
+func (a *Agent) heartbeat(ctx context.Context) error {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		alive := a.dns.Serving() && a.Ready()
+		if err := a.dp.Heartbeat(alive); err != nil {
+			a.log.Warn("heartbeat", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			if err := a.dp.Heartbeat(false); err != nil {
+				a.log.Warn("heartbeat", "err", err)
+			}
+			return nil
+		case <-t.C:
+		}
+	}
 }
 
 // Ready reports whether the first complete configuration is in the maps.

@@ -78,7 +78,7 @@ func TestControlPlaneAndAgentApart(t *testing.T) {
 		}
 	}()
 	agent := exec.Command(bin, "agent", "--xds-address", xdsAddr, "--cgroup", tp.Mesh, "--pin-dir", tp.PinDir,
-		"--admin-address", admin, "--metrics-address", metrics, "--node-id", "node-a")
+		"--admin-address", admin, "--metrics-address", metrics, "--node-id", "node-a", "--dns-address", "")
 	var agOut strings.Builder
 	agent.Stdout, agent.Stderr = &agOut, &agOut
 	if err := agent.Start(); err != nil {

@@ -78,9 +78,18 @@ func ListenerName(vip netip.Addr, p mesh.Port) string {
 func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
 	var out Resources
 	for _, svc := range snap.Services {
-		for _, port := range svc.Ports {
+		ports := svc.Ports
+		if len(ports) == 0 {
+			// A service without ports (headless or ExternalName) still
+			// needs a name in DNS: a port-0 cluster carries its metadata.
+			ports = []mesh.Port{{Protocol: mesh.TCP}}
+		}
+		for _, port := range ports {
 			cluster := ClusterName(svc, port, domain)
-			meta := serviceMetadata(svc, port)
+			meta, err := serviceMetadata(svc, port, domain)
+			if err != nil {
+				return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
+			}
 			out.Clusters = append(out.Clusters, buildCluster(cluster, meta))
 			out.Endpoints = append(out.Endpoints, buildAssignment(cluster, svc, port))
 			for _, vip := range svc.VIPs {
@@ -90,7 +99,7 @@ func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
 				}
 				out.Listeners = append(out.Listeners, l)
 			}
-			if port.Protocol == mesh.TCP {
+			if port.Protocol == mesh.TCP && port.Port != 0 {
 				ls, rc, err := buildProxyless(svc, port, cluster, domain)
 				if err != nil {
 					return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
@@ -103,14 +112,35 @@ func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
 	return &out, nil
 }
 
-func serviceMetadata(svc *mesh.Service, p mesh.Port) *corev3.Metadata {
-	s, _ := structpb.NewStruct(map[string]any{
-		"service":   svc.Name,
-		"namespace": svc.Namespace,
-		"port":      p.Name,
-		"protocol":  string(p.Protocol),
-	})
-	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: s}}
+// serviceMetadata is what agents need beyond Envoy's fields, in
+// filter_metadata["sockmesh"]: the service's identity, its DNS name and
+// VIPs (for the agent's DNS server), headless and ExternalName, and the
+// port's name, number and protocol.
+func serviceMetadata(svc *mesh.Service, p mesh.Port, domain string) (*corev3.Metadata, error) {
+	vips := []any{}
+	for _, v := range svc.VIPs {
+		vips = append(vips, v.String())
+	}
+	fields := map[string]any{
+		"service":    svc.Name,
+		"namespace":  svc.Namespace,
+		"hostname":   svc.Hostname(domain),
+		"vips":       vips,
+		"port":       p.Name,
+		"portNumber": float64(p.Port),
+		"protocol":   string(p.Protocol),
+	}
+	if svc.Headless {
+		fields["headless"] = true
+	}
+	if svc.ExternalName != "" {
+		fields["externalName"] = svc.ExternalName
+	}
+	s, err := structpb.NewStruct(fields)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: s}}, nil
 }
 
 func buildCluster(name string, meta *corev3.Metadata) *clusterv3.Cluster {
@@ -136,6 +166,9 @@ func buildAssignment(cluster string, svc *mesh.Service, port mesh.Port) *endpoin
 	groups := map[localityKey]*endpointv3.LocalityLbEndpoints{}
 	for _, ep := range svc.Endpoints {
 		target, ok := ep.TargetFor(port)
+		if port.Port == 0 {
+			target, ok = 0, true // port-less (headless) service: addresses only
+		}
 		if !ok {
 			continue
 		}

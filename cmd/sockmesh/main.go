@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -23,6 +24,7 @@ import (
 	"github.com/sockmesh/sockmesh/mesh/file"
 	"github.com/sockmesh/sockmesh/node"
 	"github.com/sockmesh/sockmesh/node/dataplane"
+	"github.com/sockmesh/sockmesh/node/dns"
 	"github.com/sockmesh/sockmesh/xds"
 )
 
@@ -84,8 +86,12 @@ Without -f, the embedded example mesh is served.`,
 				return err
 			}
 			ag.XDSAddress = cp.Address
+			ag.DNS.Domain = cp.Domain
 			if ag.NodeID == "" {
 				ag.NodeID = hostname()
+			}
+			if err := defaultUpstreams(&ag); err != nil {
+				return err
 			}
 			return runUp(cmd.Context(), log, files, cp, ag)
 		},
@@ -199,6 +205,9 @@ func agentCmd(logger loggerFunc) *cobra.Command {
 			if ag.NodeID == "" {
 				ag.NodeID = hostname()
 			}
+			if err := defaultUpstreams(&ag); err != nil {
+				return err
+			}
 			a, err := node.New(ag, log)
 			if err != nil {
 				return err
@@ -214,6 +223,16 @@ func agentCmd(logger loggerFunc) *cobra.Command {
 
 func bindAgentFlags(cmd *cobra.Command, ag *node.Config) {
 	f := cmd.Flags()
+	f.StringVar(&ag.DNS.Address, "dns-address", ag.DNS.Address, "address of the agent's DNS server (UDP and TCP; empty: off)")
+	f.StringArrayVar(&ag.DNS.Upstreams, "dns-upstream", nil, "upstream resolver IP:port for names outside the mesh (repeatable; default: /etc/resolv.conf)")
+	f.Func("cluster-dns", "capture DNS sent to this address (pods' nameserver) to the agent's DNS server while it is alive", func(v string) error {
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return err
+		}
+		ag.ClusterDNS = a
+		return nil
+	})
 	f.StringVar(&ag.NodeID, "node-id", ag.NodeID, "node id reported to the control plane (default: the host name)")
 	f.StringVar(&ag.Cgroup, "cgroup", ag.Cgroup, "cgroup v2 to attach to: empty for the root, relative to the v2 mount, or absolute")
 	f.StringVar(&ag.PinDir, "pin-dir", ag.PinDir, "bpffs directory for this instance's maps and links (bpffs is mounted if needed)")
@@ -314,6 +333,20 @@ func versionString() string {
 		return bi.Main.Version
 	}
 	return version
+}
+
+// defaultUpstreams fills the DNS upstreams from /etc/resolv.conf when none
+// were given.
+func defaultUpstreams(ag *node.Config) error {
+	if ag.DNS.Address == "" || len(ag.DNS.Upstreams) > 0 {
+		return nil
+	}
+	ups, err := dns.HostUpstreams()
+	if err != nil {
+		return fmt.Errorf("DNS upstreams: %w (give --dns-upstream)", err)
+	}
+	ag.DNS.Upstreams = ups
+	return nil
 }
 
 func hostname() string {

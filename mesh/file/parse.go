@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/miekg/dns"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -188,6 +189,9 @@ func serviceFrom(doc document, svc *corev1.Service) (*mesh.Service, error) {
 		return nil, fail("metadata.name", "required")
 	}
 	out := &mesh.Service{Namespace: ns, Name: svc.Name}
+	if svc.Spec.Type == corev1.ServiceTypeExternalName {
+		return externalNameFrom(out, svc, fail)
+	}
 
 	ips := svc.Spec.ClusterIPs
 	field := "spec.clusterIPs"
@@ -201,7 +205,7 @@ func serviceFrom(doc document, svc *corev1.Service) (*mesh.Service, error) {
 	case len(ips) == 0:
 		return nil, fail("spec.clusterIP", "required: sockmesh does not allocate service VIPs, give one (or \"None\" for a headless service)")
 	case len(ips) == 1 && ips[0] == corev1.ClusterIPNone:
-		// headless: endpoints only, no VIP
+		out.Headless = true
 	default:
 		if len(ips) > 2 {
 			return nil, fail(field, "at most two addresses (one IPv4, one IPv6), got %d", len(ips))
@@ -223,8 +227,8 @@ func serviceFrom(doc document, svc *corev1.Service) (*mesh.Service, error) {
 			out.VIPs = append(out.VIPs, a)
 		}
 	}
-	if len(svc.Spec.Ports) == 0 {
-		return nil, fail("spec.ports", "at least one port is required")
+	if len(svc.Spec.Ports) == 0 && !out.Headless {
+		return nil, fail("spec.ports", "at least one port is required (except for headless and ExternalName services)")
 	}
 	seen := map[string]bool{}
 	for i, sp := range svc.Spec.Ports {
@@ -258,6 +262,33 @@ func serviceFrom(doc document, svc *corev1.Service) (*mesh.Service, error) {
 			// a named target port: endpoints must list it by name
 		}
 		out.Ports = append(out.Ports, port)
+	}
+	return out, nil
+}
+
+// externalNameFrom reads an ExternalName service: a DNS alias, with no VIP
+// or endpoints of its own.
+func externalNameFrom(out *mesh.Service, svc *corev1.Service, fail func(field, format string, args ...any) error) (*mesh.Service, error) {
+	name := strings.TrimSuffix(svc.Spec.ExternalName, ".")
+	if name == "" {
+		return nil, fail("spec.externalName", "required for type ExternalName")
+	}
+	if _, ok := dns.IsDomainName(name); !ok || len(name) > 253 {
+		return nil, fail("spec.externalName", "%q is not a DNS name", svc.Spec.ExternalName)
+	}
+	if svc.Spec.ClusterIP != "" || len(svc.Spec.ClusterIPs) > 0 {
+		return nil, fail("spec.clusterIP", "must be empty for type ExternalName")
+	}
+	out.ExternalName = name
+	for i, sp := range svc.Spec.Ports {
+		if sp.Port < 1 || sp.Port > 65535 {
+			return nil, fail(fmt.Sprintf("spec.ports[%d].port", i), "%d is out of range 1-65535", sp.Port)
+		}
+		proto := mesh.Protocol(sp.Protocol)
+		if proto == "" {
+			proto = mesh.TCP
+		}
+		out.Ports = append(out.Ports, mesh.Port{Name: sp.Name, Port: uint16(sp.Port), Protocol: proto})
 	}
 	return out, nil
 }

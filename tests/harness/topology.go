@@ -102,7 +102,7 @@ func (tp *Topology) OnNode(name, want, bin string, args ...string) *Proc {
 		tp.ip("-n", tp.nodeNS, "link", "set", "lo", "up")
 	})
 	return tp.start(name, func() (*exec.Cmd, func(), error) {
-		cmd := exec.Command("ip", append([]string{"netns", "exec", tp.nodeNS, bin}, args...)...)
+		cmd := tp.nodeCommand(bin, args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		return cmd, func() {}, nil
 	}, want)
@@ -111,8 +111,15 @@ func (tp *Topology) OnNode(name, want, bin string, args ...string) *Proc {
 // RunOnNode runs a command to completion in the node's network namespace
 // and returns its combined output.
 func (tp *Topology) RunOnNode(bin string, args ...string) (string, error) {
-	out, err := exec.Command("ip", append([]string{"netns", "exec", tp.nodeNS, bin}, args...)...).CombinedOutput()
+	out, err := tp.nodeCommand(bin, args...).CombinedOutput()
 	return string(out), err
+}
+
+// nodeCommand runs bin in the node's network namespace only. Not with
+// ip netns exec: that also remounts /sys, which hides the cgroup v2 and
+// bpffs mounts an agent on the node needs.
+func (tp *Topology) nodeCommand(bin string, args ...string) *exec.Cmd {
+	return exec.Command("nsenter", append([]string{"--net=/run/netns/" + tp.nodeNS, "--", bin}, args...)...)
 }
 
 // Pod is a network namespace on the topology's bridge with a cgroup.
@@ -316,6 +323,33 @@ func (p *Pod) RunJSONEnv(v any, env []string, args ...string) {
 	}
 }
 
+// Exec runs any program in the pod (network namespace, cgroup, and its
+// /etc/netns/NS files, e.g. resolv.conf) to completion and returns its
+// combined output.
+func (p *Pod) Exec(bin string, args ...string) (string, error) {
+	cmd, done, err := p.command(bin, args...)
+	if err != nil {
+		return "", err
+	}
+	defer done()
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// ResolvConf gives the pod its own /etc/resolv.conf (ip netns exec binds
+// /etc/netns/NS/resolv.conf over it), removed with the topology.
+func (p *Pod) ResolvConf(content string) {
+	p.tp.t.Helper()
+	dir := filepath.Join("/etc/netns", p.NS)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		p.tp.t.Fatal(err)
+	}
+	p.tp.t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(content), 0o644); err != nil {
+		p.tp.t.Fatal(err)
+	}
+}
+
 // Sysctl sets a per-namespace sysctl in the pod.
 func (p *Pod) Sysctl(key, value string) {
 	p.tp.t.Helper()
@@ -383,13 +417,14 @@ type Sockmesh struct {
 	XDS     string // host:port of the control plane
 	Metrics string // host:port of /metrics
 	Monitor string // host:port of the control plane's monitoring
+	DNS     string // host:port of the agent's DNS server
 }
 
 // StartSockmesh runs `sockmesh up` attached to the topology's mesh cgroup
 // with extra args (e.g. -f FILE) and waits until /ready answers 200.
 func (tp *Topology) StartSockmesh(args ...string) *Sockmesh {
 	tp.t.Helper()
-	return tp.startSockmesh(&Sockmesh{Admin: FreePort(tp.t), XDS: FreePort(tp.t), Metrics: FreePort(tp.t), Monitor: FreePort(tp.t)}, args...)
+	return tp.startSockmesh(&Sockmesh{Admin: FreePort(tp.t), XDS: FreePort(tp.t), Metrics: FreePort(tp.t), Monitor: FreePort(tp.t), DNS: FreePort(tp.t)}, args...)
 }
 
 func (tp *Topology) startSockmesh(addrs *Sockmesh, args ...string) *Sockmesh {
@@ -399,13 +434,13 @@ func (tp *Topology) startSockmesh(addrs *Sockmesh, args ...string) *Sockmesh {
 		tp.t.Fatal(err)
 	}
 	full := append([]string{"up", "--cgroup", tp.Mesh, "--pin-dir", tp.PinDir,
-		"--admin-address", addrs.Admin, "--xds-address", addrs.XDS, "--metrics-address", addrs.Metrics, "--monitoring-address", addrs.Monitor, "--node-id", tp.ID}, args...)
+		"--admin-address", addrs.Admin, "--xds-address", addrs.XDS, "--metrics-address", addrs.Metrics, "--monitoring-address", addrs.Monitor, "--dns-address", addrs.DNS, "--dns-upstream", "127.0.0.1:9", "--node-id", tp.ID}, args...)
 	proc := tp.start("sockmesh", func() (*exec.Cmd, func(), error) {
 		cmd := exec.Command(bin, full...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		return cmd, func() {}, nil
 	}, "")
-	s := &Sockmesh{Proc: proc, tp: tp, Admin: addrs.Admin, XDS: addrs.XDS, Metrics: addrs.Metrics, Monitor: addrs.Monitor}
+	s := &Sockmesh{Proc: proc, tp: tp, Admin: addrs.Admin, XDS: addrs.XDS, Metrics: addrs.Metrics, Monitor: addrs.Monitor, DNS: addrs.DNS}
 	s.WaitReady()
 	return s
 }

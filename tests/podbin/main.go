@@ -39,6 +39,10 @@ func main() {
 		err = grpcServe(os.Args[2:])
 	case "grpc-call":
 		err = grpcCall(os.Args[2:])
+	case "dns-serve":
+		err = dnsServe(os.Args[2:])
+	case "resolve":
+		err = resolve(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
