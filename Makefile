@@ -27,10 +27,11 @@ test-unit: ## tier 1 only (no root needed): kernel tests skip
 test-kernels: ## kernel tests on the host kernel and, in qemu (TCG), on Debian 6.1 and 6.12 (root; kernels cached)
 	bash tests/kernel/matrix.sh
 
-# Programs the end-to-end tests drive (dig); installed when running as root.
-APT_TEST := bind9-dnsutils
+# Programs the end-to-end tests and benchmarks drive (dig, musl-gcc,
+# dnsmasq); installed when running as root.
+APT_TEST := bind9-dnsutils musl-tools dnsmasq-base
 deps-test: ## install the peer programs the tests use, from apt (as root; others skip kernel tests anyway)
-	@if [ "$$(id -u)" = 0 ] && ! command -v dig >/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && ! { command -v dig && command -v musl-gcc && command -v dnsmasq; } >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST) >/dev/null; fi
 
 deps-bpf: ## install the pinned BPF toolchain from apt (root)
@@ -46,7 +47,7 @@ generate-check: generate ## regenerate and fail if the committed output differs
 	@git diff --exit-code --stat -- bpf/ || { echo "generated BPF files differ from the committed ones: run 'make generate' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "untracked generated files"; exit 1; }
 
-bench: ## benchmarks: sockmesh vs direct, interleaved, reported as ratios (root)
+bench: deps-test ## benchmarks: sockmesh vs direct, interleaved, reported as ratios (root)
 	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./tests/bench/
 
 clean: ## remove build output

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -76,6 +77,12 @@ func TestMeshDNS(t *testing.T) {
 	python := func(name string) string {
 		return sh("/usr/bin/python3", "-c", "import socket,sys; print(' '.join(sorted({a[4][0] for a in socket.getaddrinfo(sys.argv[1], None)})))", name)
 	}
+	// musl checks that a reply comes from the nameserver it asked: a C
+	// program built against it sees whether the VIP-style reversal holds.
+	gai := filepath.Join(t.TempDir(), "gai")
+	if out, err := exec.Command("musl-gcc", "-static", "-O2", "-o", gai, "testdata/gai.c").CombinedOutput(); err != nil {
+		t.Fatalf("musl-gcc (apt-get install musl-tools): %v\n%s", err, out)
+	}
 	dig := func(args ...string) string {
 		return strings.Join(strings.Fields(sh("dig", append([]string{"+short", "+time=2", "+tries=1"}, args...)...)), " ")
 	}
@@ -91,6 +98,9 @@ func TestMeshDNS(t *testing.T) {
 	}
 	if got := python("web.default.svc.cluster.local"); got != "10.96.9.10 fd96::9:10" {
 		t.Errorf("python getaddrinfo: %q", got)
+	}
+	if got := sh(gai, "web.default.svc.cluster.local"); got != "10.96.9.10 fd96::9:10" {
+		t.Errorf("musl getaddrinfo: %q", got)
 	}
 	if got := dig("+tcp", "AAAA", "web.default.svc.cluster.local"); got != "fd96::9:10" {
 		t.Errorf("dig over TCP, AAAA: %q", got)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -433,8 +434,14 @@ func (tp *Topology) startSockmesh(addrs *Sockmesh, args ...string) *Sockmesh {
 	if err != nil {
 		tp.t.Fatal(err)
 	}
-	full := append([]string{"up", "--cgroup", tp.Mesh, "--pin-dir", tp.PinDir,
-		"--admin-address", addrs.Admin, "--xds-address", addrs.XDS, "--metrics-address", addrs.Metrics, "--monitoring-address", addrs.Monitor, "--dns-address", addrs.DNS, "--dns-upstream", "127.0.0.1:9", "--node-id", tp.ID}, args...)
+	full := []string{"up", "--cgroup", tp.Mesh, "--pin-dir", tp.PinDir,
+		"--admin-address", addrs.Admin, "--xds-address", addrs.XDS, "--metrics-address", addrs.Metrics,
+		"--monitoring-address", addrs.Monitor, "--dns-address", addrs.DNS, "--node-id", tp.ID}
+	if !slices.Contains(args, "--dns-upstream") {
+		// Nothing outside the machine: no upstream answers.
+		full = append(full, "--dns-upstream", "127.0.0.1:9")
+	}
+	full = append(full, args...)
 	proc := tp.start("sockmesh", func() (*exec.Cmd, func(), error) {
 		cmd := exec.Command(bin, full...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -117,3 +117,77 @@ func errString(err error) string {
 	}
 	return err.Error()
 }
+
+// DNSLoadResult is what dns-load prints.
+type DNSLoadResult struct {
+	Queries int     `json:"queries"`
+	QPS     float64 `json:"qps"`
+	P50us   float64 `json:"p50us"`
+	P99us   float64 `json:"p99us"`
+	Errors  int     `json:"errors"`
+}
+
+// dnsLoad sends A queries for name to server over UDP from c concurrent
+// clients (each one query in flight) for a fixed time, and reports the
+// rate and latency.
+func dnsLoad(args []string) error {
+	fs := flag.NewFlagSet("dns-load", flag.ExitOnError)
+	server := fs.String("server", "", "IP:port")
+	name := fs.String("name", "", "name to ask for")
+	d := fs.Duration("duration", 2*time.Second, "how long")
+	conc := fs.Int("c", 4, "concurrent clients")
+	fs.Parse(args)
+	type part struct {
+		lat    []time.Duration
+		errors int
+	}
+	parts := make([]part, *conc)
+	deadline := time.Now().Add(*d)
+	done := make(chan struct{})
+	for i := range parts {
+		go func(p *part) {
+			defer func() { done <- struct{}{} }()
+			conn, err := net.Dial("udp", *server)
+			if err != nil {
+				p.errors++
+				return
+			}
+			defer conn.Close()
+			co := &dns.Conn{Conn: conn}
+			q := new(dns.Msg).SetQuestion(dns.Fqdn(*name), dns.TypeA)
+			for time.Now().Before(deadline) {
+				q.Id = dns.Id()
+				t0 := time.Now()
+				conn.SetDeadline(t0.Add(time.Second))
+				if err := co.WriteMsg(q); err != nil {
+					p.errors++
+					continue
+				}
+				r, err := co.ReadMsg()
+				if err != nil || r.Id != q.Id || len(r.Answer) == 0 {
+					p.errors++
+					continue
+				}
+				p.lat = append(p.lat, time.Since(t0))
+			}
+		}(&parts[i])
+	}
+	for range parts {
+		<-done
+	}
+	var all []time.Duration
+	res := DNSLoadResult{}
+	for _, p := range parts {
+		all = append(all, p.lat...)
+		res.Errors += p.errors
+	}
+	if len(all) == 0 {
+		return fmt.Errorf("no answers (%d errors)", res.Errors)
+	}
+	slices.Sort(all)
+	res.Queries = len(all)
+	res.QPS = float64(len(all)) / d.Seconds()
+	res.P50us = float64(all[len(all)/2]) / 1e3
+	res.P99us = float64(all[len(all)*99/100]) / 1e3
+	return json.NewEncoder(os.Stdout).Encode(res)
+}

@@ -43,6 +43,8 @@ func main() {
 		err = dnsServe(os.Args[2:])
 	case "resolve":
 		err = resolve(os.Args[2:])
+	case "dns-load":
+		err = dnsLoad(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
