@@ -1,6 +1,7 @@
 package install
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -94,11 +95,17 @@ var typeColumns = []struct{ name, url string }{
 func WriteProxyStatus(w io.Writer, ps *ProxyStatus, format string) error {
 	switch format {
 	case "json":
-		b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(ps.Clients)
+		b, err := protojson.Marshal(ps.Clients)
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(w, "%s\n", b)
+		// protojson varies its spacing on purpose; re-indent for output
+		// people can diff and grep.
+		var out bytes.Buffer
+		if err := json.Indent(&out, b, "", "  "); err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", out.Bytes())
 		return err
 	case "", "table":
 	default:
