@@ -18,10 +18,14 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sockmesh/sockmesh/install"
 	"github.com/sockmesh/sockmesh/mesh"
 	"github.com/sockmesh/sockmesh/mesh/file"
+	"github.com/sockmesh/sockmesh/mesh/kube"
 	"github.com/sockmesh/sockmesh/node"
 	"github.com/sockmesh/sockmesh/node/dataplane"
 	"github.com/sockmesh/sockmesh/node/dns"
@@ -67,6 +71,7 @@ type loggerFunc func() (*slog.Logger, error)
 
 func upCmd(logger loggerFunc) *cobra.Command {
 	var files []string
+	var kubeconfig string
 	cp := xds.DefaultConfig()
 	cp.Address = "127.0.0.1:15010"
 	ag := node.DefaultConfig()
@@ -93,11 +98,12 @@ Without -f, the embedded example mesh is served.`,
 			if err := defaultUpstreams(&ag); err != nil {
 				return err
 			}
-			return runUp(cmd.Context(), log, files, cp, ag)
+			return runUp(cmd.Context(), log, files, kubeconfig, cp, ag)
 		},
 	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&files, "file", "f", nil, "YAML file or directory of the mesh (repeatable; default: the embedded example)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "also (or instead) serve the services of this cluster")
 	f.StringVar(&cp.Address, "xds-address", cp.Address, "address to serve xDS on")
 	f.StringVar(&cp.MonitorAddress, "monitoring-address", cp.MonitorAddress, "control plane /metrics, /debug/syncz, /debug/config_dump (empty: off)")
 	f.StringVar(&cp.Domain, "domain", cp.Domain, "cluster domain")
@@ -105,17 +111,24 @@ Without -f, the embedded example mesh is served.`,
 	return cmd
 }
 
-func runUp(ctx context.Context, log *slog.Logger, files []string, cp xds.Config, ag node.Config) error {
+func runUp(ctx context.Context, log *slog.Logger, files []string, kubeconfig string, cp xds.Config, ag node.Config) error {
 	reg := mesh.NewRegistry()
 	g, ctx := errgroup.WithContext(ctx)
-	if len(files) == 0 {
+	if kubeconfig != "" {
+		ks, err := kubeSource(kubeconfig, reg, log)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return ks.Run(ctx) })
+	}
+	if len(files) == 0 && kubeconfig == "" {
 		svcs, err := file.Parse(map[string][]byte{install.ExampleMeshName: install.ExampleMesh})
 		if err != nil {
 			return fmt.Errorf("embedded example: %w", err)
 		}
 		reg.Set(file.SourceName, svcs)
 		log.Info("serving the embedded example mesh", "services", len(svcs))
-	} else {
+	} else if len(files) > 0 {
 		fcfg := file.DefaultConfig()
 		fcfg.Paths = files
 		src, err := file.New(fcfg, reg, log)
@@ -144,8 +157,32 @@ func runUp(ctx context.Context, log *slog.Logger, files []string, cp xds.Config,
 	return g.Wait()
 }
 
+// kubeSource makes the Kubernetes source from a kubeconfig file, or from
+// the pod's service account when running in a cluster; nil when neither.
+func kubeSource(kubeconfig string, reg *mesh.Registry, log *slog.Logger) (*kube.Source, error) {
+	var cfg *rest.Config
+	var err error
+	switch {
+	case kubeconfig != "":
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	case os.Getenv("KUBERNETES_SERVICE_HOST") != "":
+		cfg, err = rest.InClusterConfig()
+	default:
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	return kube.New(kube.DefaultConfig(), client, reg, log.With("component", "kube-source"))
+}
+
 func controlPlaneCmd(logger loggerFunc) *cobra.Command {
 	var files []string
+	var kubeconfig string
 	cp := xds.DefaultConfig()
 	cmd := &cobra.Command{
 		Use:   "control-plane -f FILE...",
@@ -156,31 +193,41 @@ func controlPlaneCmd(logger loggerFunc) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if len(files) == 0 {
-				return errors.New("control-plane: give the mesh with -f (the Kubernetes source is not available yet)")
-			}
 			reg := mesh.NewRegistry()
-			fcfg := file.DefaultConfig()
-			fcfg.Paths = files
-			src, err := file.New(fcfg, reg, log)
+			g, ctx := errgroup.WithContext(cmd.Context())
+			ks, err := kubeSource(kubeconfig, reg, log)
 			if err != nil {
 				return err
 			}
-			if err := src.Load(); err != nil {
-				return err
+			if ks == nil && len(files) == 0 {
+				return errors.New("control-plane: give the mesh with -f, or a cluster with --kubeconfig (or run in one)")
+			}
+			if len(files) > 0 {
+				fcfg := file.DefaultConfig()
+				fcfg.Paths = files
+				src, err := file.New(fcfg, reg, log)
+				if err != nil {
+					return err
+				}
+				if err := src.Load(); err != nil {
+					return err
+				}
+				g.Go(func() error { return src.Run(ctx) })
+			}
+			if ks != nil {
+				g.Go(func() error { return ks.Run(ctx) })
 			}
 			srv, err := xds.New(cp, reg, log)
 			if err != nil {
 				return err
 			}
-			g, ctx := errgroup.WithContext(cmd.Context())
-			g.Go(func() error { return src.Run(ctx) })
 			g.Go(func() error { return srv.Run(ctx) })
 			return g.Wait()
 		},
 	}
 	f := cmd.Flags()
 	f.StringArrayVarP(&files, "file", "f", nil, "YAML file or directory of the mesh (repeatable)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "watch this cluster (default: the in-cluster service account, when running in a pod)")
 	f.StringVar(&cp.Address, "xds-address", cp.Address, "address to serve xDS on")
 	f.StringVar(&cp.MonitorAddress, "monitoring-address", cp.MonitorAddress, "/metrics, /debug/syncz, /debug/config_dump (empty: off)")
 	f.StringVar(&cp.Domain, "domain", cp.Domain, "cluster domain")
