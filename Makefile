@@ -9,7 +9,7 @@ APT_BPF   := clang-19 llvm-19 libbpf-dev
 BIN       := bin/sockmesh
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help build test test-unit test-kernels deps-test generate generate-check bench clean deps-bpf
+.PHONY: help build test test-unit test-kernels deps-test kube-assets generate generate-check bench clean deps-bpf
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ test: deps-test ## everything CI runs after generate-check: vet, unit, kernel an
 test-unit: ## tier 1 only (no root needed): kernel tests skip
 	SOCKMESH_TEST_PRIVILEGED= $(GO) test -count=1 ./...
 
+kube-assets: ## build and cache kube-apiserver and etcd for the Kubernetes tests (tools/kube; ~8 min cold)
+	$(GO) run ./tests/kubeapi/build
+
 test-kernels: ## kernel tests on the host kernel and, in qemu (TCG), on Debian 6.1 and 6.12 (root; kernels cached)
 	bash tests/kernel/matrix.sh
 
@@ -33,6 +36,7 @@ APT_TEST := bind9-dnsutils musl-tools dnsmasq-base
 deps-test: ## install the peer programs the tests use, from apt (as root; others skip kernel tests anyway)
 	@if [ "$$(id -u)" = 0 ] && ! { command -v dig && command -v musl-gcc && command -v dnsmasq; } >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST) >/dev/null; fi
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory kube-assets; fi
 
 deps-bpf: ## install the pinned BPF toolchain from apt (root)
 	@command -v $(CLANG) >/dev/null && command -v llvm-strip-19 >/dev/null && test -f /usr/include/bpf/bpf_helpers.h || \
