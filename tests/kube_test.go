@@ -139,3 +139,18 @@ func TestKubernetesSource(t *testing.T) {
 		return client.Dial("tcp", vip, 1).Errors["network is unreachable"] == 1
 	})
 }
+
+// corev1Service is a minimal Service for tests that only need one to exist.
+type corev1Service struct{ Name string }
+
+func (s *corev1Service) create(ctx context.Context, api *kubeapi.Server) error {
+	_, err := api.Client.CoreV1().Services("default").Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: s.Name},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80}}},
+	}, metav1.CreateOptions{})
+	return err
+}
+
+func (s *corev1Service) delete(ctx context.Context, api *kubeapi.Server) {
+	api.Client.CoreV1().Services("default").Delete(ctx, s.Name, metav1.DeleteOptions{})
+}

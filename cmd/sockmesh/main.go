@@ -15,9 +15,11 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -39,6 +41,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		if errors.Is(err, errFindings) {
+			os.Exit(install.AnalyzeExitCode)
+		}
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
@@ -63,7 +68,7 @@ func rootCmd() *cobra.Command {
 	node.Version = versionString()
 	xds.Version = versionString()
 	root.AddCommand(upCmd(logger), controlPlaneCmd(logger), agentCmd(logger), precheckCmd(), versionCmd(),
-		proxyStatusCmd(), proxyConfigCmd())
+		proxyStatusCmd(), proxyConfigCmd(), manifestCmd(), installCmd(), uninstallCmd(), statusCmd(), analyzeCmd())
 	return root
 }
 
@@ -358,6 +363,196 @@ agent is found through the admin address it reports to the control plane
 	cmd.Flags().StringVar(&addr, "xds-address", "127.0.0.1:15010", "control plane xDS address (to find the node's agent)")
 	cmd.Flags().StringVar(&admin, "admin", "", "the agent's admin address (skips asking the control plane)")
 	cmd.Flags().StringVarP(&format, "output", "o", "short", "short, json or yaml")
+	return cmd
+}
+
+// valueFlags are the flags that select what gets installed.
+type valueFlags struct {
+	profile  string
+	overlays []string
+	sets     []string
+}
+
+func (v *valueFlags) bind(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&v.profile, "profile", "default", "profile: "+strings.Join(install.Profiles(), ", "))
+	cmd.Flags().StringArrayVarP(&v.overlays, "filename", "f", nil, "values overlay YAML (repeatable, applied in order)")
+	cmd.Flags().StringArrayVar(&v.sets, "set", nil, "path=value, e.g. --set agent.clusterDNS=10.96.0.10 (repeatable, after overlays)")
+}
+
+func (v *valueFlags) manifests() ([]*unstructured.Unstructured, *install.Values, error) {
+	vals, err := install.LoadValues(v.profile, v.overlays, v.sets)
+	if err != nil {
+		return nil, nil, err
+	}
+	objs, err := install.Manifests(vals)
+	if err != nil {
+		return nil, nil, err
+	}
+	us, err := install.Unstructured(objs)
+	return us, vals, err
+}
+
+func manifestCmd() *cobra.Command {
+	var vf valueFlags
+	gen := &cobra.Command{
+		Use:   "generate",
+		Short: "Print the Kubernetes manifests install would apply",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vals, err := install.LoadValues(vf.profile, vf.overlays, vf.sets)
+			if err != nil {
+				return err
+			}
+			objs, err := install.Manifests(vals)
+			if err != nil {
+				return err
+			}
+			b, err := install.ManifestYAML(objs)
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(b)
+			return err
+		},
+	}
+	vf.bind(gen)
+	m := &cobra.Command{Use: "manifest", Short: "Kubernetes manifests of sockmesh"}
+	m.AddCommand(gen)
+	return m
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = kubeconfig
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+}
+
+func installCmd() *cobra.Command {
+	var vf valueFlags
+	var kubeconfig string
+	var dryRun, verify bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install sockmesh in a cluster (server-side apply; safe to re-run)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			objs, vals, err := vf.manifests()
+			if err != nil {
+				return err
+			}
+			cfg, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			inst, err := install.NewInstaller(cfg, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			if err := inst.Apply(cmd.Context(), objs, dryRun); err != nil {
+				return err
+			}
+			if verify && !dryRun {
+				return inst.Status(cmd.Context(), vals.Namespace, timeout)
+			}
+			return nil
+		},
+	}
+	vf.bind(cmd)
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "have the API server validate everything and change nothing")
+	cmd.Flags().BoolVar(&verify, "verify", false, "wait until the control plane and agents are ready")
+	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --verify waits")
+	return cmd
+}
+
+func uninstallCmd() *cobra.Command {
+	var kubeconfig, namespace string
+	var purge bool
+	cmd := &cobra.Command{
+		Use:   "uninstall",
+		Short: "Remove what install created (with --purge also the namespace and cluster-wide RBAC)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			inst, err := install.NewInstaller(cfg, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			return inst.Uninstall(cmd.Context(), namespace, purge)
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "sockmesh-system", "namespace sockmesh was installed in")
+	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the namespace and the cluster-wide RBAC")
+	return cmd
+}
+
+func statusCmd() *cobra.Command {
+	var kubeconfig, namespace string
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Say whether the control plane and agents are ready (--wait to wait for it)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := restConfig(kubeconfig)
+			if err != nil {
+				return err
+			}
+			inst, err := install.NewInstaller(cfg, cmd.OutOrStdout())
+			if err != nil {
+				return err
+			}
+			return inst.Status(cmd.Context(), namespace, wait)
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig")
+	cmd.Flags().StringVarP(&namespace, "namespace", "n", "sockmesh-system", "namespace sockmesh was installed in")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for readiness")
+	return cmd
+}
+
+// errFindings makes main exit with istioctl's analyze status.
+var errFindings = errors.New("analysis found issues")
+
+func analyzeCmd() *cobra.Command {
+	var kubeconfig string
+	var files []string
+	cmd := &cobra.Command{
+		Use:   "analyze [-f FILE]...",
+		Short: "Find mesh configuration problems, in files or in the live cluster (exit 79 on errors or warnings)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var objs *install.Objects
+			var err error
+			if len(files) > 0 {
+				objs, err = install.FileObjects(files)
+			} else {
+				var cfg *rest.Config
+				if cfg, err = restConfig(kubeconfig); err != nil {
+					return err
+				}
+				var c *kubernetes.Clientset
+				if c, err = kubernetes.NewForConfig(cfg); err != nil {
+					return err
+				}
+				objs, err = install.LiveObjects(cmd.Context(), c)
+			}
+			if err != nil {
+				return err
+			}
+			if install.WriteFindings(cmd.OutOrStdout(), install.Analyze(objs)) {
+				return errFindings
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig (for live analysis)")
+	cmd.Flags().StringArrayVarP(&files, "filename", "f", nil, "analyze these files instead of the live cluster (repeatable)")
 	return cmd
 }
 
