@@ -45,6 +45,8 @@ type Port struct {
 	// TargetPort is the endpoint port used when an endpoint lists no port of
 	// this name (0: the same as Port).
 	TargetPort uint16
+	// NodePort, when not 0, also exposes the port on every node address.
+	NodePort uint16
 }
 
 // Endpoint is one backend of a service.
@@ -60,6 +62,23 @@ type Endpoint struct {
 	Region      string
 	// Weight is the relative share of new connections, at least 1.
 	Weight uint32
+	// Pod names the pod behind the endpoint (EndpointSlice targetRef).
+	Pod string
+	// Workload is who the endpoint is, when the source knows its pod.
+	Workload *Workload
+}
+
+// Workload is the identity of a pod, as Istio derives it (its telemetry
+// labels use these names).
+type Workload struct {
+	Name              string // the owning Deployment/StatefulSet/..., or the pod
+	Namespace         string
+	ServiceAccount    string
+	CanonicalService  string
+	CanonicalRevision string
+	// Enrolled is true when the pod or its namespace carries
+	// sockmesh.io/dataplane-mode=enabled.
+	Enrolled bool
 }
 
 // EndpointPort is one named port of an endpoint.
@@ -102,6 +121,9 @@ func (e *Endpoint) Healthy() bool { return e.Ready }
 type Snapshot struct {
 	Version  uint64
 	Services []*Service // sorted by Key
+	// NodeAddrs are the addresses of the cluster's nodes, where NodePorts
+	// are reachable.
+	NodeAddrs []netip.Addr
 }
 
 // Service looks a service up by namespace and name.

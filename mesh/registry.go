@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -12,18 +13,20 @@ import (
 // that something changed and read Snapshot themselves, so a slow watcher sees
 // the latest state, never a backlog.
 type Registry struct {
-	mu       sync.Mutex
-	sources  map[string][]*Service
-	snapshot *Snapshot
-	watchers map[chan struct{}]struct{}
+	mu        sync.Mutex
+	sources   map[string][]*Service
+	nodeAddrs map[string][]netip.Addr
+	snapshot  *Snapshot
+	watchers  map[chan struct{}]struct{}
 }
 
 // NewRegistry returns an empty registry at version 0.
 func NewRegistry() *Registry {
 	return &Registry{
-		sources:  make(map[string][]*Service),
-		snapshot: &Snapshot{},
-		watchers: make(map[chan struct{}]struct{}),
+		sources:   make(map[string][]*Service),
+		nodeAddrs: make(map[string][]netip.Addr),
+		snapshot:  &Snapshot{},
+		watchers:  make(map[chan struct{}]struct{}),
 	}
 }
 
@@ -33,6 +36,22 @@ func (r *Registry) Set(source string, services []*Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.sources[source] = services
+	r.publish()
+}
+
+// SetNodeAddrs replaces the node addresses source reports.
+func (r *Registry) SetNodeAddrs(source string, addrs []netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if slices.Equal(r.nodeAddrs[source], addrs) {
+		return
+	}
+	r.nodeAddrs[source] = addrs
+	r.publish()
+}
+
+// publish makes a new snapshot from every source and tells the watchers.
+func (r *Registry) publish() {
 
 	merged := make(map[string]*Service)
 	for _, name := range slices.Sorted(maps.Keys(r.sources)) {
@@ -44,7 +63,16 @@ func (r *Registry) Set(source string, services []*Service) {
 	}
 	list := slices.Collect(maps.Values(merged))
 	slices.SortFunc(list, func(a, b *Service) int { return strings.Compare(a.Key(), b.Key()) })
-	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: list}
+	var addrs []netip.Addr
+	for _, name := range slices.Sorted(maps.Keys(r.nodeAddrs)) {
+		for _, a := range r.nodeAddrs[name] {
+			if !slices.Contains(addrs, a) {
+				addrs = append(addrs, a)
+			}
+		}
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: list, NodeAddrs: addrs}
 	for w := range r.watchers {
 		select {
 		case w <- struct{}{}:

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -78,9 +79,27 @@ func TestKubernetesSource(t *testing.T) {
 	be1.Serve("be1", []int{8080}, nil)
 	be2.Serve("be2", []int{8080}, nil)
 
+	// A node (no kubelet: just the object) whose address serves NodePorts,
+	// and the pod behind be1 (it stays Pending; its labels make the
+	// workload identity).
+	nodeIP := "10.77.0.200"
+	if _, err := api.Client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "node-a"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: nodeIP}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer api.Client.CoreV1().Nodes().Delete(ctx, "node-a", metav1.DeleteOptions{})
+	if _, err := api.Client.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-be1", Labels: map[string]string{"app": "web", "version": "v1"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "web", Image: "web"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	defer api.Client.CoreV1().Pods("default").Delete(ctx, "web-be1", metav1.DeleteOptions{})
+
 	svc, err := api.Client.CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "default"},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +107,9 @@ func TestKubernetesSource(t *testing.T) {
 	defer api.Client.CoreV1().Services("default").Delete(ctx, "web", metav1.DeleteOptions{})
 	vip := svc.Spec.ClusterIP + ":80"
 	slices := api.Client.DiscoveryV1().EndpointSlices("default")
-	if _, err := slices.Create(ctx, kubeEndpoints("web-a", be1.IP4.String()), metav1.CreateOptions{}); err != nil {
+	first := kubeEndpoints("web-a", be1.IP4.String())
+	first.Endpoints[0].TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: "web-be1", Namespace: "default"}
+	if _, err := slices.Create(ctx, first, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	defer slices.Delete(ctx, "web-a", metav1.DeleteOptions{})
@@ -104,6 +125,13 @@ func TestKubernetesSource(t *testing.T) {
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(served(), listener) })
 	if res := client.Dial("tcp", vip, 10); res.Servers["be1"] != 10 || res.Peers[vip] != 10 {
 		t.Fatalf("through the ClusterIP %s: %v peers %v errors %v", vip, res.Servers, res.Peers, res.Errors)
+	}
+	nodePort := fmt.Sprintf("%s:%d", nodeIP, svc.Spec.Ports[0].NodePort)
+	if res := client.Dial("tcp", nodePort, 5); res.Servers["be1"] != 5 {
+		t.Fatalf("through the NodePort %s: %v errors %v", nodePort, res.Servers, res.Errors)
+	}
+	if d := served(); !strings.Contains(d, `"canonicalService":"web"`) || !strings.Contains(d, `"canonicalRevision":"v1"`) || !strings.Contains(d, `"workload":"web-be1"`) {
+		t.Errorf("endpoint metadata lacks the pod's workload identity: %s", d)
 	}
 
 	// An endpoint added through the API is used.

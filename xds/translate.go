@@ -91,13 +91,31 @@ func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
 				return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
 			}
 			out.Clusters = append(out.Clusters, buildCluster(cluster, meta))
-			out.Endpoints = append(out.Endpoints, buildAssignment(cluster, svc, port))
+			cla, err := buildAssignment(cluster, svc, port)
+			if err != nil {
+				return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
+			}
+			out.Endpoints = append(out.Endpoints, cla)
 			for _, vip := range svc.VIPs {
 				l, err := buildListener(vip, port, cluster, meta)
 				if err != nil {
 					return nil, fmt.Errorf("service %s port %d: %w", svc.Key(), port.Port, err)
 				}
 				out.Listeners = append(out.Listeners, l)
+			}
+			if port.NodePort != 0 {
+				// A NodePort answers on every node's address: connects to
+				// it from the mesh are routed like the cluster IP.
+				np := port
+				np.Port = port.NodePort
+				for _, addr := range snap.NodeAddrs {
+					l, err := buildListener(addr, np, cluster, meta)
+					if err != nil {
+						return nil, fmt.Errorf("service %s node port %d: %w", svc.Key(), port.NodePort, err)
+					}
+					l.Name = "nodeport_" + l.Name
+					out.Listeners = append(out.Listeners, l)
+				}
 			}
 			if port.Protocol == mesh.TCP && port.Port != 0 {
 				ls, rc, err := buildProxyless(svc, port, cluster, domain)
@@ -161,7 +179,25 @@ func buildCluster(name string, meta *corev3.Metadata) *clusterv3.Cluster {
 
 type localityKey struct{ region, zone string }
 
-func buildAssignment(cluster string, svc *mesh.Service, port mesh.Port) *endpointv3.ClusterLoadAssignment {
+// endpointMetadata is an endpoint's node and, when known, its workload's
+// identity (Istio's telemetry label names come from these).
+func endpointMetadata(ep mesh.Endpoint) map[string]any {
+	md := map[string]any{}
+	if ep.Node != "" {
+		md["node"] = ep.Node
+	}
+	if w := ep.Workload; w != nil {
+		md["workload"] = w.Name
+		md["workloadNamespace"] = w.Namespace
+		md["serviceAccount"] = w.ServiceAccount
+		md["canonicalService"] = w.CanonicalService
+		md["canonicalRevision"] = w.CanonicalRevision
+		md["enrolled"] = w.Enrolled
+	}
+	return md
+}
+
+func buildAssignment(cluster string, svc *mesh.Service, port mesh.Port) (*endpointv3.ClusterLoadAssignment, error) {
 	proto := socketProtocol(port.Protocol)
 	groups := map[localityKey]*endpointv3.LocalityLbEndpoints{}
 	for _, ep := range svc.Endpoints {
@@ -186,8 +222,11 @@ func buildAssignment(cluster string, svc *mesh.Service, port mesh.Port) *endpoin
 			HealthStatus:        healthStatus(ep),
 			LoadBalancingWeight: wrapperspb.UInt32(weight),
 		}
-		if ep.Node != "" {
-			s, _ := structpb.NewStruct(map[string]any{"node": ep.Node})
+		if md := endpointMetadata(ep); len(md) > 0 {
+			s, err := structpb.NewStruct(md)
+			if err != nil {
+				return nil, fmt.Errorf("endpoint %s: %w", ep.Address, err)
+			}
 			lbe.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: s}}
 		}
 		g.LbEndpoints = append(g.LbEndpoints, lbe)
@@ -205,7 +244,7 @@ func buildAssignment(cluster string, svc *mesh.Service, port mesh.Port) *endpoin
 		g.LoadBalancingWeight = wrapperspb.UInt32(max(total, 1))
 		cla.Endpoints = append(cla.Endpoints, g)
 	}
-	return cla
+	return cla, nil
 }
 
 // healthStatus maps Kubernetes endpoint conditions to Envoy's: ready is

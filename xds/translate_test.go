@@ -19,17 +19,18 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files")
 
 func testSnapshot() *mesh.Snapshot {
-	return &mesh.Snapshot{Version: 1, Services: []*mesh.Service{{
+	return &mesh.Snapshot{Version: 1, NodeAddrs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, Services: []*mesh.Service{{
 		Namespace: "shop",
 		Name:      "web",
 		VIPs:      []netip.Addr{netip.MustParseAddr("10.96.0.10"), netip.MustParseAddr("fd00::10")},
 		Ports: []mesh.Port{
-			{Name: "http", Port: 80, Protocol: mesh.TCP, TargetPort: 8080},
+			{Name: "http", Port: 80, Protocol: mesh.TCP, TargetPort: 8080, NodePort: 30080},
 			{Name: "dns", Port: 53, Protocol: mesh.UDP},
 		},
 		Endpoints: []mesh.Endpoint{
 			{Address: netip.MustParseAddr("10.0.0.1"), Ready: true, Serving: true, Weight: 3, Zone: "z1", Region: "r1", Node: "n1",
-				Ports: []mesh.EndpointPort{{Name: "http", Port: 8080, Protocol: mesh.TCP}, {Name: "dns", Port: 5353, Protocol: mesh.UDP}}},
+				Workload: &mesh.Workload{Name: "web", Namespace: "shop", ServiceAccount: "web", CanonicalService: "web", CanonicalRevision: "v1", Enrolled: true},
+				Ports:    []mesh.EndpointPort{{Name: "http", Port: 8080, Protocol: mesh.TCP}, {Name: "dns", Port: 5353, Protocol: mesh.UDP}}},
 			{Address: netip.MustParseAddr("10.0.0.2"), Serving: true, Terminating: true, Weight: 1, Zone: "z2", Region: "r1",
 				Ports: []mesh.EndpointPort{{Name: "http", Port: 8080, Protocol: mesh.TCP}}},
 			{Address: netip.MustParseAddr("fd00::1:1"), Weight: 1,

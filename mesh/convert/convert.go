@@ -139,6 +139,9 @@ func Service(svc *corev1.Service) (*mesh.Service, error) {
 		}
 		seen[sp.Name] = true
 		port := mesh.Port{Name: sp.Name, Port: uint16(sp.Port), Protocol: proto}
+		if sp.NodePort > 0 && sp.NodePort <= 65535 {
+			port.NodePort = uint16(sp.NodePort)
+		}
 		switch {
 		case sp.TargetPort.Type == intstr.Int && sp.TargetPort.IntVal != 0:
 			if sp.TargetPort.IntVal < 1 || sp.TargetPort.IntVal > 65535 {
@@ -260,6 +263,9 @@ func Slice(es *discoveryv1.EndpointSlice, byKey map[string]*mesh.Service, nodes 
 		}
 		if ep.NodeName != nil {
 			e.Node = *ep.NodeName
+		}
+		if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
+			e.Pod = ep.TargetRef.Name
 		}
 		if ep.Zone != nil {
 			e.Zone = *ep.Zone

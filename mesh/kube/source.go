@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -68,6 +69,8 @@ func (s *Source) Run(ctx context.Context) error {
 	svcs := f.Core().V1().Services()
 	slices := f.Discovery().V1().EndpointSlices()
 	nodes := f.Core().V1().Nodes()
+	pods := f.Core().V1().Pods()
+	namespaces := f.Core().V1().Namespaces()
 	changed := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -80,7 +83,7 @@ func (s *Source) Run(ctx context.Context) error {
 		UpdateFunc: func(any, any) { notify() },
 		DeleteFunc: func(any) { notify() },
 	}
-	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), nodes.Informer()} {
+	for _, inf := range []cache.SharedIndexInformer{svcs.Informer(), slices.Informer(), nodes.Informer(), pods.Informer(), namespaces.Informer()} {
 		if _, err := inf.AddEventHandler(h); err != nil {
 			return fmt.Errorf("kube source: %w", err)
 		}
@@ -101,6 +104,20 @@ func (s *Source) Run(ctx context.Context) error {
 			s.log.Error("kube source: listing failed, keeping the last state", "err", err)
 			return
 		}
+		identify(list, func(ns, name string) (*corev1.Pod, *corev1.Namespace) {
+			pod, err := pods.Lister().Pods(ns).Get(name)
+			if err != nil {
+				return nil, nil
+			}
+			n, _ := namespaces.Lister().Get(ns)
+			return pod, n
+		})
+		all, err := nodes.Lister().List(labels.Everything())
+		if err != nil {
+			s.log.Error("kube source: listing nodes failed", "err", err)
+			return
+		}
+		s.reg.SetNodeAddrs(SourceName, nodeAddrs(all))
 		s.reg.Set(SourceName, list)
 	}
 	build()
@@ -166,4 +183,36 @@ func (s *Source) build(
 
 func sortServices(list []*mesh.Service) {
 	slices.SortFunc(list, func(a, b *mesh.Service) int { return strings.Compare(a.Key(), b.Key()) })
+}
+
+// identify attaches the workload identity of each endpoint's pod.
+func identify(list []*mesh.Service, lookup func(ns, name string) (*corev1.Pod, *corev1.Namespace)) {
+	for _, svc := range list {
+		for i := range svc.Endpoints {
+			e := &svc.Endpoints[i]
+			if e.Pod == "" {
+				continue
+			}
+			if pod, ns := lookup(svc.Namespace, e.Pod); pod != nil {
+				e.Workload = WorkloadOf(pod, ns)
+			}
+		}
+	}
+}
+
+// nodeAddrs collects the nodes' internal and external IPs.
+func nodeAddrs(nodes []*corev1.Node) []netip.Addr {
+	var out []netip.Addr
+	for _, n := range nodes {
+		for _, a := range n.Status.Addresses {
+			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil && !slices.Contains(out, ip.Unmap()) {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
 }

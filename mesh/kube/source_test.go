@@ -35,14 +35,18 @@ func TestSourceConvertsClusterObjects(t *testing.T) {
 			ObjectMeta:  metav1.ObjectMeta{Name: "web-x", Namespace: "shop", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
 			AddressType: discoveryv1.AddressTypeIPv4,
 			Ports:       []discoveryv1.EndpointPort{{Name: ptr("http"), Port: &port}},
-			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+			Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"10.1.0.1"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready},
+				TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "web-1", Namespace: "shop"}}},
 		},
+		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Labels: map[string]string{"app": "web", "version": "v3"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{EnrollLabel: "enabled"}}},
 		// A slice whose Service is not (yet) known is ignored, not fatal.
 		&discoveryv1.EndpointSlice{
 			ObjectMeta:  metav1.ObjectMeta{Name: "orphan", Namespace: "shop", Labels: map[string]string{discoveryv1.LabelServiceName: "nope"}},
 			AddressType: discoveryv1.AddressTypeIPv4,
 		},
-		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{LabelRegion: "r1", LabelZone: "z1"}}},
+		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: node, Labels: map[string]string{LabelRegion: "r1", LabelZone: "z1"}},
+			Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.0.2.50"}, {Type: corev1.NodeHostName, Address: "node-1"}}}},
 	)
 	reg := mesh.NewRegistry()
 	src, err := New(Config{Debounce: 10 * time.Millisecond}, client, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -66,6 +70,15 @@ func TestSourceConvertsClusterObjects(t *testing.T) {
 	}
 	if len(s.Endpoints) != 1 || s.Endpoints[0].Zone != "z1" || s.Endpoints[0].Region != "r1" || s.Endpoints[0].Node != node {
 		t.Fatalf("endpoints %+v", s.Endpoints)
+	}
+	if w := s.Endpoints[0].Workload; w == nil || w.CanonicalService != "web" || w.CanonicalRevision != "v3" || !w.Enrolled {
+		t.Fatalf("workload %+v", w)
+	}
+	if s.Ports[0].NodePort != 30080 {
+		t.Fatalf("node port %d", s.Ports[0].NodePort)
+	}
+	if a := reg.Snapshot().NodeAddrs; len(a) != 1 || a[0] != netip.MustParseAddr("192.0.2.50") {
+		t.Fatalf("node addresses %v", a)
 	}
 
 	// A delete propagates.
