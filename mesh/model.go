@@ -62,6 +62,9 @@ type Endpoint struct {
 	Region      string
 	// Weight is the relative share of new connections, at least 1.
 	Weight uint32
+	// ZoneHints are the zones whose clients should use this endpoint
+	// (Kubernetes topology-aware routing); empty means no hint.
+	ZoneHints []string
 	// Pod names the pod behind the endpoint (EndpointSlice targetRef).
 	Pod string
 	// Workload is who the endpoint is, when the source knows its pod.

@@ -230,7 +230,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // apply is the xDS client's handler: it programs the kernel from a
 // candidate state, and its error NACKs the state.
 func (a *Agent) apply(st *xdsclient.State) error {
-	svcs, err := desired(st)
+	svcs, err := desired(st, a.cfg.Zone)
 	if err != nil {
 		return err
 	}

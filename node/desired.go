@@ -22,7 +22,7 @@ import (
 // A listener that routes to a cluster whose endpoints have not arrived is
 // left out until they do. Malformed resources are errors: the state is
 // NACKed and the previous one stays.
-func desired(st *xdsclient.State) ([]dataplane.Service, error) {
+func desired(st *xdsclient.State, zone string) ([]dataplane.Service, error) {
 	var out []dataplane.Service
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(st.Listeners)) {
@@ -42,7 +42,7 @@ func desired(st *xdsclient.State) ([]dataplane.Service, error) {
 		if !ok {
 			continue
 		}
-		svc.Backends = backends(cla, svc.VIP.Is4())
+		svc.Backends = backends(cla, svc.VIP.Is4(), zone)
 		out = append(out, svc)
 	}
 	return out, errors.Join(errs...)
@@ -133,10 +133,15 @@ func udpCluster(l *listenerv3.Listener) (string, error) {
 // UNKNOWN count as healthy; if none is, DRAINING ones (serving while
 // terminating, as Kubernetes falls back to) are used. Only endpoints of the
 // VIP's address family qualify.
-func backends(cla *endpointv3.ClusterLoadAssignment, ipv4 bool) []dataplane.Backend {
+//
+// Kubernetes topology hints are honoured as kube-proxy does: when the node
+// knows its zone and every chosen endpoint carries hints, only the
+// endpoints hinted for this zone are used (if there are any).
+func backends(cla *endpointv3.ClusterLoadAssignment, ipv4 bool, zone string) []dataplane.Backend {
 	type cand struct {
 		prio     uint32
 		draining bool
+		hints    []string
 		b        dataplane.Backend
 	}
 	var cands []cand
@@ -148,6 +153,9 @@ func backends(cla *endpointv3.ClusterLoadAssignment, ipv4 bool) []dataplane.Back
 				continue
 			}
 			c := cand{prio: loc.GetPriority(), b: dataplane.Backend{Addr: addr.Unmap(), Port: uint16(sa.GetPortValue()), Weight: 1}}
+			for _, h := range lbe.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()["zoneHints"].GetListValue().GetValues() {
+				c.hints = append(c.hints, h.GetStringValue())
+			}
 			if w := lbe.GetLoadBalancingWeight(); w != nil {
 				c.b.Weight = max(w.GetValue(), 1)
 			}
@@ -171,13 +179,34 @@ func backends(cla *endpointv3.ClusterLoadAssignment, ipv4 bool) []dataplane.Back
 		if !found {
 			continue
 		}
-		var out []dataplane.Backend
+		var chosen []cand
 		for _, c := range cands {
 			if c.draining == draining && c.prio == best {
-				out = append(out, c.b)
+				chosen = append(chosen, c)
 			}
 		}
-		return out
+		return hinted(chosen, zone, func(c cand) []string { return c.hints }, func(c cand) dataplane.Backend { return c.b })
 	}
 	return nil
+}
+
+// hinted applies topology hints to the chosen endpoints (see backends).
+func hinted[C any](chosen []C, zone string, hints func(C) []string, backend func(C) dataplane.Backend) []dataplane.Backend {
+	all := make([]dataplane.Backend, 0, len(chosen))
+	var local []dataplane.Backend
+	useHints := zone != ""
+	for _, c := range chosen {
+		all = append(all, backend(c))
+		h := hints(c)
+		if len(h) == 0 {
+			useHints = false
+		}
+		if slices.Contains(h, zone) {
+			local = append(local, backend(c))
+		}
+	}
+	if useHints && len(local) > 0 {
+		return local
+	}
+	return all
 }

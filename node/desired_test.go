@@ -62,7 +62,7 @@ func TestDesiredFromTranslation(t *testing.T) {
 	drain := &mesh.Service{Namespace: "d", Name: "drain", VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11")},
 		Ports:     []mesh.Port{{Port: 80, Protocol: mesh.TCP}},
 		Endpoints: []mesh.Endpoint{ep("10.0.1.1", false, true, true, 1), ep("10.0.1.2", false, false, true, 1)}}
-	got, err := desired(stateOf(t, web, drain))
+	got, err := desired(stateOf(t, web, drain), "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestDesiredWaitsForEndpoints(t *testing.T) {
 	st := stateOf(t, &mesh.Service{Namespace: "d", Name: "web", VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		Ports: []mesh.Port{{Port: 80, Protocol: mesh.TCP}}})
 	clear(st.Assignments)
-	got, err := desired(st)
+	got, err := desired(st, "")
 	if err != nil || len(got) != 0 {
 		t.Fatalf("a listener without endpoints yet was programmed: %v %v", got, err)
 	}
@@ -114,7 +114,42 @@ func TestDesiredRejectsMalformed(t *testing.T) {
 	st := stateOf(t)
 	st.Listeners["bad"] = &listenerv3.Listener{Name: "bad", Address: &corev3.Address{Address: &corev3.Address_SocketAddress{
 		SocketAddress: &corev3.SocketAddress{Address: "not-an-ip", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 80}}}}}
-	if _, err := desired(st); err == nil {
+	if _, err := desired(st, ""); err == nil {
 		t.Fatal("malformed listener accepted")
+	}
+}
+
+func TestDesiredHonoursZoneHints(t *testing.T) {
+	ep := func(a string, hints ...string) mesh.Endpoint {
+		return mesh.Endpoint{Address: netip.MustParseAddr(a), Ready: true, Weight: 1, ZoneHints: hints}
+	}
+	svc := func(eps ...mesh.Endpoint) *mesh.Service {
+		return &mesh.Service{Namespace: "d", Name: "web", VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			Ports: []mesh.Port{{Port: 80, Protocol: mesh.TCP}}, Endpoints: eps}
+	}
+	backendsOf := func(s *mesh.Service, zone string) []string {
+		got, err := desired(stateOf(t, s), zone)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("desired: %v %v", got, err)
+		}
+		var out []string
+		for _, b := range got[0].Backends {
+			out = append(out, b.Addr.String())
+		}
+		return out
+	}
+	hinted := svc(ep("10.0.0.1", "z1"), ep("10.0.0.2", "z2"), ep("10.0.0.3", "z1"))
+	if got := backendsOf(hinted, "z1"); len(got) != 2 || got[0] != "10.0.0.1" || got[1] != "10.0.0.3" {
+		t.Errorf("node in z1: %v, want the z1-hinted endpoints", got)
+	}
+	if got := backendsOf(hinted, ""); len(got) != 3 {
+		t.Errorf("node without a zone: %v, want all", got)
+	}
+	if got := backendsOf(hinted, "z9"); len(got) != 3 {
+		t.Errorf("no endpoint hinted for the node's zone: %v, want all", got)
+	}
+	partial := svc(ep("10.0.0.1", "z1"), ep("10.0.0.2"))
+	if got := backendsOf(partial, "z1"); len(got) != 2 {
+		t.Errorf("an endpoint without hints disables them: %v", got)
 	}
 }

@@ -186,6 +186,13 @@ func endpointMetadata(ep mesh.Endpoint) map[string]any {
 	if ep.Node != "" {
 		md["node"] = ep.Node
 	}
+	if len(ep.ZoneHints) > 0 {
+		hints := make([]any, len(ep.ZoneHints))
+		for i, z := range ep.ZoneHints {
+			hints[i] = z
+		}
+		md["zoneHints"] = hints
+	}
 	if w := ep.Workload; w != nil {
 		md["workload"] = w.Name
 		md["workloadNamespace"] = w.Namespace

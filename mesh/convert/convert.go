@@ -264,6 +264,11 @@ func Slice(es *discoveryv1.EndpointSlice, byKey map[string]*mesh.Service, nodes 
 		if ep.NodeName != nil {
 			e.Node = *ep.NodeName
 		}
+		if ep.Hints != nil {
+			for _, z := range ep.Hints.ForZones {
+				e.ZoneHints = append(e.ZoneHints, z.Name)
+			}
+		}
 		if ep.TargetRef != nil && ep.TargetRef.Kind == "Pod" {
 			e.Pod = ep.TargetRef.Name
 		}
