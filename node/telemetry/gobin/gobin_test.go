@@ -1,0 +1,116 @@
+package gobin
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+var update = flag.Bool("update", false, "rewrite offsets.json for this Go version")
+
+// fixtures builds testdata/fixture as a normal, a -s, a -w and a -s -w
+// binary, once.
+func fixtures(t *testing.T) map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	out := map[string]string{}
+	for name, ldflags := range map[string]string{"plain": "", "s": "-s", "w": "-w", "sw": "-s -w"} {
+		bin := filepath.Join(dir, name)
+		cmd := exec.Command("go", "build", "-ldflags="+ldflags, "-o", bin, "./testdata/fixture")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build fixture %s: %v\n%s", name, err, b)
+		}
+		out[name] = bin
+	}
+	return out
+}
+
+func TestGoBinaries(t *testing.T) {
+	bins := fixtures(t)
+	var dwarf map[string]uint64
+	for _, name := range []string{"plain", "s", "w", "sw"} {
+		b, err := Open(bins[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		if b.GoVersion != runtime.Version() {
+			t.Errorf("%s: Go version %q, want %q", name, b.GoVersion, runtime.Version())
+		}
+		// Functions are found through the pclntab, stripped or not.
+		for _, fn := range []string{"net/http.serverHandler.ServeHTTP", "net/http.(*Client).do", "google.golang.org/grpc.(*Server).Stop"} {
+			f, err := b.Func(fn)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			rets, err := b.Returns(f)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			// Every offset found is a RET opcode in the file.
+			raw, _ := os.ReadFile(bins[name])
+			for _, off := range rets {
+				if raw[off] != 0xc3 {
+					t.Errorf("%s %s: byte at %#x is %#x, not RET", name, fn, off, raw[off])
+				}
+			}
+			entry, err := b.EntryProbe(f)
+			if err != nil || entry < f.Offset || entry >= f.Offset+(f.End-f.Entry) {
+				t.Errorf("%s %s: entry probe %#x outside the function: %v", name, fn, entry, err)
+			}
+		}
+		if _, err := b.Func("main.noSuchFunction"); !errors.Is(err, ErrNoFunc) {
+			t.Errorf("%s: missing function: %v", name, err)
+		}
+		offs, source, err := b.Offsets()
+		if name == "plain" {
+			if err != nil || source != "dwarf" {
+				t.Fatalf("plain: offsets from %q: %v", source, err)
+			}
+			dwarf = offs
+			if *update {
+				table[minorVersion(runtime.Version())] = dwarf
+				b, _ := json.MarshalIndent(table, "", "  ")
+				os.WriteFile("offsets.json", append(b, '\n'), 0o644)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if !b.HasDWARF() && source != "table" {
+			t.Errorf("%s: no DWARF but offsets from %q", name, source)
+		}
+		for k, v := range dwarf {
+			if offs[k] != v {
+				t.Errorf("%s (%s): %s at %d, DWARF says %d", name, source, k, offs[k], v)
+			}
+		}
+	}
+}
+
+func TestEmbeddedTableMatchesThisGo(t *testing.T) {
+	v := minorVersion(runtime.Version())
+	got, ok := table[v]
+	if !ok {
+		t.Fatalf("offsets.json has no entry for %s: run go test ./node/telemetry/gobin -run TestGoBinaries -update", v)
+	}
+	for _, f := range Fields {
+		if _, ok := got[f.String()]; !ok {
+			t.Errorf("offsets.json %s lacks %s", v, f)
+		}
+	}
+}
+
+func TestNotGo(t *testing.T) {
+	for _, p := range []string{"/bin/sh", "gobin.go"} {
+		if _, err := Open(p); !errors.Is(err, ErrNotGo) {
+			t.Errorf("%s: %v, want ErrNotGo", p, err)
+		}
+	}
+}
