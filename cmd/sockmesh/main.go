@@ -25,6 +25,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/sockmesh/sockmesh/install"
+	"github.com/sockmesh/sockmesh/install/precheck"
 	"github.com/sockmesh/sockmesh/mesh"
 	"github.com/sockmesh/sockmesh/mesh/file"
 	"github.com/sockmesh/sockmesh/mesh/kube"
@@ -303,7 +304,7 @@ func precheckCmd() *cobra.Command {
 		Short: "Check that this kernel has every feature sockmesh uses",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return install.WritePrecheck(cmd.OutOrStdout(), install.Precheck())
+			return precheck.Write(cmd.OutOrStdout(), precheck.Run())
 		},
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/sockmesh/sockmesh/bpf/verifier"
-	"github.com/sockmesh/sockmesh/install"
+	"github.com/sockmesh/sockmesh/install/precheck"
 	"github.com/sockmesh/sockmesh/internal/testutil"
 )
 
@@ -38,7 +38,7 @@ func TestBrokenProgramIsReportedWithItsLog(t *testing.T) {
 func TestPrecheck(t *testing.T) {
 	testutil.Privileged(t)
 	var b strings.Builder
-	err := install.WritePrecheck(&b, install.Precheck())
+	err := precheck.Write(&b, precheck.Run())
 	t.Logf("precheck:\n%s", b.String())
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,8 @@
-package install
+// Package precheck probes the kernel and host features sockmesh uses and
+// says what degrades without each (sockmesh precheck, and the kernel
+// matrix). It has no Kubernetes dependencies, so the static test binary
+// booted in guests stays small.
+package precheck
 
 import (
 	"errors"
@@ -71,8 +75,8 @@ func Checks() []Check {
 	}
 }
 
-// Precheck runs every check.
-func Precheck() []CheckResult {
+// Run runs every check.
+func Run() []CheckResult {
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return []CheckResult{{Check: Check{Feature: "remove memlock rlimit", Required: true, Since: "-", Without: "nothing can load"}, Err: err}}
 	}
@@ -83,9 +87,9 @@ func Precheck() []CheckResult {
 	return out
 }
 
-// WritePrecheck prints results as a table and returns an error if a
+// Write prints results as a table and returns an error if a
 // required feature is missing.
-func WritePrecheck(w io.Writer, results []CheckResult) error {
+func Write(w io.Writer, results []CheckResult) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FEATURE\tSTATUS\tREQUIRED\tSINCE\tWITHOUT IT")
 	var missing []string
