@@ -4,46 +4,20 @@ import (
 	"net/netip"
 	"testing"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/internal/xdstest"
 	"github.com/sockmesh/sockmesh/mesh"
 	"github.com/sockmesh/sockmesh/node/dataplane"
 	"github.com/sockmesh/sockmesh/node/xdsclient"
-	"github.com/sockmesh/sockmesh/xds"
 )
 
 // stateOf runs the real translation, so this also checks that what the
 // control plane emits is what the agent reads.
 func stateOf(t *testing.T, svcs ...*mesh.Service) *xdsclient.State {
-	t.Helper()
-	res, err := xds.Translate(&mesh.Snapshot{Services: svcs}, mesh.DefaultDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := &xdsclient.State{
-		Listeners:   map[string]*listenerv3.Listener{},
-		Clusters:    map[string]*clusterv3.Cluster{},
-		Assignments: map[string]*endpointv3.ClusterLoadAssignment{},
-		Received:    map[string]bool{resource.ListenerType: true, resource.ClusterType: true},
-	}
-	for _, r := range res.Listeners {
-		l := r.(*listenerv3.Listener)
-		st.Listeners[l.Name] = l
-	}
-	for _, r := range res.Clusters {
-		c := r.(*clusterv3.Cluster)
-		st.Clusters[c.Name] = c
-	}
-	for _, r := range res.Endpoints {
-		e := r.(*endpointv3.ClusterLoadAssignment)
-		st.Assignments[e.ClusterName] = e
-	}
-	return st
+	return xdstest.State(t, svcs...)
 }
 
 func TestDesiredFromTranslation(t *testing.T) {

@@ -428,6 +428,21 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 }
 
+// installer connects the installer to the cluster of kubeconfig.
+func installer(cmd *cobra.Command, kubeconfig string) (*install.Installer, error) {
+	cfg, err := restConfig(kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	return install.NewInstaller(cfg, cmd.OutOrStdout())
+}
+
+// clusterFlags binds the flags uninstall and status share.
+func clusterFlags(cmd *cobra.Command, kubeconfig, namespace *string) {
+	cmd.Flags().StringVar(kubeconfig, "kubeconfig", "", "kubeconfig (default: $KUBECONFIG, ~/.kube/config or in-cluster)")
+	cmd.Flags().StringVarP(namespace, "namespace", "n", "sockmesh-system", "namespace sockmesh was installed in")
+}
+
 func installCmd() *cobra.Command {
 	var vf valueFlags
 	var kubeconfig string
@@ -442,11 +457,7 @@ func installCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg, err := restConfig(kubeconfig)
-			if err != nil {
-				return err
-			}
-			inst, err := install.NewInstaller(cfg, cmd.OutOrStdout())
+			inst, err := installer(cmd, kubeconfig)
 			if err != nil {
 				return err
 			}
@@ -475,19 +486,14 @@ func uninstallCmd() *cobra.Command {
 		Short: "Remove what install created (with --purge also the namespace and cluster-wide RBAC)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := restConfig(kubeconfig)
-			if err != nil {
-				return err
-			}
-			inst, err := install.NewInstaller(cfg, cmd.OutOrStdout())
+			inst, err := installer(cmd, kubeconfig)
 			if err != nil {
 				return err
 			}
 			return inst.Uninstall(cmd.Context(), namespace, purge)
 		},
 	}
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "sockmesh-system", "namespace sockmesh was installed in")
+	clusterFlags(cmd, &kubeconfig, &namespace)
 	cmd.Flags().BoolVar(&purge, "purge", false, "also remove the namespace and the cluster-wide RBAC")
 	return cmd
 }
@@ -500,19 +506,14 @@ func statusCmd() *cobra.Command {
 		Short: "Say whether the control plane and agents are ready (--wait to wait for it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := restConfig(kubeconfig)
-			if err != nil {
-				return err
-			}
-			inst, err := install.NewInstaller(cfg, cmd.OutOrStdout())
+			inst, err := installer(cmd, kubeconfig)
 			if err != nil {
 				return err
 			}
 			return inst.Status(cmd.Context(), namespace, wait)
 		},
 	}
-	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig")
-	cmd.Flags().StringVarP(&namespace, "namespace", "n", "sockmesh-system", "namespace sockmesh was installed in")
+	clusterFlags(cmd, &kubeconfig, &namespace)
 	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for readiness")
 	return cmd
 }

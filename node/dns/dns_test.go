@@ -12,15 +12,12 @@ import (
 	"testing"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sockmesh/sockmesh/internal/xdstest"
 	"github.com/sockmesh/sockmesh/mesh"
-	"github.com/sockmesh/sockmesh/node/xdsclient"
-	"github.com/sockmesh/sockmesh/xds"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -29,20 +26,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // control plane puts in cluster metadata.
 func tableOf(t *testing.T, svcs ...*mesh.Service) *Table {
 	t.Helper()
-	res, err := xds.Translate(&mesh.Snapshot{Services: svcs}, mesh.DefaultDomain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := &xdsclient.State{Clusters: map[string]*clusterv3.Cluster{}, Assignments: map[string]*endpointv3.ClusterLoadAssignment{}}
-	for _, r := range res.Clusters {
-		c := r.(*clusterv3.Cluster)
-		st.Clusters[c.Name] = c
-	}
-	for _, r := range res.Endpoints {
-		e := r.(*endpointv3.ClusterLoadAssignment)
-		st.Assignments[e.ClusterName] = e
-	}
-	return BuildTable(st, mesh.DefaultDomain)
+	return BuildTable(xdstest.State(t, svcs...), mesh.DefaultDomain)
 }
 
 func testMesh() []*mesh.Service {

@@ -23,17 +23,7 @@ import (
 // loopback.
 func TestSockaddrRouting(t *testing.T) {
 	isolated(t, func(cg string) {
-		pin := filepath.Join(t.TempDir(), "bpf")
-		dp, err := dataplane.Open(dataplane.Config{PinDir: pin, Cgroup: cg}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			dp.Close()
-			if err := dataplane.Cleanup(pin); err != nil {
-				t.Error(err)
-			}
-		}()
+		dp := openDataplane(t, cg)
 
 		tcp4, tcpPort4 := serveTCP(t, "127.0.0.1:0", "tcp4-backend")
 		defer tcp4.Close()
@@ -187,17 +177,7 @@ func dialMapped(a netip.Addr, port int) (string, error) {
 // is captured) is translated only while the agent's heartbeat is fresh.
 func TestAgentBoundServiceFollowsHeartbeat(t *testing.T) {
 	isolated(t, func(cg string) {
-		pin := filepath.Join(t.TempDir(), "bpf")
-		dp, err := dataplane.Open(dataplane.Config{PinDir: pin, Cgroup: cg}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			dp.Close()
-			if err := dataplane.Cleanup(pin); err != nil {
-				t.Error(err)
-			}
-		}()
+		dp := openDataplane(t, cg)
 		l, port := serveTCP(t, "127.0.0.1:0", "agent")
 		defer l.Close()
 		if err := dp.Sync([]dataplane.Service{{VIP: netip.MustParseAddr("10.96.0.53"), Port: 53, Proto: sockaddr.ProtoTCP, RequireAgent: true,
@@ -233,4 +213,22 @@ func TestAgentBoundServiceFollowsHeartbeat(t *testing.T) {
 			t.Fatal("a heartbeat older than 2 s still captured the service")
 		}
 	})
+}
+
+// openDataplane loads and attaches the dataplane to cg with a pin
+// directory of the test's, and removes both when the test ends.
+func openDataplane(t *testing.T, cg string) *dataplane.Dataplane {
+	t.Helper()
+	pin := filepath.Join(t.TempDir(), "bpf")
+	dp, err := dataplane.Open(dataplane.Config{PinDir: pin, Cgroup: cg}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		dp.Close()
+		if err := dataplane.Cleanup(pin); err != nil {
+			t.Error(err)
+		}
+	})
+	return dp
 }
