@@ -204,7 +204,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	g, ctx := errgroup.WithContext(ctx)
 	if a.cfg.DNS.Address != "" {
-		if a.dns, err = dns.New(a.cfg.DNS, a.log.With("component", "dns")); err != nil {
+		if a.dns, err = dns.New(a.cfg.DNS, a.log.With("subsystem", "dns")); err != nil {
 			return fmt.Errorf("agent: %w", err)
 		}
 		g.Go(func() error { return a.dns.Run(ctx) })
