@@ -1,0 +1,156 @@
+//go:build ignore
+
+/* Per-request telemetry for Go's net/http server (HTTP/1.x), from uprobes.
+ *
+ * Two probes, both on instructions the kernel emulates (the stack-check
+ * jump right after each function's entry), none on returns:
+ *   serverHandler.ServeHTTP entry:  remember the start time, per goroutine;
+ *   (*response).finishRequest entry: the handler has returned; read method,
+ *                                    path, status and bytes, emit an event.
+ * Struct offsets are constants the loader sets from DWARF or the table.
+ */
+
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* x86-64 pt_regs as the kernel lays it out (uapi headers give the i386 one
+ * to a BPF target). */
+struct regs {
+	__u64 r15, r14, r13, r12, bp, bx, r11, r10, r9, r8, ax, cx, dx, si, di;
+	__u64 orig_ax, ip, cs, flags, sp, ss;
+};
+
+/* Go's internal ABI on amd64: arguments in AX, BX, CX, DI, SI, R8..R11;
+ * the current goroutine (g) in R14. */
+#define GO_ARG1(r) ((r)->ax)
+#define GO_ARG4(r) ((r)->di)
+#define GO_G(r) ((r)->r14)
+
+#define METHOD_LEN 8
+#define PATH_LEN 64
+
+struct http_event {
+	__u64 duration_ns;
+	__u64 bytes;
+	__u32 pid;
+	__u32 status;
+	__u8 method[METHOD_LEN];
+	__u8 path[PATH_LEN];
+};
+
+/* Referenced so the type is in BTF for bpf2go -type. */
+const struct http_event *unused_http_event __attribute__((unused));
+
+struct start {
+	__u64 ns;
+};
+
+/* Offsets into Go structs, set at load time. */
+volatile const __u64 off_request_method = 0;
+volatile const __u64 off_request_url = 16;
+volatile const __u64 off_url_path = 56;
+volatile const __u64 off_response_req = 8;
+volatile const __u64 off_response_status = 120;
+volatile const __u64 off_response_written = 104;
+
+/* sm_http_start: goroutine (g pointer + pid) -> request start. Written at
+ * ServeHTTP entry, deleted at finishRequest. LRU, 16384 entries: a handler
+ * that panics or a hijacked connection never reaches finishRequest, and its
+ * entry ages out instead of leaking. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct start);
+} sm_http_start SEC(".maps");
+
+/* sm_http_events: one ring buffer for all events, read by the agent on a
+ * timer (events are submitted without waking it: batching the wake-ups is
+ * most of what probes cost a busy server). When full, events are dropped
+ * and counted in sm_http_drops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} sm_http_events SEC(".maps");
+
+/* sm_http_drops: events the ring buffer had no room for. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sm_http_drops SEC(".maps");
+
+static __always_inline __u64 goroutine_key(struct regs *r)
+{
+	return GO_G(r) ^ ((__u64)(bpf_get_current_pid_tgid() >> 32) << 48);
+}
+
+SEC("uprobe/serve_http")
+int sm_http_serve(struct regs *r)
+{
+	__u64 key = goroutine_key(r);
+	struct start s = {.ns = bpf_ktime_get_ns()};
+
+	bpf_map_update_elem(&sm_http_start, &key, &s, BPF_ANY);
+	return 0;
+}
+
+/* read_gostring copies a Go string (pointer, length) at addr into dst. */
+static __always_inline void read_gostring(__u8 *dst, __u32 size, __u64 addr)
+{
+	struct {
+		__u64 ptr;
+		__s64 len;
+	} s = {};
+	__u32 n;
+
+	if (bpf_probe_read_user(&s, sizeof(s), (void *)addr) || s.len <= 0)
+		return;
+	n = s.len < size - 1 ? s.len : size - 1;
+	bpf_probe_read_user(dst, n & (size - 1), (void *)s.ptr);
+}
+
+SEC("uprobe/finish_request")
+int sm_http_finish(struct regs *r)
+{
+	__u64 key = goroutine_key(r), w = GO_ARG1(r), req = 0, url = 0;
+	struct start *s = bpf_map_lookup_elem(&sm_http_start, &key);
+	struct http_event *e;
+	__s64 status = 0, written = 0;
+	__u32 zero = 0;
+
+	if (!s)
+		return 0;
+	e = bpf_ringbuf_reserve(&sm_http_events, sizeof(*e), 0);
+	if (!e) {
+		__u64 *d = bpf_map_lookup_elem(&sm_http_drops, &zero);
+
+		if (d)
+			*d += 1;
+		bpf_map_delete_elem(&sm_http_start, &key);
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->duration_ns = bpf_ktime_get_ns() - s->ns;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
+	bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status));
+	bpf_probe_read_user(&written, sizeof(written), (void *)(w + off_response_written));
+	/* finishRequest writes an implicit 200 itself when the handler wrote
+	 * no header. */
+	e->status = status ? (__u32)status : 200;
+	e->bytes = written > 0 ? written : 0;
+	if (req) {
+		read_gostring(e->method, METHOD_LEN, req + off_request_method);
+		bpf_probe_read_user(&url, sizeof(url), (void *)(req + off_request_url));
+		if (url)
+			read_gostring(e->path, PATH_LEN, url + off_url_path);
+	}
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	bpf_map_delete_elem(&sm_http_start, &key);
+	return 0;
+}

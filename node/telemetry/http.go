@@ -1,0 +1,139 @@
+package telemetry
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+
+	"github.com/sockmesh/sockmesh/bpf/l7"
+	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
+)
+
+// Request is one finished HTTP request seen by the probes.
+type Request struct {
+	PID      uint32
+	Method   string
+	Path     string
+	Status   int
+	Bytes    uint64
+	Duration time.Duration
+}
+
+// Functions the HTTP server probes sit in.
+const (
+	fnServeHTTP     = "net/http.serverHandler.ServeHTTP"
+	fnFinishRequest = "net/http.(*response).finishRequest"
+)
+
+// HTTPTracer probes one Go executable's net/http server.
+type HTTPTracer struct {
+	objs   *l7.Objects
+	links  []link.Link
+	reader *ringbuf.Reader
+}
+
+// TraceHTTP attaches the server probes to the executable at path (for
+// every process running it when pid is 0, else for that process only).
+// Both probes sit on emulated instructions near the functions' entries.
+func TraceHTTP(path string, pid int) (_ *HTTPTracer, err error) {
+	bin, err := gobin.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer bin.Close()
+	off, _, err := bin.Offsets()
+	if err != nil {
+		return nil, err
+	}
+	objs, err := l7.Load(l7.Offsets(off))
+	if err != nil {
+		return nil, err
+	}
+	t := &HTTPTracer{objs: objs}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	ex, err := link.OpenExecutable(path)
+	if err != nil {
+		return nil, err
+	}
+	for fn, prog := range map[string]*ebpf.Program{fnServeHTTP: objs.SmHttpServe, fnFinishRequest: objs.SmHttpFinish} {
+		f, err := bin.Func(fn)
+		if err != nil {
+			return nil, err
+		}
+		at, err := bin.EntryProbe(f)
+		if err != nil {
+			return nil, err
+		}
+		l, err := ex.Uprobe(fn, prog, &link.UprobeOptions{Address: at, PID: pid})
+		if err != nil {
+			return nil, fmt.Errorf("uprobe %s at %#x: %w", fn, at, err)
+		}
+		t.links = append(t.links, l)
+	}
+	if t.reader, err = ringbuf.NewReader(objs.SmHttpEvents); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Read returns the requests that finished since the last call, waiting up
+// to wait for the first one. The programs never wake the reader (batched
+// wake-ups are most of the probes' cost), so it polls.
+func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
+	var out []Request
+	deadline := time.Now().Add(wait)
+	for {
+		t.reader.SetDeadline(time.Now().Add(10 * time.Millisecond))
+		rec, err := t.reader.Read()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if len(out) > 0 || time.Now().After(deadline) {
+				return out, nil
+			}
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		var e l7.HTTPEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
+			return out, fmt.Errorf("decode event: %w", err)
+		}
+		out = append(out, Request{PID: e.Pid, Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
+			Status: int(e.Status), Bytes: e.Bytes, Duration: time.Duration(e.DurationNs)})
+	}
+}
+
+// Drops returns how many events the ring buffer had no room for.
+func (t *HTTPTracer) Drops() (uint64, error) {
+	var per []uint64
+	if err := t.objs.SmHttpDrops.Lookup(uint32(0), &per); err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+// Close detaches the probes and frees the maps.
+func (t *HTTPTracer) Close() error {
+	if t.reader != nil {
+		t.reader.Close()
+	}
+	for _, l := range t.links {
+		l.Close()
+	}
+	return t.objs.Close()
+}
