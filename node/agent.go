@@ -23,6 +23,7 @@ import (
 	"github.com/sockmesh/sockmesh/node/dataplane"
 	"github.com/sockmesh/sockmesh/node/dns"
 	"github.com/sockmesh/sockmesh/node/host"
+	"github.com/sockmesh/sockmesh/node/telemetry"
 	"github.com/sockmesh/sockmesh/node/xdsclient"
 )
 
@@ -54,6 +55,9 @@ type Config struct {
 	MaxServices, MaxSlots uint32
 	// DNS configures the agent's DNS server; an empty Address turns it off.
 	DNS dns.Config
+	// Telemetry probes the Go HTTP servers running in the cgroup with
+	// uprobes and exports Istio's request metrics on MetricsAddress.
+	Telemetry bool
 	// ClusterDNS is the DNS server address pods are configured with (e.g.
 	// kube-dns's 10.96.0.10). When set, DNS sent there by processes in the
 	// cgroup (UDP and TCP port 53) goes to the agent's DNS server while
@@ -214,8 +218,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.AdminAddress != "" {
 		g.Go(func() error { return a.serveAdmin(ctx) })
 	}
+	var requestMetrics *telemetry.Metrics
+	if a.cfg.Telemetry {
+		mnt, err := host.Cgroup2Mount()
+		if err != nil {
+			return fmt.Errorf("agent: telemetry: %w", err)
+		}
+		requestMetrics = telemetry.NewMetrics()
+		w := telemetry.NewWatcher(telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster}, requestMetrics, a.log.With("subsystem", "telemetry"))
+		g.Go(func() error { return w.Run(ctx) })
+	}
 	if a.cfg.MetricsAddress != "" {
 		reg := prometheus.NewRegistry()
+		if requestMetrics != nil {
+			reg.MustRegister(requestMetrics.Collectors()...)
+		}
 		reg.MustRegister(newCollector(a), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		if a.dns != nil {
 			reg.MustRegister(a.dns.Collectors()...)

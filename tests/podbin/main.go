@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -39,6 +40,8 @@ func main() {
 		err = grpcServe(os.Args[2:])
 	case "grpc-call":
 		err = grpcCall(os.Args[2:])
+	case "http-serve":
+		err = httpServe(os.Args[2:])
 	case "dns-serve":
 		err = dnsServe(os.Args[2:])
 	case "resolve":
@@ -305,4 +308,31 @@ func connectRate(args []string) error {
 	}
 	res.ConnsPerS = float64(res.Conns) / time.Since(start).Seconds()
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// httpServe is a net/http server: /ok answers 200 "hello", /fail 500,
+// anything else 404.
+func httpServe(args []string) error {
+	fs := flag.NewFlagSet("http-serve", flag.ExitOnError)
+	addr := fs.String("addr", ":8080", "listen address")
+	fs.Parse(args)
+	l, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/ok":
+			fmt.Fprint(w, "hello")
+		case "/fail":
+			http.Error(w, "boom", http.StatusInternalServerError)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
 }

@@ -1,0 +1,149 @@
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
+)
+
+// WatchConfig says which processes to instrument.
+type WatchConfig struct {
+	// Cgroup is the cgroup v2 directory (absolute) whose processes, and
+	// their descendants', are instrumented.
+	Cgroup string
+	// CgroupMount is where cgroup v2 is mounted, to read /proc/PID/cgroup.
+	CgroupMount string
+	// Interval is how often processes are rescanned and events read.
+	Interval time.Duration
+	// Cluster is reported as destination_cluster.
+	Cluster string
+}
+
+// Watcher finds Go HTTP servers among the processes of a cgroup, probes
+// them, and turns their requests into metrics. Processes that exit are
+// detached.
+type Watcher struct {
+	cfg     WatchConfig
+	metrics *Metrics
+	log     *slog.Logger
+	traced  map[int]*HTTPTracer
+	skipped map[int]bool
+}
+
+// NewWatcher returns a watcher recording into m.
+func NewWatcher(cfg WatchConfig, m *Metrics, log *slog.Logger) *Watcher {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 200 * time.Millisecond
+	}
+	return &Watcher{cfg: cfg, metrics: m, log: log, traced: map[int]*HTTPTracer{}, skipped: map[int]bool{}}
+}
+
+// Traced returns how many processes carry probes now.
+func (w *Watcher) Traced() int { return len(w.traced) }
+
+// Run scans and reads until ctx ends, then detaches everything.
+func (w *Watcher) Run(ctx context.Context) error {
+	t := time.NewTicker(w.cfg.Interval)
+	defer t.Stop()
+	defer func() {
+		for pid, tr := range w.traced {
+			tr.Close()
+			delete(w.traced, pid)
+		}
+	}()
+	for {
+		w.scan()
+		w.drain()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// scan attaches to new Go HTTP servers in the cgroup and detaches from
+// processes that are gone.
+func (w *Watcher) scan() {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		w.log.Warn("telemetry: read /proc", "err", err)
+		return
+	}
+	alive := map[int]bool{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if !w.inCgroup(pid) {
+			continue
+		}
+		alive[pid] = true
+		if w.traced[pid] != nil || w.skipped[pid] {
+			continue
+		}
+		exe := "/proc/" + e.Name() + "/exe"
+		tr, err := TraceHTTP(exe, pid)
+		switch {
+		case err == nil:
+			w.traced[pid] = tr
+			w.log.Info("telemetry: probing HTTP server", "pid", pid)
+		case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
+			w.skipped[pid] = true // not a Go HTTP server: look no further
+		default:
+			w.skipped[pid] = true
+			w.log.Warn("telemetry: cannot probe", "pid", pid, "err", err)
+		}
+	}
+	for pid, tr := range w.traced {
+		if !alive[pid] {
+			w.drainOne(tr)
+			tr.Close()
+			delete(w.traced, pid)
+			w.log.Info("telemetry: process exited, probes removed", "pid", pid)
+		}
+	}
+	for pid := range w.skipped {
+		if !alive[pid] {
+			delete(w.skipped, pid)
+		}
+	}
+}
+
+func (w *Watcher) inCgroup(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "0::"); ok {
+			p := filepath.Join(w.cfg.CgroupMount, rest)
+			return p == w.cfg.Cgroup || strings.HasPrefix(p, w.cfg.Cgroup+"/")
+		}
+	}
+	return false
+}
+
+func (w *Watcher) drain() {
+	for _, tr := range w.traced {
+		w.drainOne(tr)
+	}
+}
+
+func (w *Watcher) drainOne(tr *HTTPTracer) {
+	reqs, err := tr.Read(0)
+	if err != nil {
+		w.log.Warn("telemetry: read events", "err", err)
+	}
+	for _, r := range reqs {
+		w.metrics.ObserveServer(r, Peer{}, Destination{Peer: Peer{Cluster: w.cfg.Cluster}})
+	}
+}

@@ -1,0 +1,51 @@
+package tests
+
+import (
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sockmesh/sockmesh/internal/testutil"
+	"github.com/sockmesh/sockmesh/tests/harness"
+)
+
+// TestIstioRequestMetrics runs a Go HTTP server in a meshed pod with
+// telemetry on, sends it known traffic from another pod, and finds the
+// counts in istio_requests_total on the agent's /metrics; when the server
+// exits, its probes go.
+func TestIstioRequestMetrics(t *testing.T) {
+	testutil.Privileged(t)
+	tp := harness.New(t)
+	client, web := tp.Pod("client", true), tp.Pod("web", true)
+	srv := web.Start("http-serve", "-addr", ":8080")
+	sm := tp.StartSockmesh("--telemetry")
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing HTTP server") })
+
+	url := "http://" + web.IP4.String() + ":8080"
+	for path, n := range map[string]int{"/ok": 3, "/missing": 2, "/fail": 1} {
+		for range n {
+			if out, err := client.Exec("curl", "-s", "-o", "/dev/null", "-m", "2", url+path); err != nil {
+				t.Fatalf("curl %s: %v %s", path, err, out)
+			}
+		}
+	}
+	count := func(code string) string {
+		re := regexp.MustCompile(`(?m)^istio_requests_total\{[^}]*reporter="destination"[^}]*response_code="` + code + `"[^}]*\} (\d+)$`)
+		m := re.FindStringSubmatch(sm.Get("/metrics"))
+		if m == nil {
+			return "0"
+		}
+		return m[1]
+	}
+	waitFor(t, 5*time.Second, func() bool { return count("200") == "3" && count("404") == "2" && count("500") == "1" })
+	m := sm.Get("/metrics")
+	for _, want := range []string{`request_protocol="http"`, `destination_cluster="Kubernetes"`, `source_workload="unknown"`,
+		"istio_request_duration_milliseconds_bucket", "istio_response_bytes_bucket"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	srv.Stop()
+	waitFor(t, 5*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: process exited, probes removed") })
+}
