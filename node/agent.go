@@ -224,14 +224,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: telemetry: %w", err)
 		}
-		requestMetrics = telemetry.NewMetrics()
-		w := telemetry.NewWatcher(telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster}, requestMetrics, a.log.With("subsystem", "telemetry"))
+		w := telemetry.NewWatcher(telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster}, a.log.With("subsystem", "telemetry"))
+		requestMetrics = w.Metrics()
 		g.Go(func() error { return w.Run(ctx) })
 	}
 	if a.cfg.MetricsAddress != "" {
 		reg := prometheus.NewRegistry()
 		if requestMetrics != nil {
-			reg.MustRegister(requestMetrics.Collectors()...)
+			reg.MustRegister(requestMetrics)
 		}
 		reg.MustRegister(newCollector(a), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		if a.dns != nil {

@@ -48,6 +48,48 @@ struct start {
 	__u64 ns;
 };
 
+/* Whether to emit one ring-buffer event per request (access logs, tests).
+ * Metrics need none: they come from sm_http_stats. */
+volatile const __u8 emit_events = 1;
+
+#define DURATION_BUCKETS 19
+#define BYTES_BUCKETS 9
+
+/* http_stats aggregates requests in the kernel, so metrics cost no event
+ * per request. Buckets are not cumulative: a request counts in the first
+ * bucket whose bound it does not exceed (none when it exceeds them all). */
+struct http_stats {
+	__u64 count;
+	__u64 duration_sum_ns;
+	__u64 duration_buckets[DURATION_BUCKETS];
+	__u64 bytes_sum;
+	__u64 bytes_buckets[BYTES_BUCKETS];
+};
+
+struct http_stats_key {
+	__u32 pid;
+	__u32 status;
+};
+
+/* Envoy's default duration buckets (Istio's), in nanoseconds. */
+static const __u64 duration_bounds_ns[DURATION_BUCKETS] = {
+	500000ULL, 1000000ULL, 5000000ULL, 10000000ULL, 25000000ULL, 50000000ULL, 100000000ULL,
+	250000000ULL, 500000000ULL, 1000000000ULL, 2500000000ULL, 5000000000ULL, 10000000000ULL,
+	30000000000ULL, 60000000000ULL, 300000000000ULL, 600000000000ULL, 1800000000000ULL,
+	3600000000000ULL,
+};
+
+/* sm_http_stats: {pid, status} -> http_stats, per CPU (no atomics on the
+ * hot path). Written by the finishRequest probe, read by the agent when
+ * Prometheus scrapes. 4096 entries; when full, new pid/status pairs are
+ * not counted (sm_http_drops counts them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct http_stats_key);
+	__type(value, struct http_stats);
+} sm_http_stats SEC(".maps");
+
 /* Offsets into Go structs, set at load time. */
 volatile const __u64 off_request_method = 0;
 volatile const __u64 off_request_url = 16;
@@ -114,36 +156,86 @@ static __always_inline void read_gostring(__u8 *dst, __u32 size, __u64 addr)
 	bpf_probe_read_user(dst, n & (size - 1), (void *)s.ptr);
 }
 
+static __always_inline void count_drop(void)
+{
+	__u32 zero = 0;
+	__u64 *d = bpf_map_lookup_elem(&sm_http_drops, &zero);
+
+	if (d)
+		*d += 1;
+}
+
+static __always_inline void aggregate(__u32 pid, __u32 status, __u64 duration, __u64 bytes)
+{
+	struct http_stats_key k = {.pid = pid, .status = status};
+	struct http_stats *st = bpf_map_lookup_elem(&sm_http_stats, &k);
+	__u64 bound = 1;
+
+	if (!st) {
+		struct http_stats zero = {};
+
+		/* EEXIST from a racing CPU is fine: look up again. */
+		bpf_map_update_elem(&sm_http_stats, &k, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&sm_http_stats, &k);
+		if (!st) {
+			count_drop(); /* the map is full */
+			return;
+		}
+	}
+	st->count++;
+	st->duration_sum_ns += duration;
+	st->bytes_sum += bytes;
+#pragma unroll
+	for (int i = 0; i < DURATION_BUCKETS; i++) {
+		if (duration <= duration_bounds_ns[i]) {
+			st->duration_buckets[i]++;
+			break;
+		}
+	}
+#pragma unroll
+	for (int i = 0; i < BYTES_BUCKETS; i++) {
+		if (bytes <= bound) {
+			st->bytes_buckets[i]++;
+			break;
+		}
+		bound *= 10;
+	}
+}
+
 SEC("uprobe/finish_request")
 int sm_http_finish(struct regs *r)
 {
-	__u64 key = goroutine_key(r), w = GO_ARG1(r), req = 0, url = 0;
+	__u64 key = goroutine_key(r), w = GO_ARG1(r), req = 0, url = 0, duration;
 	struct start *s = bpf_map_lookup_elem(&sm_http_start, &key);
 	struct http_event *e;
 	__s64 status = 0, written = 0;
-	__u32 zero = 0;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32, code;
 
 	if (!s)
 		return 0;
-	e = bpf_ringbuf_reserve(&sm_http_events, sizeof(*e), 0);
-	if (!e) {
-		__u64 *d = bpf_map_lookup_elem(&sm_http_drops, &zero);
-
-		if (d)
-			*d += 1;
-		bpf_map_delete_elem(&sm_http_start, &key);
-		return 0;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->duration_ns = bpf_ktime_get_ns() - s->ns;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
+	duration = bpf_ktime_get_ns() - s->ns;
+	bpf_map_delete_elem(&sm_http_start, &key);
 	bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status));
 	bpf_probe_read_user(&written, sizeof(written), (void *)(w + off_response_written));
 	/* finishRequest writes an implicit 200 itself when the handler wrote
 	 * no header. */
-	e->status = status ? (__u32)status : 200;
-	e->bytes = written > 0 ? written : 0;
+	code = status ? (__u32)status : 200;
+	if (written < 0)
+		written = 0;
+	aggregate(pid, code, duration, written);
+	if (!emit_events)
+		return 0;
+	e = bpf_ringbuf_reserve(&sm_http_events, sizeof(*e), 0);
+	if (!e) {
+		count_drop();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->duration_ns = duration;
+	e->pid = pid;
+	e->status = code;
+	e->bytes = written;
+	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
 	if (req) {
 		read_gostring(e->method, METHOD_LEN, req + off_request_method);
 		bpf_probe_read_user(&url, sizeof(url), (void *)(req + off_request_url));
@@ -151,6 +243,5 @@ int sm_http_finish(struct regs *r)
 			read_gostring(e->path, PATH_LEN, url + off_url_path);
 	}
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-	bpf_map_delete_elem(&sm_http_start, &key);
 	return 0;
 }

@@ -23,6 +23,21 @@ type bpfHttpEvent struct {
 	Path       [64]uint8
 }
 
+type bpfHttpStats struct {
+	_               structs.HostLayout
+	Count           uint64
+	DurationSumNs   uint64
+	DurationBuckets [19]uint64
+	BytesSum        uint64
+	BytesBuckets    [9]uint64
+}
+
+type bpfHttpStatsKey struct {
+	_      structs.HostLayout
+	Pid    uint32
+	Status uint32
+}
+
 type bpfStart struct {
 	_  structs.HostLayout
 	Ns uint64
@@ -35,8 +50,10 @@ const (
 	bpfMapSmHttpDrops        = "sm_http_drops"
 	bpfMapSmHttpEvents       = "sm_http_events"
 	bpfMapSmHttpStart        = "sm_http_start"
+	bpfMapSmHttpStats        = "sm_http_stats"
 	bpfProgSmHttpFinish      = "sm_http_finish"
 	bpfProgSmHttpServe       = "sm_http_serve"
+	bpfVarEmitEvents         = "emit_events"
 	bpfVarOffRequestMethod   = "off_request_method"
 	bpfVarOffRequestUrl      = "off_request_url"
 	bpfVarOffResponseReq     = "off_response_req"
@@ -99,12 +116,14 @@ type bpfMapSpecs struct {
 	SmHttpDrops  *ebpf.MapSpec `ebpf:"sm_http_drops"`
 	SmHttpEvents *ebpf.MapSpec `ebpf:"sm_http_events"`
 	SmHttpStart  *ebpf.MapSpec `ebpf:"sm_http_start"`
+	SmHttpStats  *ebpf.MapSpec `ebpf:"sm_http_stats"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	EmitEvents         *ebpf.VariableSpec `ebpf:"emit_events"`
 	OffRequestMethod   *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestUrl      *ebpf.VariableSpec `ebpf:"off_request_url"`
 	OffResponseReq     *ebpf.VariableSpec `ebpf:"off_response_req"`
@@ -137,6 +156,7 @@ type bpfMaps struct {
 	SmHttpDrops  *ebpf.Map `ebpf:"sm_http_drops"`
 	SmHttpEvents *ebpf.Map `ebpf:"sm_http_events"`
 	SmHttpStart  *ebpf.Map `ebpf:"sm_http_start"`
+	SmHttpStats  *ebpf.Map `ebpf:"sm_http_stats"`
 }
 
 func (m *bpfMaps) Close() error {
@@ -144,6 +164,7 @@ func (m *bpfMaps) Close() error {
 		m.SmHttpDrops,
 		m.SmHttpEvents,
 		m.SmHttpStart,
+		m.SmHttpStats,
 	)
 }
 
@@ -151,6 +172,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	EmitEvents         *ebpf.Variable `ebpf:"emit_events"`
 	OffRequestMethod   *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestUrl      *ebpf.Variable `ebpf:"off_request_url"`
 	OffResponseReq     *ebpf.Variable `ebpf:"off_response_req"`

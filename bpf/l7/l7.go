@@ -20,9 +20,23 @@ type Objects = bpfObjects
 // node/telemetry/gobin names them ("net/http.Request.Method", ...).
 type Offsets map[string]uint64
 
+// HTTPStats are the in-kernel aggregates of one {pid, status}.
+type HTTPStats = bpfHttpStats
+
+// HTTPStatsKey keys HTTPStats.
+type HTTPStatsKey = bpfHttpStatsKey
+
+// DurationBoundsMs are the upper bounds of HTTPStats.DurationBuckets, in
+// milliseconds (Envoy's defaults, which Istio uses).
+var DurationBoundsMs = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
+
+// BytesBounds are the upper bounds of HTTPStats.BytesBuckets.
+var BytesBounds = []float64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8}
+
 // Load loads the HTTP programs with the offsets of one binary's Go
-// version.
-func Load(off Offsets) (*Objects, error) {
+// version. events turns on one ring-buffer event per request (access logs
+// and tests); the aggregates in sm_http_stats are always kept.
+func Load(off Offsets, events bool) (*Objects, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
@@ -42,6 +56,9 @@ func Load(off Offsets) (*Objects, error) {
 		if err := spec.Variables[variable].Set(v); err != nil {
 			return nil, fmt.Errorf("set %s: %w", variable, err)
 		}
+	}
+	if err := spec.Variables["emit_events"].Set(events); err != nil {
+		return nil, fmt.Errorf("set emit_events: %w", err)
 	}
 	var objs Objects
 	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{}); err != nil {

@@ -42,7 +42,9 @@ type HTTPTracer struct {
 // TraceHTTP attaches the server probes to the executable at path (for
 // every process running it when pid is 0, else for that process only).
 // Both probes sit on emulated instructions near the functions' entries.
-func TraceHTTP(path string, pid int) (_ *HTTPTracer, err error) {
+// Requests are always aggregated in the kernel (Stats); events adds one
+// ring-buffer event per request (Read), for access logs and tests.
+func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 	bin, err := gobin.Open(path)
 	if err != nil {
 		return nil, err
@@ -52,7 +54,7 @@ func TraceHTTP(path string, pid int) (_ *HTTPTracer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	objs, err := l7.Load(l7.Offsets(off))
+	objs, err := l7.Load(l7.Offsets(off), events)
 	if err != nil {
 		return nil, err
 	}
@@ -81,10 +83,51 @@ func TraceHTTP(path string, pid int) (_ *HTTPTracer, err error) {
 		}
 		t.links = append(t.links, l)
 	}
-	if t.reader, err = ringbuf.NewReader(objs.SmHttpEvents); err != nil {
-		return nil, err
+	if events {
+		if t.reader, err = ringbuf.NewReader(objs.SmHttpEvents); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
+}
+
+// Totals are aggregated requests of one status code: counts and
+// non-cumulative bucket counts (bounds in l7.DurationBoundsMs and
+// l7.BytesBounds).
+type Totals struct {
+	Count           uint64
+	DurationSumNs   uint64
+	DurationBuckets [19]uint64
+	BytesSum        uint64
+	BytesBuckets    [9]uint64
+}
+
+func (t *Totals) add(o Totals) {
+	t.Count += o.Count
+	t.DurationSumNs += o.DurationSumNs
+	t.BytesSum += o.BytesSum
+	for i := range t.DurationBuckets {
+		t.DurationBuckets[i] += o.DurationBuckets[i]
+	}
+	for i := range t.BytesBuckets {
+		t.BytesBuckets[i] += o.BytesBuckets[i]
+	}
+}
+
+// Stats reads the in-kernel aggregates, by status code, summed over CPUs.
+func (t *HTTPTracer) Stats() (map[int]Totals, error) {
+	out := map[int]Totals{}
+	var k l7.HTTPStatsKey
+	var per []l7.HTTPStats
+	it := t.objs.SmHttpStats.Iterate()
+	for it.Next(&k, &per) {
+		tot := out[int(k.Status)]
+		for _, s := range per {
+			tot.add(Totals{Count: s.Count, DurationSumNs: s.DurationSumNs, DurationBuckets: s.DurationBuckets, BytesSum: s.BytesSum, BytesBuckets: s.BytesBuckets})
+		}
+		out[int(k.Status)] = tot
+	}
+	return out, it.Err()
 }
 
 // Read returns the requests that finished since the last call, waiting up
@@ -92,6 +135,9 @@ func TraceHTTP(path string, pid int) (_ *HTTPTracer, err error) {
 // wake-ups are most of the probes' cost), so it polls.
 func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
 	var out []Request
+	if t.reader == nil {
+		return nil, errors.New("telemetry: tracer made without events")
+	}
 	deadline := time.Now().Add(wait)
 	for {
 		t.reader.SetDeadline(time.Now().Add(10 * time.Millisecond))

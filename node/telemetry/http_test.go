@@ -37,7 +37,7 @@ func TestHTTPServerRequests(t *testing.T) {
 			}
 			addr = strings.TrimSpace(addr)
 
-			tr, err := TraceHTTP(bin, srv.Process.Pid)
+			tr, err := TraceHTTP(bin, srv.Process.Pid, true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -72,6 +72,21 @@ func TestHTTPServerRequests(t *testing.T) {
 			}
 			if d, _ := tr.Drops(); d != 0 {
 				t.Errorf("%d events dropped", d)
+			}
+			// The in-kernel aggregates agree with the events.
+			stats, err := tr.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if stats[200].Count != 1 || stats[404].Count != 1 || stats[500].Count != 1 || stats[200].BytesSum != 5 || stats[404].BytesSum != 19 {
+				t.Fatalf("aggregates %+v", stats)
+			}
+			var inBuckets uint64
+			for _, n := range stats[200].DurationBuckets {
+				inBuckets += n
+			}
+			if inBuckets != 1 || stats[200].BytesBuckets[1] != 1 { // 5 bytes: the <= 10 bucket
+				t.Fatalf("buckets %+v", stats[200])
 			}
 		})
 	}

@@ -4,6 +4,8 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sockmesh/sockmesh/bpf/l7"
 )
 
 // Istio's standard metric labels, in Istio's order.
@@ -17,35 +19,59 @@ var istioLabels = []string{
 	"request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy",
 }
 
-// durationBuckets are Envoy's default histogram buckets (milliseconds),
-// which Istio's istio_request_duration_milliseconds uses.
-var durationBuckets = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000}
-
-// sizeBuckets are Istio's byte-size buckets.
-var sizeBuckets = prometheus.ExponentialBuckets(1, 10, 9)
-
 // Metrics are the Istio-standard request metrics, so Kiali and the Istio
-// Grafana dashboards work unchanged.
+// Grafana dashboards work unchanged. They are computed when Prometheus
+// scrapes, from totals the kernel aggregated.
 type Metrics struct {
-	requests  *prometheus.CounterVec
-	duration  *prometheus.HistogramVec
-	reqBytes  *prometheus.HistogramVec
-	respBytes *prometheus.HistogramVec
+	totals   func() map[Series]Totals
+	requests *prometheus.Desc
+	duration *prometheus.Desc
+	respSize *prometheus.Desc
 }
 
-// NewMetrics makes the collectors; register them with Collectors.
-func NewMetrics() *Metrics {
+// Series is one label set of the request metrics.
+type Series struct {
+	Source      Peer
+	Destination Destination
+	Status      int
+}
+
+// NewMetrics makes the collector; totals is called on every scrape.
+func NewMetrics(totals func() map[Series]Totals) *Metrics {
 	return &Metrics{
-		requests:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total", Help: "Requests, as Istio counts them."}, istioLabels),
-		duration:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds", Help: "Request duration in milliseconds.", Buckets: durationBuckets}, istioLabels),
-		reqBytes:  prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_bytes", Help: "Request body size in bytes.", Buckets: sizeBuckets}, istioLabels),
-		respBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_response_bytes", Help: "Response body size in bytes.", Buckets: sizeBuckets}, istioLabels),
+		totals:   totals,
+		requests: prometheus.NewDesc("istio_requests_total", "Requests, as Istio counts them.", istioLabels, nil),
+		duration: prometheus.NewDesc("istio_request_duration_milliseconds", "Request duration in milliseconds.", istioLabels, nil),
+		respSize: prometheus.NewDesc("istio_response_bytes", "Response body size in bytes.", istioLabels, nil),
 	}
 }
 
-// Collectors returns the collectors to register.
-func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.duration, m.reqBytes, m.respBytes}
+// Describe implements prometheus.Collector.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.requests
+	ch <- m.duration
+	ch <- m.respSize
+}
+
+// Collect implements prometheus.Collector.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	for s, t := range m.totals() {
+		labels := serverLabels(s)
+		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(t.Count), labels...)
+		ch <- prometheus.MustNewConstHistogram(m.duration, t.Count, float64(t.DurationSumNs)/1e6, cumulative(t.DurationBuckets[:], l7.DurationBoundsMs), labels...)
+		ch <- prometheus.MustNewConstHistogram(m.respSize, t.Count, float64(t.BytesSum), cumulative(t.BytesBuckets[:], l7.BytesBounds), labels...)
+	}
+}
+
+// cumulative turns per-bucket counts into Prometheus' cumulative ones.
+func cumulative(counts []uint64, bounds []float64) map[float64]uint64 {
+	out := make(map[float64]uint64, len(bounds))
+	var sum uint64
+	for i, b := range bounds {
+		sum += counts[i]
+		out[b] = sum
+	}
+	return out
 }
 
 // Peer is what is known about one side of a request; empty fields become
@@ -67,19 +93,17 @@ func orUnknown(s string) string {
 	return s
 }
 
-// ObserveServer records a request seen at the server (reporter
-// "destination").
-func (m *Metrics) ObserveServer(r Request, src Peer, dst Destination) {
-	labels := []string{
+// serverLabels are the label values of a series seen at the server
+// (reporter "destination").
+func serverLabels(s Series) []string {
+	src, dst := s.Source, s.Destination
+	return []string{
 		"destination",
 		orUnknown(src.Workload), orUnknown(src.Namespace), orUnknown(src.Principal), orUnknown(src.App), orUnknown(src.Version),
 		orUnknown(src.CanonicalService), orUnknown(src.CanonicalRevision), orUnknown(src.Cluster),
 		orUnknown(dst.Workload), orUnknown(dst.Namespace), orUnknown(dst.Principal), orUnknown(dst.App), orUnknown(dst.Version),
 		orUnknown(dst.Service), orUnknown(dst.ServiceName), orUnknown(dst.ServiceNamespace),
 		orUnknown(dst.CanonicalService), orUnknown(dst.CanonicalRevision), orUnknown(dst.Cluster),
-		"http", strconv.Itoa(r.Status), "", "-", "unknown",
+		"http", strconv.Itoa(s.Status), "", "-", "unknown",
 	}
-	m.requests.WithLabelValues(labels...).Inc()
-	m.duration.WithLabelValues(labels...).Observe(float64(r.Duration.Microseconds()) / 1000)
-	m.respBytes.WithLabelValues(labels...).Observe(float64(r.Bytes))
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
@@ -30,29 +31,70 @@ type WatchConfig struct {
 // them, and turns their requests into metrics. Processes that exit are
 // detached.
 type Watcher struct {
-	cfg     WatchConfig
-	metrics *Metrics
-	log     *slog.Logger
+	cfg WatchConfig
+	log *slog.Logger
+
+	mu      sync.Mutex
 	traced  map[int]*HTTPTracer
 	skipped map[int]bool
+	// retired keeps the totals of processes that exited, so counters
+	// never go backwards.
+	retired map[Series]Totals
 }
 
-// NewWatcher returns a watcher recording into m.
-func NewWatcher(cfg WatchConfig, m *Metrics, log *slog.Logger) *Watcher {
+// NewWatcher returns a watcher; Metrics exposes what it observes.
+func NewWatcher(cfg WatchConfig, log *slog.Logger) *Watcher {
 	if cfg.Interval <= 0 {
-		cfg.Interval = 200 * time.Millisecond
+		cfg.Interval = time.Second
 	}
-	return &Watcher{cfg: cfg, metrics: m, log: log, traced: map[int]*HTTPTracer{}, skipped: map[int]bool{}}
+	return &Watcher{cfg: cfg, log: log, traced: map[int]*HTTPTracer{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
+}
+
+// Metrics returns the Prometheus collector of the watcher's requests.
+func (w *Watcher) Metrics() *Metrics { return NewMetrics(w.totals) }
+
+// totals sums live and retired aggregates by series.
+func (w *Watcher) totals() map[Series]Totals {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[Series]Totals{}
+	for s, t := range w.retired {
+		out[s] = t
+	}
+	for _, tr := range w.traced {
+		w.foldInto(out, tr)
+	}
+	return out
+}
+
+func (w *Watcher) foldInto(out map[Series]Totals, tr *HTTPTracer) {
+	stats, err := tr.Stats()
+	if err != nil {
+		w.log.Warn("telemetry: read stats", "err", err)
+		return
+	}
+	for status, t := range stats {
+		s := Series{Destination: Destination{Peer: Peer{Cluster: w.cfg.Cluster}}, Status: status}
+		cur := out[s]
+		cur.add(t)
+		out[s] = cur
+	}
 }
 
 // Traced returns how many processes carry probes now.
-func (w *Watcher) Traced() int { return len(w.traced) }
+func (w *Watcher) Traced() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.traced)
+}
 
 // Run scans and reads until ctx ends, then detaches everything.
 func (w *Watcher) Run(ctx context.Context) error {
 	t := time.NewTicker(w.cfg.Interval)
 	defer t.Stop()
 	defer func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
 		for pid, tr := range w.traced {
 			tr.Close()
 			delete(w.traced, pid)
@@ -60,7 +102,6 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}()
 	for {
 		w.scan()
-		w.drain()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -72,6 +113,8 @@ func (w *Watcher) Run(ctx context.Context) error {
 // scan attaches to new Go HTTP servers in the cgroup and detaches from
 // processes that are gone.
 func (w *Watcher) scan() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		w.log.Warn("telemetry: read /proc", "err", err)
@@ -91,7 +134,7 @@ func (w *Watcher) scan() {
 			continue
 		}
 		exe := "/proc/" + e.Name() + "/exe"
-		tr, err := TraceHTTP(exe, pid)
+		tr, err := TraceHTTP(exe, pid, false)
 		switch {
 		case err == nil:
 			w.traced[pid] = tr
@@ -105,7 +148,7 @@ func (w *Watcher) scan() {
 	}
 	for pid, tr := range w.traced {
 		if !alive[pid] {
-			w.drainOne(tr)
+			w.foldInto(w.retired, tr)
 			tr.Close()
 			delete(w.traced, pid)
 			w.log.Info("telemetry: process exited, probes removed", "pid", pid)
@@ -130,20 +173,4 @@ func (w *Watcher) inCgroup(pid int) bool {
 		}
 	}
 	return false
-}
-
-func (w *Watcher) drain() {
-	for _, tr := range w.traced {
-		w.drainOne(tr)
-	}
-}
-
-func (w *Watcher) drainOne(tr *HTTPTracer) {
-	reqs, err := tr.Read(0)
-	if err != nil {
-		w.log.Warn("telemetry: read events", "err", err)
-	}
-	for _, r := range reqs {
-		w.metrics.ObserveServer(r, Peer{}, Destination{Peer: Peer{Cluster: w.cfg.Cluster}})
-	}
 }

@@ -22,7 +22,7 @@ func TestHTTPUprobes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tr, err := telemetry.TraceHTTP(self, os.Getpid())
+	tr, err := telemetry.TraceHTTP(self, os.Getpid(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
