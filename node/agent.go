@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -224,7 +226,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: telemetry: %w", err)
 		}
-		w := telemetry.NewWatcher(telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster}, a.log.With("subsystem", "telemetry"))
+		w := telemetry.NewWatcher(telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify},
+			a.log.With("subsystem", "telemetry"))
 		requestMetrics = w.Metrics()
 		g.Go(func() error { return w.Run(ctx) })
 	}
@@ -297,6 +300,47 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
+}
+
+// identify finds, among the endpoints the agent accepted over xDS, the one
+// at one of addrs, and names it for the request metrics: its service (from
+// the cluster's metadata) and its workload (from the endpoint's).
+func (a *Agent) identify(addrs []netip.Addr) (telemetry.Destination, bool) {
+	if a.client == nil || len(addrs) == 0 {
+		return telemetry.Destination{}, false
+	}
+	st := a.client.State()
+	for _, name := range slices.Sorted(maps.Keys(st.Assignments)) {
+		for _, loc := range st.Assignments[name].GetEndpoints() {
+			for _, lbe := range loc.GetLbEndpoints() {
+				ep, err := netip.ParseAddr(lbe.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+				if err != nil || !slices.Contains(addrs, ep.Unmap()) {
+					continue
+				}
+				svc := st.Clusters[name].GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
+				wl := lbe.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
+				str := func(m map[string]*structpb.Value, k string) string { return m[k].GetStringValue() }
+				d := telemetry.Destination{
+					Service:          str(svc, "hostname"),
+					ServiceName:      str(svc, "service"),
+					ServiceNamespace: str(svc, "namespace"),
+					Peer: telemetry.Peer{
+						Workload:          str(wl, "workload"),
+						Namespace:         str(wl, "workloadNamespace"),
+						CanonicalService:  str(wl, "canonicalService"),
+						CanonicalRevision: str(wl, "canonicalRevision"),
+						App:               str(wl, "canonicalService"),
+						Version:           str(wl, "canonicalRevision"),
+					},
+				}
+				if sa := str(wl, "serviceAccount"); sa != "" && d.Namespace != "" {
+					d.Principal = "spiffe://cluster.local/ns/" + d.Namespace + "/sa/" + sa
+				}
+				return d, true
+			}
+		}
+	}
+	return telemetry.Destination{}, false
 }
 
 // Ready reports whether the first complete configuration is in the maps.

@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,7 +20,9 @@ func TestIstioRequestMetrics(t *testing.T) {
 	tp := harness.New(t)
 	client, web := tp.Pod("client", true), tp.Pod("web", true)
 	srv := web.Start("http-serve", "-addr", ":8080")
-	sm := tp.StartSockmesh("--telemetry")
+	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
+	writeMesh(t, mesh, docs(svc("web", []string{vip4}, "http:80/TCP"), slice("web", "web", "IPv4", 0, []string{web.IP4.String()}, "http:8080/TCP")))
+	sm := tp.StartSockmesh("-f", mesh, "--telemetry")
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing HTTP server") })
 
 	url := "http://" + web.IP4.String() + ":8080"
@@ -41,6 +44,8 @@ func TestIstioRequestMetrics(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool { return count("200") == "3" && count("404") == "2" && count("500") == "1" })
 	m := sm.Get("/metrics")
 	for _, want := range []string{`request_protocol="http"`, `destination_cluster="Kubernetes"`, `source_workload="unknown"`,
+		// The server's pod IP is an endpoint of web: the agent names it.
+		`destination_service="web.default.svc.cluster.local"`, `destination_service_name="web"`, `destination_service_namespace="default"`,
 		"istio_request_duration_milliseconds_bucket", "istio_response_bytes_bucket"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)

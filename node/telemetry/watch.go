@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -25,6 +26,9 @@ type WatchConfig struct {
 	Interval time.Duration
 	// Cluster is reported as destination_cluster.
 	Cluster string
+	// Identify says who a server is from its pod's addresses (the agent
+	// answers from the endpoints it got over xDS); nil leaves it unknown.
+	Identify func(addrs []netip.Addr) (Destination, bool)
 }
 
 // Watcher finds Go HTTP servers among the processes of a cgroup, probes
@@ -36,6 +40,7 @@ type Watcher struct {
 
 	mu      sync.Mutex
 	traced  map[int]*HTTPTracer
+	addrs   map[int][]netip.Addr
 	skipped map[int]bool
 	// retired keeps the totals of processes that exited, so counters
 	// never go backwards.
@@ -47,7 +52,7 @@ func NewWatcher(cfg WatchConfig, log *slog.Logger) *Watcher {
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
 	}
-	return &Watcher{cfg: cfg, log: log, traced: map[int]*HTTPTracer{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
+	return &Watcher{cfg: cfg, log: log, traced: map[int]*HTTPTracer{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
 }
 
 // Metrics returns the Prometheus collector of the watcher's requests.
@@ -61,20 +66,35 @@ func (w *Watcher) totals() map[Series]Totals {
 	for s, t := range w.retired {
 		out[s] = t
 	}
-	for _, tr := range w.traced {
-		w.foldInto(out, tr)
+	for pid, tr := range w.traced {
+		w.foldInto(out, tr, pid)
 	}
 	return out
 }
 
-func (w *Watcher) foldInto(out map[Series]Totals, tr *HTTPTracer) {
+// destination names the server process pid, as far as it is known.
+func (w *Watcher) destination(pid int) Destination {
+	dst := Destination{Peer: Peer{Cluster: w.cfg.Cluster}}
+	if w.cfg.Identify != nil {
+		if d, ok := w.cfg.Identify(w.addrs[pid]); ok {
+			dst = d
+			if dst.Cluster == "" {
+				dst.Cluster = w.cfg.Cluster
+			}
+		}
+	}
+	return dst
+}
+
+func (w *Watcher) foldInto(out map[Series]Totals, tr *HTTPTracer, pid int) {
 	stats, err := tr.Stats()
 	if err != nil {
 		w.log.Warn("telemetry: read stats", "err", err)
 		return
 	}
+	dst := w.destination(pid)
 	for status, t := range stats {
-		s := Series{Destination: Destination{Peer: Peer{Cluster: w.cfg.Cluster}}, Status: status}
+		s := Series{Destination: dst, Status: status}
 		cur := out[s]
 		cur.add(t)
 		out[s] = cur
@@ -138,6 +158,7 @@ func (w *Watcher) scan() {
 		switch {
 		case err == nil:
 			w.traced[pid] = tr
+			w.addrs[pid] = localAddrs(pid)
 			w.log.Info("telemetry: probing HTTP server", "pid", pid)
 		case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
 			w.skipped[pid] = true // not a Go HTTP server: look no further
@@ -148,9 +169,10 @@ func (w *Watcher) scan() {
 	}
 	for pid, tr := range w.traced {
 		if !alive[pid] {
-			w.foldInto(w.retired, tr)
+			w.foldInto(w.retired, tr, pid)
 			tr.Close()
 			delete(w.traced, pid)
+			delete(w.addrs, pid)
 			w.log.Info("telemetry: process exited, probes removed", "pid", pid)
 		}
 	}
