@@ -1,12 +1,13 @@
 // Command httpserver is a plain net/http server for telemetry tests: it
-// prints its address, then serves /ok (200, "hello"), /missing (404) and
-// /fail (500).
+// prints its address, then serves /ok (200, "hello"), /slow (200 after
+// 1 ms), /missing (404) and /fail (500).
 package main
 
 import (
 	"fmt"
 	"net"
 	"net/http"
+	"time"
 )
 
 func main() {
@@ -18,6 +19,9 @@ func main() {
 	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/ok":
+			fmt.Fprint(w, "hello")
+		case "/slow":
+			time.Sleep(time.Millisecond)
 			fmt.Fprint(w, "hello")
 		case "/fail":
 			http.Error(w, "boom", http.StatusInternalServerError)
