@@ -7,12 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 )
 
 // localTTL is the TTL of the mesh's own answers (CoreDNS's default for
@@ -125,31 +128,47 @@ func (s *Server) Serving() bool { return s.serving.Load() }
 
 // Run serves until ctx ends.
 func (s *Server) Run(ctx context.Context) error {
-	pc, err := net.ListenPacket("udp", s.cfg.Address)
-	if err != nil {
-		return fmt.Errorf("dns: listen udp: %w", err)
+	// One UDP socket per CPU with SO_REUSEPORT: the kernel spreads
+	// queries over them, and each has its own reader.
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, serr)
+	}}
+	var servers []*dns.Server
+	shutdown := func() {
+		for _, srv := range servers {
+			srv.Shutdown()
+		}
+	}
+	for range max(1, runtime.NumCPU()) {
+		pc, err := lc.ListenPacket(ctx, "udp", s.cfg.Address)
+		if err != nil {
+			shutdown()
+			return fmt.Errorf("dns: listen udp: %w", err)
+		}
+		servers = append(servers, &dns.Server{PacketConn: pc, Handler: s, UDPSize: 65535})
 	}
 	l, err := net.Listen("tcp", s.cfg.Address)
 	if err != nil {
-		pc.Close()
+		shutdown()
 		return fmt.Errorf("dns: listen tcp: %w", err)
 	}
-	udp := &dns.Server{PacketConn: pc, Handler: s, UDPSize: 65535}
-	tcp := &dns.Server{Listener: l, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }}
-	errc := make(chan error, 2)
-	go func() { errc <- udp.ActivateAndServe() }()
-	go func() { errc <- tcp.ActivateAndServe() }()
+	servers = append(servers, &dns.Server{Listener: l, Handler: s, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second, IdleTimeout: func() time.Duration { return 10 * time.Second }})
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		go func() { errc <- srv.ActivateAndServe() }()
+	}
 	s.serving.Store(true)
 	s.log.Info("DNS serving", "address", s.cfg.Address, "upstreams", s.cfg.Upstreams, "domain", s.cfg.Domain)
 	defer s.serving.Store(false)
+	defer shutdown()
 	select {
 	case <-ctx.Done():
-		udp.Shutdown()
-		tcp.Shutdown()
 		return nil
 	case err := <-errc:
-		udp.Shutdown()
-		tcp.Shutdown()
 		return fmt.Errorf("dns: serve: %w", err)
 	}
 }
