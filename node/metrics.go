@@ -44,20 +44,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if c.a.dp == nil {
 		return
 	}
-	dump, err := c.a.dp.Dump()
+	cnt, err := c.a.dp.Counters()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.services, err)
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(c.services, prometheus.GaugeValue, float64(len(dump.Services)))
-	ch <- prometheus.MustNewConstMetric(c.syncErrors, prometheus.CounterValue, float64(dump.SyncErrors))
-	for event, v := range map[string]uint64{
-		"translated":       dump.Stats.Translated,
-		"no_backend":       dump.Stats.NoBackend,
-		"slot_miss":        dump.Stats.SlotMiss,
-		"reversed":         dump.Stats.Reversed,
-		"udp_reverse_full": dump.Stats.UDPReverseErr,
-	} {
+	ch <- prometheus.MustNewConstMetric(c.services, prometheus.GaugeValue, float64(cnt.Services))
+	ch <- prometheus.MustNewConstMetric(c.syncErrors, prometheus.CounterValue, float64(cnt.SyncErrors))
+	for event, v := range cnt.Stats.Events() {
 		ch <- prometheus.MustNewConstMetric(c.sockaddr, prometheus.CounterValue, float64(v), event)
 	}
 }

@@ -169,6 +169,19 @@ type Stats struct {
 	AgentDown     uint64 `json:"agentDown"`
 }
 
+// Events names every counter, for metrics (one place, so a new counter
+// cannot be forgotten by the exporter).
+func (s Stats) Events() map[string]uint64 {
+	return map[string]uint64{
+		"translated":       s.Translated,
+		"no_backend":       s.NoBackend,
+		"slot_miss":        s.SlotMiss,
+		"reversed":         s.Reversed,
+		"udp_reverse_full": s.UDPReverseErr,
+		"agent_down":       s.AgentDown,
+	}
+}
+
 // ReadStats sums the per-CPU counters of the sm_stats map.
 func ReadStats(m *ebpf.Map) (Stats, error) {
 	var s Stats

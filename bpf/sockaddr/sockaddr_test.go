@@ -30,6 +30,9 @@ func TestStatsCoverEveryCounter(t *testing.T) {
 	if n := len(statFields(&Stats{})); n != int(bpfStatSTAT_MAX) {
 		t.Fatalf("Stats reads %d counters, the program has %d", n, bpfStatSTAT_MAX)
 	}
+	if n := len((Stats{}).Events()); n != int(bpfStatSTAT_MAX) {
+		t.Fatalf("Events names %d counters, the program has %d", n, bpfStatSTAT_MAX)
+	}
 }
 
 // TestLoad loads every program through the kernel verifier.
