@@ -18,10 +18,10 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3" // types inside listeners
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"sigs.k8s.io/yaml"
+
+	"github.com/sockmesh/sockmesh/xds"
 )
 
 // ProxyConfig is what one agent holds: the xDS it accepted (Envoy's
@@ -173,26 +173,16 @@ func writeListeners(w io.Writer, pc *ProxyConfig) error {
 	return tw.Flush()
 }
 
+// listenerCluster is what a listener routes to, for display.
 func listenerCluster(l *listenerv3.Listener) string {
-	for _, fc := range l.GetFilterChains() {
-		for _, f := range fc.GetFilters() {
-			var tp tcpproxyv3.TcpProxy
-			if f.GetTypedConfig().UnmarshalTo(&tp) == nil && tp.GetCluster() != "" {
-				return tp.GetCluster()
-			}
-		}
+	c, err := xds.ListenerCluster(l)
+	switch {
+	case err != nil:
+		return "(" + err.Error() + ")"
+	case c == "":
+		return "-"
 	}
-	for _, f := range l.GetListenerFilters() {
-		var up udpproxyv3.UdpProxyConfig
-		if f.GetTypedConfig().UnmarshalTo(&up) != nil {
-			continue
-		}
-		var r udpproxyv3.Route
-		if up.GetMatcher().GetOnNoMatch().GetAction().GetTypedConfig().UnmarshalTo(&r) == nil {
-			return r.GetCluster()
-		}
-	}
-	return "-"
+	return c
 }
 
 func writeRoutes(w io.Writer, pc *ProxyConfig) error {

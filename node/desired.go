@@ -10,12 +10,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	udpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/udp/udp_proxy/v3"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/node/dataplane"
 	"github.com/sockmesh/sockmesh/node/xdsclient"
+	"github.com/sockmesh/sockmesh/xds"
 )
 
 // desired turns an xDS state into the services the dataplane should route.
@@ -68,64 +67,16 @@ func listenerService(l *listenerv3.Listener) (svc dataplane.Service, cluster str
 	switch sa.GetProtocol() {
 	case corev3.SocketAddress_TCP:
 		svc.Proto = sockaddr.ProtoTCP
-		cluster, err = tcpCluster(l)
 	case corev3.SocketAddress_UDP:
 		svc.Proto = sockaddr.ProtoUDP
-		cluster, err = udpCluster(l)
 	default:
 		return svc, "", false, fmt.Errorf("protocol %s not supported", sa.GetProtocol())
 	}
+	cluster, err = xds.ListenerCluster(l)
 	if err != nil || cluster == "" {
 		return svc, "", false, err
 	}
 	return svc, cluster, true, nil
-}
-
-func tcpCluster(l *listenerv3.Listener) (string, error) {
-	for _, fc := range l.GetFilterChains() {
-		for _, f := range fc.GetFilters() {
-			if f.GetTypedConfig() == nil {
-				continue
-			}
-			var tp tcpproxyv3.TcpProxy
-			if !f.GetTypedConfig().MessageIs(&tp) {
-				continue
-			}
-			if err := f.GetTypedConfig().UnmarshalTo(&tp); err != nil {
-				return "", fmt.Errorf("filter %s: %w", f.GetName(), err)
-			}
-			if tp.GetCluster() == "" {
-				return "", fmt.Errorf("filter %s: only a single cluster is supported", f.GetName())
-			}
-			return tp.GetCluster(), nil
-		}
-	}
-	return "", nil
-}
-
-func udpCluster(l *listenerv3.Listener) (string, error) {
-	for _, f := range l.GetListenerFilters() {
-		var up udpproxyv3.UdpProxyConfig
-		if f.GetTypedConfig() == nil || !f.GetTypedConfig().MessageIs(&up) {
-			continue
-		}
-		if err := f.GetTypedConfig().UnmarshalTo(&up); err != nil {
-			return "", fmt.Errorf("filter %s: %w", f.GetName(), err)
-		}
-		if c := up.GetCluster(); c != "" {
-			return c, nil
-		}
-		m := up.GetMatcher()
-		if m == nil || m.GetMatcherType() != nil || m.GetOnNoMatch().GetAction() == nil {
-			return "", fmt.Errorf("filter %s: only a matcher with a single on_no_match route is supported", f.GetName())
-		}
-		var route udpproxyv3.Route
-		if err := m.GetOnNoMatch().GetAction().GetTypedConfig().UnmarshalTo(&route); err != nil {
-			return "", fmt.Errorf("filter %s: route: %w", f.GetName(), err)
-		}
-		return route.GetCluster(), nil
-	}
-	return "", nil
 }
 
 // backends picks the endpoints new connections may use, with Envoy's

@@ -7,8 +7,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -111,5 +113,37 @@ func TestVersionsChangeOnlyWithContent(t *testing.T) {
 	}
 	if sc.GetVersion(lds) != sa.GetVersion(lds) {
 		t.Error("only endpoints changed but the LDS version did")
+	}
+}
+
+// TestListenerClusterReadsWhatTranslateWrites checks the contract agents
+// and the CLI rely on: every socket listener routes to its service port's
+// cluster, TCP and UDP alike.
+func TestListenerClusterReadsWhatTranslateWrites(t *testing.T) {
+	res, err := Translate(testSnapshot(), mesh.DefaultDomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, r := range res.Listeners {
+		l := r.(*listenerv3.Listener)
+		if l.GetAddress() == nil {
+			continue // proxyless gRPC listener
+		}
+		c, err := ListenerCluster(l)
+		if err != nil || c == "" {
+			t.Fatalf("%s: cluster %q, %v", l.GetName(), c, err)
+		}
+		want := "outbound|80||web.shop.svc.cluster.local"
+		if strings.HasSuffix(l.GetName(), "_udp") {
+			want = "outbound-udp|53||web.shop.svc.cluster.local"
+		}
+		if c != want {
+			t.Errorf("%s routes to %q, want %q", l.GetName(), c, want)
+		}
+		seen++
+	}
+	if seen == 0 {
+		t.Fatal("no socket listener translated")
 	}
 }
