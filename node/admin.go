@@ -29,7 +29,16 @@ func (a *Agent) adminHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		writeJSON(w, map[string]any{"maps": dump, "xds": a.client.Stats()})
+		out := map[string]any{"maps": dump, "xds": a.client.Stats()}
+		if a.fp != nil {
+			fc, err := a.fp.Counters()
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			out["fastPath"] = fc
+		}
+		writeJSON(w, out)
 	})
 	return mux
 }

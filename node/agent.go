@@ -60,6 +60,11 @@ type Config struct {
 	// Telemetry probes the Go HTTP servers running in the cgroup with
 	// uprobes and exports Istio's request metrics on MetricsAddress.
 	Telemetry bool
+	// FastPath turns on the same-node fast path: TCP connections between
+	// processes of the cgroup tree on this node exchange data socket to
+	// socket (bpf/sockmap). Off: new connections take the normal path,
+	// connections already on the fast path stay on it until they close.
+	FastPath bool
 	// ClusterDNS is the DNS server address pods are configured with (e.g.
 	// kube-dns's 10.96.0.10). When set, DNS sent there by processes in the
 	// cgroup (UDP and TCP port 53) goes to the agent's DNS server while
@@ -140,6 +145,7 @@ type Agent struct {
 	log *slog.Logger
 
 	dp     *dataplane.Dataplane
+	fp     *dataplane.FastPath
 	client *xdsclient.Client
 	dns    *dns.Server
 	ready  atomic.Bool
@@ -183,6 +189,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer dp.Close()
 	a.dp = dp
 	a.log.Info("dataplane attached", "cgroup", cg, "pin_dir", a.cfg.PinDir)
+	dpCfg := dataplane.Config{PinDir: a.cfg.PinDir, Cgroup: cg}
+	if a.cfg.FastPath {
+		fp, err := dataplane.OpenFastPath(dpCfg, a.log)
+		if err != nil {
+			return fmt.Errorf("agent: fast path: %w", err)
+		}
+		defer fp.Close()
+		if err := fp.EnrollTree(cg); err != nil {
+			a.log.Warn("fast path: enroll cgroups", "err", err)
+		}
+		a.fp = fp
+		a.log.Info("fast path attached", "enrolled_cgroups", len(fp.Enrolled()))
+	} else if err := dataplane.DisableFastPath(dpCfg); err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
 
 	meta, _ := structpb.NewStruct(map[string]any{
 		"CLUSTER_ID":       a.cfg.Cluster,
@@ -217,6 +238,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return a.heartbeat(ctx) })
 	}
 	g.Go(func() error { return client.Run(ctx) })
+	if a.fp != nil {
+		g.Go(func() error { return a.enrollLoop(ctx, cg) })
+	}
 	if a.cfg.AdminAddress != "" {
 		g.Go(func() error { return a.serveAdmin(ctx) })
 	}
@@ -382,5 +406,23 @@ func serveOn(ctx context.Context, lis net.Listener, h http.Handler) error {
 		return nil
 	case err := <-errc:
 		return fmt.Errorf("agent: serve %s: %w", lis.Addr(), err)
+	}
+}
+
+// enrollLoop keeps the fast path's enrolled cgroups equal to the cgroup tree
+// under the attach point: a cgroup made later is enrolled within a second
+// (until then its connections take the normal path, which is always safe).
+func (a *Agent) enrollLoop(ctx context.Context, cg string) error {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := a.fp.EnrollTree(cg); err != nil {
+				a.log.Warn("fast path: enroll cgroups", "err", err)
+			}
+		}
 	}
 }

@@ -104,49 +104,74 @@ func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
 	return d, nil
 }
 
-// attach links each program to the cgroup. A link pinned by a previous run
-// is updated in place to the new program, atomically: there is no moment
-// without a program, so no connection escapes routing during a restart.
+// attach links each program to the cgroup.
 func (d *Dataplane) attach() error {
-	cg, err := os.Open(d.cfg.Cgroup)
+	links, err := d.cfg.attachCgroup(attachmentsOf(sockaddr.Attachments(d.objs)), d.log)
+	d.links = append(d.links, links...)
+	return err
+}
+
+// cgroupAttachment is one program for one cgroup hook, under its pin name.
+type cgroupAttachment struct {
+	name string
+	typ  ebpf.AttachType
+	prog *ebpf.Program
+}
+
+func attachmentsOf(as []sockaddr.Attachment) []cgroupAttachment {
+	out := make([]cgroupAttachment, len(as))
+	for i, a := range as {
+		out[i] = cgroupAttachment{a.Name, a.Type, a.Program}
+	}
+	return out
+}
+
+// attachCgroup links each program to the cgroup and pins the link. A link
+// pinned by a previous run is updated in place to the new program,
+// atomically: there is no moment without a program, so no socket escapes
+// during a restart. It returns the links made so far even on error, for the
+// caller to close.
+func (c Config) attachCgroup(as []cgroupAttachment, log *slog.Logger) ([]link.Link, error) {
+	cg, err := os.Open(c.Cgroup)
 	if err != nil {
-		return fmt.Errorf("dataplane: open cgroup: %w", err)
+		return nil, fmt.Errorf("dataplane: open cgroup: %w", err)
 	}
 	defer cg.Close()
 	var st syscall.Stat_t
 	if err := syscall.Fstat(int(cg.Fd()), &st); err != nil {
-		return fmt.Errorf("dataplane: stat cgroup: %w", err)
+		return nil, fmt.Errorf("dataplane: stat cgroup: %w", err)
 	}
-	for _, a := range sockaddr.Attachments(d.objs) {
-		pin := filepath.Join(d.cfg.linkDir(), a.Name)
+	var links []link.Link
+	for _, a := range as {
+		pin := filepath.Join(c.linkDir(), a.name)
 		l, err := link.LoadPinnedLink(pin, nil)
 		switch {
 		case err == nil:
 			info, ierr := l.Info()
 			if ierr == nil && info.Cgroup() != nil && info.Cgroup().CgroupId != st.Ino {
 				l.Close()
-				return fmt.Errorf("dataplane: %s is attached to another cgroup (id %d) than %s: use another pin directory or clean up", pin, info.Cgroup().CgroupId, d.cfg.Cgroup)
+				return links, fmt.Errorf("dataplane: %s is attached to another cgroup (id %d) than %s: use another pin directory or clean up", pin, info.Cgroup().CgroupId, c.Cgroup)
 			}
-			if err := l.Update(a.Program); err != nil {
+			if err := l.Update(a.prog); err != nil {
 				l.Close()
-				return fmt.Errorf("dataplane: update pinned link %s: %w", a.Name, err)
+				return links, fmt.Errorf("dataplane: update pinned link %s: %w", a.name, err)
 			}
-			d.log.Debug("adopted link", "program", a.Name)
+			log.Debug("adopted link", "program", a.name)
 		case errors.Is(err, os.ErrNotExist):
-			l, err = link.AttachCgroup(link.CgroupOptions{Path: d.cfg.Cgroup, Attach: a.Type, Program: a.Program})
+			l, err = link.AttachCgroup(link.CgroupOptions{Path: c.Cgroup, Attach: a.typ, Program: a.prog})
 			if err != nil {
-				return fmt.Errorf("dataplane: attach %s to %s: %w", a.Name, d.cfg.Cgroup, err)
+				return links, fmt.Errorf("dataplane: attach %s to %s: %w", a.name, c.Cgroup, err)
 			}
 			if err := l.Pin(pin); err != nil {
 				l.Close()
-				return fmt.Errorf("dataplane: pin link %s: %w", a.Name, err)
+				return links, fmt.Errorf("dataplane: pin link %s: %w", a.name, err)
 			}
 		default:
-			return fmt.Errorf("dataplane: load pinned link %s: %w", a.Name, err)
+			return links, fmt.Errorf("dataplane: load pinned link %s: %w", a.name, err)
 		}
-		d.links = append(d.links, l)
+		links = append(links, l)
 	}
-	return nil
+	return links, nil
 }
 
 // adopt reads what the pinned maps hold, so the first Sync writes only

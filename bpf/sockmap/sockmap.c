@@ -1,0 +1,504 @@
+//go:build ignore
+
+/* Same-node fast path.
+ *
+ * sockops puts both ends of an established TCP connection of an enrolled
+ * workload into sm_fp_socks; sk_msg then hands each send straight to the
+ * peer socket's receive side (bpf_msg_redirect_hash with BPF_F_INGRESS)
+ * instead of sending it through TCP/IP. When the peer is not a redirect
+ * target the data takes the normal path, unchanged.
+ *
+ * Redirected data waits in the receiver's psock queue, which only recvmsg
+ * and read(2) drain (tcp_bpf's recvmsg). splice(2) and sendfile(2) from the
+ * socket read the TCP receive queue directly: data in the psock queue would
+ * never arrive, and the caller would wait forever. On this kernel nothing
+ * can make such a call fail or wait (no LSM or fentry programs: EPERM), and
+ * a tracepoint cannot take a socket out of a sockhash, so the rule is to
+ * never have redirected data queued for a socket that gets spliced:
+ *
+ *   1. A socket becomes a redirect target (sm_fp_targets) only at its own
+ *      first send, and only if its process has not spliced a fast-path
+ *      socket before. Until then everything sent to it takes the normal
+ *      path. A proxy that copies with splice reads its first bytes before
+ *      it sends any, so its sockets never become targets.
+ *   2. sm_fp_splice (raw tracepoint sys_enter) sees every splice/sendfile
+ *      reading a fast-path socket before the kernel does it: the socket
+ *      stops being a target (new data arrives through TCP, where splice
+ *      finds it) and its process is remembered (sm_fp_splicers), so none of
+ *      its sockets becomes a target later.
+ *   3. What 1 and 2 cannot prevent: a process that reads and writes a socket
+ *      first and splices it afterwards, for the first time ever, while data
+ *      from the peer is already queued (a SOCKS/CONNECT proxy's first
+ *      tunnel). That is counted as splice_stranded so it is never silent.
+ *
+ * A socket that closes leaves the sockhashes by itself (the kernel unhashes
+ * it); its other entries are removed by the state callback.
+ */
+
+#include "sockmesh.h"
+#include <bpf/bpf_core_read.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+/* x86_64 syscall numbers and their file-descriptor argument. */
+#define NR_sendfile 40 /* sendfile(out_fd, in_fd, ...): in_fd is the 2nd */
+#define NR_splice 275  /* splice(fd_in, ...): fd_in is the 1st */
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* sock_key names one end of a connection, as that end sees it. The two
+ * initial sequence numbers (as snd_una and rcv_nxt right after the
+ * handshake) make the key unique on the node even when the same addresses
+ * and ports exist in several network namespaces (loopback, overlapping pod
+ * ranges): a peer is only found by a socket that took part in the same
+ * handshake. Ports are in host byte order. */
+struct sock_key {
+	struct addr6 local;
+	struct addr6 remote;
+	__u16 lport;
+	__u16 rport;
+	__u32 lseq;
+	__u32 rseq;
+};
+
+enum sock_flags {
+	/* The socket's process is in an enrolled cgroup (set at connect or
+	 * listen, inherited by accepted sockets through BPF_F_CLONE). */
+	SOCK_F_ENROLLED = 1,
+	/* The socket is in sm_fp_socks. */
+	SOCK_F_FAST = 2,
+	/* The socket has sent once: whether it is a target is decided. */
+	SOCK_F_DECIDED = 4,
+};
+
+/* sock_state is the per-socket record: the peer's key for sk_msg, and the
+ * flags above. */
+struct sock_state {
+	struct sock_key peer;
+	enum sock_flags flags;
+};
+
+/* fp_stats are the fast path's counters; one per-CPU entry, summed by the
+ * agent. */
+struct fp_stats {
+	__u64 socks_added;      /* sockets put on the fast path */
+	__u64 add_errors;       /* sockets that could not be (a map was full) */
+	__u64 targets;          /* sockets that became redirect targets */
+	__u64 redirect_msgs;    /* sends handed to a peer socket */
+	__u64 redirect_bytes;   /* bytes in those sends */
+	__u64 fallback_msgs;    /* sends from a fast-path socket whose peer is
+	                           not a target: normal path */
+	__u64 splice_exits;     /* target sockets that stopped being targets
+	                           because they were spliced */
+	__u64 splice_stranded;  /* ... while redirected data was queued */
+};
+
+/* sm_fp_cgroups: cgroup id -> 1 for enrolled cgroups. Written by the agent
+ * (it enrolls the cgroups under its attach point), read at connect and
+ * listen. 65536 entries; when full the agent reports the cgroups it could
+ * not enroll (their sockets keep the normal path). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u8);
+} sm_fp_cgroups SEC(".maps");
+
+/* sm_fp_socks: sock_key -> socket, the redirect targets. Written by sockops
+ * at ESTABLISHED; entries leave when the socket closes (kernel) or when the
+ * LSM program takes a spliced socket off the fast path. 65536 sockets; when
+ * full, new connections take the normal path and add_errors counts them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_key);
+	__type(value, __u64);
+} sm_fp_socks SEC(".maps");
+
+/* sm_fp_hold: socket cookie -> socket. Holds every fast-path socket's psock
+ * for its whole life, so that taking a socket out of sm_fp_socks never
+ * drops the psock and with it the data already queued there. Written by
+ * sockops together with sm_fp_socks; entries leave when the socket closes.
+ * Same capacity: a socket that cannot be held is not put on the fast path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u64);
+} sm_fp_hold SEC(".maps");
+
+/* sm_fp_sock: per-socket sock_state. Created at connect/listen for enrolled
+ * sockets, cloned to accepted sockets, filled at ESTABLISHED, read by sk_msg
+ * and the LSM program. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sm_fp_sock SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct fp_stats);
+} sm_fp_stats SEC(".maps");
+
+/* sm_fp_keys: socket cookie -> the socket's own sock_key, so the splice
+ * tracepoint, which sees a file, can name the socket. Written at
+ * ESTABLISHED, deleted by the state callback when the socket closes. Same
+ * capacity as sm_fp_socks; a socket whose key cannot be stored is not put on
+ * the fast path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_key);
+} sm_fp_keys SEC(".maps");
+
+/* sm_fp_targets: sock_key -> 1 for sockets that may receive redirected data.
+ * Written by sk_msg at the socket's first send, deleted by the splice
+ * tracepoint and by the state callback at close. When full the socket is
+ * simply not a target (its peer's data takes the normal path). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, struct sock_key);
+	__type(value, __u8);
+} sm_fp_targets SEC(".maps");
+
+/* sm_fp_splicers: tgid -> 1 for processes seen splicing a fast-path socket.
+ * Written by the splice tracepoint, read by sk_msg. LRU with 16384
+ * entries: forgetting a process that spliced long ago costs at most what
+ * point 3 at the top describes, and a reused pid only loses acceleration. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u8);
+} sm_fp_splicers SEC(".maps");
+
+static __always_inline struct fp_stats *stats(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&sm_fp_stats, &zero);
+}
+
+#define count(field)                                         \
+	do {                                                 \
+		struct fp_stats *__s = stats();              \
+		if (__s)                                     \
+			__sync_fetch_and_add(&__s->field, 1); \
+	} while (0)
+
+/* Every context field is loaded once, unconditionally and volatile, before
+ * any branch: otherwise clang turns the per-family loads into one load
+ * through a computed ctx offset, which the verifier rejects ("dereference of
+ * modified ctx ptr"). Reading the IPv6 fields of an IPv4 socket is allowed. */
+#define CTX(x) (*(volatile __typeof__(x) *)&(x))
+
+static __always_inline void sock_addrs(struct bpf_sock_ops *ops, struct sock_key *k)
+{
+	__u32 family = CTX(ops->family);
+	__u32 l4 = CTX(ops->local_ip4), r4 = CTX(ops->remote_ip4);
+	__u32 l0 = CTX(ops->local_ip6[0]), l1 = CTX(ops->local_ip6[1]),
+	      l2 = CTX(ops->local_ip6[2]), l3 = CTX(ops->local_ip6[3]);
+	__u32 r0 = CTX(ops->remote_ip6[0]), r1 = CTX(ops->remote_ip6[1]),
+	      r2 = CTX(ops->remote_ip6[2]), r3 = CTX(ops->remote_ip6[3]);
+
+	k->lport = ops->local_port;
+	k->rport = bpf_ntohl(ops->remote_port);
+	if (family == 2 /* AF_INET */) {
+		addr_from_ip4(&k->local, l4);
+		addr_from_ip4(&k->remote, r4);
+		return;
+	}
+	k->local.w[0] = l0;
+	k->local.w[1] = l1;
+	k->local.w[2] = l2;
+	k->local.w[3] = l3;
+	k->remote.w[0] = r0;
+	k->remote.w[1] = r1;
+	k->remote.w[2] = r2;
+	k->remote.w[3] = r3;
+}
+
+static __always_inline void swap_key(struct sock_key *dst, const struct sock_key *k)
+{
+	dst->local = k->remote;
+	dst->remote = k->local;
+	dst->lport = k->rport;
+	dst->rport = k->lport;
+	dst->lseq = k->rseq;
+	dst->rseq = k->lseq;
+}
+
+/* enroll runs in the context of the process that connects or listens: if its
+ * cgroup is enrolled, the socket gets a record marked SOCK_F_ENROLLED. */
+static __always_inline void enroll(struct bpf_sock_ops *ops)
+{
+	__u64 cg = bpf_get_current_cgroup_id();
+	struct sock_state *st;
+	struct bpf_sock *sk = ops->sk;
+
+	if (!sk || !bpf_map_lookup_elem(&sm_fp_cgroups, &cg))
+		return;
+	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (st)
+		st->flags = SOCK_F_ENROLLED;
+}
+
+static __always_inline void established(struct bpf_sock_ops *ops, int passive)
+{
+	struct bpf_sock *sk = ops->sk;
+	struct sock_state *st;
+	struct sock_key k = {};
+	__u64 cookie;
+
+	if (!sk)
+		return;
+	/* An accepted socket whose listener predates the agent has no record:
+	 * it is enrolled because this program ran for it, which happens only
+	 * for sockets of the attach cgroup's tree, the tree the agent enrolls.
+	 * (Enrolling part of the tree would need the socket's own cgroup.) */
+	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0,
+				passive ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!st)
+		return;
+	if (passive && !(st->flags & SOCK_F_ENROLLED))
+		st->flags = SOCK_F_ENROLLED;
+	if (!(st->flags & SOCK_F_ENROLLED))
+		return;
+
+	sock_addrs(ops, &k);
+	k.lseq = ops->snd_una;
+	k.rseq = ops->rcv_nxt;
+	swap_key(&st->peer, &k);
+	st->flags = SOCK_F_ENROLLED;
+
+	cookie = bpf_get_socket_cookie(ops);
+	if (bpf_map_update_elem(&sm_fp_keys, &cookie, &k, BPF_NOEXIST))
+		goto fail;
+	/* Hold first: sm_fp_hold has no program, sm_fp_socks brings sk_msg. */
+	if (bpf_sock_hash_update(ops, &sm_fp_hold, &cookie, BPF_NOEXIST))
+		goto fail_keys;
+	if (bpf_sock_hash_update(ops, &sm_fp_socks, &k, BPF_NOEXIST))
+		goto fail_keys;
+	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+	st->flags |= SOCK_F_FAST;
+	count(socks_added);
+	return;
+fail_keys:
+	bpf_map_delete_elem(&sm_fp_keys, &cookie);
+fail:
+	count(add_errors);
+}
+
+/* closed forgets a fast-path socket's key and target entry. */
+static __always_inline void closed(struct bpf_sock_ops *ops)
+{
+	__u64 cookie = bpf_get_socket_cookie(ops);
+	struct sock_key *k = bpf_map_lookup_elem(&sm_fp_keys, &cookie);
+
+	if (!k)
+		return;
+	bpf_map_delete_elem(&sm_fp_targets, k);
+	bpf_map_delete_elem(&sm_fp_keys, &cookie);
+}
+
+SEC("sockops")
+int sm_fp_sockops(struct bpf_sock_ops *ops)
+{
+	if (ops->family != 2 && ops->family != 10)
+		return 1;
+	switch (ops->op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		enroll(ops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		established(ops, 0);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		established(ops, 1);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		/* args[1] is the new state; 7 is TCP_CLOSE. */
+		if (ops->args[1] == 7)
+			closed(ops);
+		break;
+	}
+	return 1;
+}
+
+/* decide makes the sending socket a redirect target unless its process has
+ * spliced a fast-path socket (rule 1 at the top). */
+static __always_inline void decide(struct sock_state *st)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct sock_key own;
+	__u8 one = 1;
+
+	st->flags |= SOCK_F_DECIDED;
+	if (bpf_map_lookup_elem(&sm_fp_splicers, &tgid))
+		return;
+	swap_key(&own, &st->peer);
+	if (!bpf_map_update_elem(&sm_fp_targets, &own, &one, BPF_ANY))
+		count(targets);
+}
+
+SEC("sk_msg")
+int sm_fp_msg(struct sk_msg_md *msg)
+{
+	struct sock_state *st;
+	struct fp_stats *s;
+	struct bpf_sock *sk = msg->sk;
+	__u32 size = msg->size;
+
+	if (!sk)
+		return SK_PASS;
+	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, 0);
+	if (!st || !(st->flags & SOCK_F_FAST))
+		return SK_PASS;
+	if (!(st->flags & SOCK_F_DECIDED))
+		decide(st);
+	s = stats();
+	/* A failed redirect lookup returns SK_DROP: that must become "normal
+	 * path", never a drop. */
+	if (!bpf_map_lookup_elem(&sm_fp_targets, &st->peer) ||
+	    bpf_msg_redirect_hash(msg, &sm_fp_socks, &st->peer, BPF_F_INGRESS) != SK_PASS) {
+		if (s)
+			__sync_fetch_and_add(&s->fallback_msgs, 1);
+		return SK_PASS;
+	}
+	if (s) {
+		__sync_fetch_and_add(&s->redirect_msgs, 1);
+		__sync_fetch_and_add(&s->redirect_bytes, size);
+	}
+	return SK_PASS;
+}
+
+/* Kernel types read through CO-RE; only the fields used are declared. */
+struct list_head {
+	struct list_head *next;
+} __attribute__((preserve_access_index));
+
+struct sk_psock {
+	struct list_head ingress_msg;
+} __attribute__((preserve_access_index));
+
+struct atomic64 {
+	__s64 counter;
+};
+
+struct sock_common {
+	struct atomic64 skc_cookie;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+} __attribute__((preserve_access_index));
+
+/* socket_of returns the struct sock behind the current task's fd, or NULL
+ * when fd is not a socket. */
+static __always_inline struct sock *socket_of(unsigned long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds, *file;
+	struct socket *sock;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = BPF_CORE_READ(file, private_data);
+	return sock ? BPF_CORE_READ(sock, sk) : 0;
+}
+
+/* sm_fp_splice runs at the entry of every system call on the node and
+ * returns at once unless the call is splice or sendfile; see rule 2 at the
+ * top. It only reads the kernel and writes sockmesh's own maps. */
+SEC("raw_tracepoint/sys_enter")
+int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
+{
+	long nr = (long)ctx->args[1];
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+	unsigned long fd;
+	struct sk_psock *psock;
+	struct sock_key *k;
+	struct sock *sk;
+	__u64 cookie;
+	__u32 tgid;
+	__u8 one = 1;
+
+	if (nr == NR_splice)
+		fd = BPF_CORE_READ(regs, di);
+	else if (nr == NR_sendfile)
+		fd = BPF_CORE_READ(regs, si);
+	else
+		return 0;
+	sk = socket_of(fd);
+	if (!sk)
+		return 0;
+	cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	k = bpf_map_lookup_elem(&sm_fp_keys, &cookie);
+	if (!k)
+		return 0;
+	tgid = bpf_get_current_pid_tgid() >> 32;
+	bpf_map_update_elem(&sm_fp_splicers, &tgid, &one, BPF_ANY);
+	if (bpf_map_delete_elem(&sm_fp_targets, k))
+		return 0; /* was not a target: nothing was redirected to it */
+	count(splice_exits);
+	/* sk_user_data carries flag bits below the psock pointer
+	 * (SK_USER_DATA_NOCOPY, _BPF, _PSOCK). */
+	psock = (struct sk_psock *)((unsigned long)BPF_CORE_READ(sk, sk_user_data) & ~7UL);
+	if (psock && BPF_CORE_READ(psock, ingress_msg.next) !=
+			     (void *)psock + bpf_core_field_offset(psock->ingress_msg))
+		count(splice_stranded);
+	return 0;
+}

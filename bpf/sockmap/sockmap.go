@@ -1,0 +1,115 @@
+package sockmap
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sockmesh/sockmesh/bpf/verifier"
+)
+
+// Map and program names, as pinned.
+const (
+	MapCgroups  = bpfMapSmFpCgroups
+	MapSocks    = bpfMapSmFpSocks
+	MapHold     = bpfMapSmFpHold
+	MapSock     = bpfMapSmFpSock
+	MapKeys     = bpfMapSmFpKeys
+	MapTargets  = bpfMapSmFpTargets
+	MapSplicers = bpfMapSmFpSplicers
+	MapStats    = bpfMapSmFpStats
+
+	ProgSockops = bpfProgSmFpSockops
+	ProgSplice  = bpfProgSmFpSplice
+)
+
+// Objects are the loaded programs and maps.
+type Objects = bpfObjects
+
+// SockKey is the key of sm_fp_socks: one end of a connection.
+type SockKey = bpfSockKey
+
+// SpliceTracepoint is the raw tracepoint sm_fp_splice attaches to.
+const SpliceTracepoint = "sys_enter"
+
+// AttachMsg attaches the sk_msg program to sm_fp_socks. The attachment
+// belongs to the map (it lives as long as the map does, pinned or not) and
+// replaces a program a previous instance attached; sockets already in the
+// map keep the program they joined with.
+func AttachMsg(o *Objects) error {
+	err := link.RawAttachProgram(link.RawAttachProgramOptions{
+		Target:  o.SmFpSocks.FD(),
+		Program: o.SmFpMsg,
+		Attach:  ebpf.AttachSkMsgVerdict,
+	})
+	if err != nil {
+		return fmt.Errorf("attach %s to %s: %w", bpfProgSmFpMsg, MapSocks, err)
+	}
+	return nil
+}
+
+// Load loads the programs and maps, pinning the maps in pinDir (or adopting
+// the ones pinned there); an empty pinDir pins nothing.
+func Load(pinDir string) (*Objects, error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("load sockmap spec: %w", err)
+	}
+	if pinDir == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+	}
+	var objs Objects
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}); err != nil {
+		return nil, verifier.Explain("fast path programs", err)
+	}
+	return &objs, nil
+}
+
+// Stats are the fast path's counters summed over CPUs.
+type Stats struct {
+	SocksAdded     uint64 `json:"socksAdded"`
+	AddErrors      uint64 `json:"addErrors"`
+	Targets        uint64 `json:"targets"`
+	RedirectMsgs   uint64 `json:"redirectMsgs"`
+	RedirectBytes  uint64 `json:"redirectBytes"`
+	FallbackMsgs   uint64 `json:"fallbackMsgs"`
+	SpliceExits    uint64 `json:"spliceExits"`
+	SpliceStranded uint64 `json:"spliceStranded"`
+}
+
+// Events names every counter, for metrics.
+func (s Stats) Events() map[string]uint64 {
+	return map[string]uint64{
+		"socks_added":     s.SocksAdded,
+		"add_errors":      s.AddErrors,
+		"targets":         s.Targets,
+		"redirect_msgs":   s.RedirectMsgs,
+		"redirect_bytes":  s.RedirectBytes,
+		"fallback_msgs":   s.FallbackMsgs,
+		"splice_exits":    s.SpliceExits,
+		"splice_stranded": s.SpliceStranded,
+	}
+}
+
+// ReadStats sums the per-CPU counters of sm_fp_stats.
+func ReadStats(m *ebpf.Map) (Stats, error) {
+	var per []bpfFpStats
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		return Stats{}, fmt.Errorf("read fast path stats: %w", err)
+	}
+	var s Stats
+	for _, p := range per {
+		s.SocksAdded += p.SocksAdded
+		s.AddErrors += p.AddErrors
+		s.Targets += p.Targets
+		s.RedirectMsgs += p.RedirectMsgs
+		s.RedirectBytes += p.RedirectBytes
+		s.FallbackMsgs += p.FallbackMsgs
+		s.SpliceExits += p.SpliceExits
+		s.SpliceStranded += p.SpliceStranded
+	}
+	return s, nil
+}

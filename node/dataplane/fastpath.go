@@ -1,0 +1,266 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/sockmesh/sockmesh/bpf/sockmap"
+)
+
+// FastPath is the loaded, attached same-node fast path of one agent
+// instance: sockets of enrolled cgroups that connect to each other on this
+// node exchange data socket to socket (see bpf/sockmap).
+type FastPath struct {
+	cfg  Config
+	log  *slog.Logger
+	objs *sockmap.Objects
+
+	mu           sync.Mutex
+	links        []link.Link
+	enrolled     map[uint64]string // cgroup id -> path
+	enrollErrors uint64
+}
+
+// OpenFastPath loads the fast path programs, adopts what a previous instance
+// pinned in cfg.PinDir, and attaches them to cfg.Cgroup. Nothing is enrolled
+// yet: call Enroll or EnrollTree.
+func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	objs, err := sockmap.Load(cfg.mapDir())
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	f := &FastPath{cfg: cfg, log: log, objs: objs, enrolled: map[uint64]string{}}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	var cgID uint64
+	it := objs.SmFpCgroups.Iterate()
+	var v uint8
+	for it.Next(&cgID, &v) {
+		f.enrolled[cgID] = ""
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("dataplane: read enrolled cgroups: %w", err)
+	}
+	// sk_msg first, so every socket sockops adds gets the redirect program;
+	// then the splice watch, then sockops, which starts adding sockets.
+	if err := sockmap.AttachMsg(objs); err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	if err := f.attachSpliceWatch(); err != nil {
+		return nil, err
+	}
+	links, err := cfg.attachCgroup([]cgroupAttachment{{sockmap.ProgSockops, ebpf.AttachCGroupSockOps, objs.SmFpSockops}}, log)
+	f.links = append(f.links, links...)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// attachSpliceWatch attaches the splice tracepoint program and pins its
+// link. A raw tracepoint link cannot be updated in place, so a link pinned
+// by a previous run is replaced after the new one is attached: for a moment
+// both run, which is harmless (they write the same maps the same way).
+func (f *FastPath) attachSpliceWatch() error {
+	pin := filepath.Join(f.cfg.linkDir(), sockmap.ProgSplice)
+	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: sockmap.SpliceTracepoint, Program: f.objs.SmFpSplice})
+	if err != nil {
+		return fmt.Errorf("dataplane: attach %s: %w", sockmap.ProgSplice, err)
+	}
+	f.links = append(f.links, l)
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("dataplane: replace pinned link %s: %w", pin, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("dataplane: pin link %s: %w", pin, err)
+	}
+	return nil
+}
+
+// DisableFastPath undoes a fast path a previous instance left in
+// cfg.PinDir, for an agent started without it: no new socket joins (the
+// sockops link goes), while sockets already on it keep working and keep
+// their splice watch until they close. Their maps and the guard stay
+// pinned while any such socket is left; the next run, or Cleanup, removes
+// them.
+func DisableFastPath(cfg Config) error {
+	links := cfg.linkDir()
+	for _, a := range []string{sockmap.ProgSockops} {
+		if err := os.Remove(filepath.Join(links, a)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("dataplane: detach fast path: %w", err)
+		}
+	}
+	socks, err := ebpf.LoadPinnedMap(filepath.Join(cfg.mapDir(), sockmap.MapHold), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	defer socks.Close()
+	var k uint64
+	if err := socks.NextKey(nil, &k); err == nil {
+		return nil // sockets are still on the fast path
+	}
+	var errs []error
+	paths := []string{filepath.Join(links, sockmap.ProgSplice)}
+	for _, m := range []string{sockmap.MapCgroups, sockmap.MapSocks, sockmap.MapHold, sockmap.MapSock,
+		sockmap.MapKeys, sockmap.MapTargets, sockmap.MapSplicers, sockmap.MapStats} {
+		paths = append(paths, filepath.Join(cfg.mapDir(), m))
+	}
+	for _, p := range paths {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Enroll makes the set of enrolled cgroups equal to ids (cgroup id ->
+// path, the path only for display). Sockets created in an enrolled cgroup
+// after it is enrolled join the fast path; sockets already on it stay when
+// their cgroup leaves.
+func (f *FastPath) Enroll(ids map[uint64]string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for id, path := range ids {
+		if _, ok := f.enrolled[id]; ok {
+			f.enrolled[id] = path
+			continue
+		}
+		if err := f.objs.SmFpCgroups.Put(id, uint8(1)); err != nil {
+			errs = append(errs, fmt.Errorf("enroll cgroup %s: %w", path, err))
+			continue
+		}
+		f.enrolled[id] = path
+	}
+	for id, path := range f.enrolled {
+		if _, ok := ids[id]; ok {
+			continue
+		}
+		if err := f.objs.SmFpCgroups.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("unenroll cgroup %s: %w", path, err))
+			continue
+		}
+		delete(f.enrolled, id)
+	}
+	f.enrollErrors += uint64(len(errs))
+	return errors.Join(errs...)
+}
+
+// EnrollTree enrolls root and every cgroup below it, and unenrolls cgroups
+// that are gone.
+func (f *FastPath) EnrollTree(root string) error {
+	ids := map[uint64]string{}
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && path != root {
+				return nil // removed while walking
+			}
+			return err
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			ids[st.Ino] = path // a cgroup's id is its inode number
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dataplane: walk cgroups under %s: %w", root, err)
+	}
+	return f.Enroll(ids)
+}
+
+// Enrolled returns the enrolled cgroups' paths by id.
+func (f *FastPath) Enrolled() map[uint64]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[uint64]string, len(f.enrolled))
+	for k, v := range f.enrolled {
+		out[k] = v
+	}
+	return out
+}
+
+// FastPathCounters are the fast path's counters and its size now.
+type FastPathCounters struct {
+	sockmap.Stats
+	Sockets      int    `json:"sockets"`    // in sm_fp_socks now
+	Keys         int    `json:"keys"`       // in sm_fp_keys now
+	TargetsNow   int    `json:"targetsNow"` // in sm_fp_targets now
+	Enrolled     int    `json:"enrolledCgroups"`
+	EnrollErrors uint64 `json:"enrollErrors"`
+}
+
+// Counters reads the programs' counters and counts the sockets on the fast
+// path.
+func (f *FastPath) Counters() (FastPathCounters, error) {
+	st, err := sockmap.ReadStats(f.objs.SmFpStats)
+	if err != nil {
+		return FastPathCounters{}, err
+	}
+	c := FastPathCounters{Stats: st}
+	for _, m := range []struct {
+		m *ebpf.Map
+		n *int
+	}{{f.objs.SmFpSocks, &c.Sockets}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
+		n, err := countKeys(m.m)
+		if err != nil {
+			return c, err
+		}
+		*m.n = n
+	}
+	f.mu.Lock()
+	c.Enrolled = len(f.enrolled)
+	c.EnrollErrors = f.enrollErrors
+	f.mu.Unlock()
+	return c, nil
+}
+
+// Close releases this process's handles; pins stay (see Dataplane.Close).
+func (f *FastPath) Close() error {
+	for _, l := range f.links {
+		l.Close()
+	}
+	f.links = nil
+	return f.objs.Close()
+}
+
+// countKeys counts a map's entries by walking its keys.
+func countKeys(m *ebpf.Map) (int, error) {
+	key := make([]byte, m.KeySize())
+	next := make([]byte, m.KeySize())
+	n := 0
+	var prev any // nil: start from the first key
+	for {
+		if err := m.NextKey(prev, next); errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		} else if err != nil {
+			return n, fmt.Errorf("count %s: %w", m, err)
+		}
+		n++
+		copy(key, next)
+		prev = key
+	}
+}

@@ -1,0 +1,286 @@
+package kernel
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/sockmesh/sockmesh/bpf/sockmap"
+	"github.com/sockmesh/sockmesh/node/dataplane"
+)
+
+func openFastPath(t *testing.T, cg string) (*dataplane.FastPath, string) {
+	t.Helper()
+	pin := filepath.Join(t.TempDir(), "bpf")
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	dp, err := dataplane.Open(dataplane.Config{PinDir: pin, Cgroup: cg}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp, err := dataplane.OpenFastPath(dataplane.Config{PinDir: pin, Cgroup: cg}, log)
+	if err != nil {
+		dp.Close()
+		dataplane.Cleanup(pin)
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		fp.Close()
+		dp.Close()
+		if err := dataplane.Cleanup(pin); err != nil {
+			t.Error(err)
+		}
+	})
+	if err := fp.EnrollTree(cg); err != nil {
+		t.Fatal(err)
+	}
+	return fp, pin
+}
+
+// forgetSplicer removes this process from sm_fp_splicers, so the next
+// phase of a test sees it as a process that never spliced.
+func forgetSplicer(t *testing.T, pin string) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", sockmap.MapSplicers), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Delete(uint32(os.Getpid())); err != nil {
+		t.Fatalf("this process was not recorded as a splicer: %v", err)
+	}
+}
+
+func fpCounters(t *testing.T, fp *dataplane.FastPath) dataplane.FastPathCounters {
+	t.Helper()
+	c, err := fp.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// withDeadline fails the test if fn does not return in d: a hang is the
+// failure this file is about.
+func withDeadline(t *testing.T, d time.Duration, what string, fn func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s: no result after %s (hung)", what, d)
+	}
+}
+
+// TestFastPathLoopback: two sockets on loopback in one namespace exchange
+// data through the fast path, and a proxy that copies between two meshed
+// connections with io.Copy (splice) keeps working: its sockets leave the
+// fast path instead of hanging.
+func TestFastPathLoopback(t *testing.T) {
+	isolated(t, func(cg string) {
+		fp, pin := openFastPath(t, cg)
+
+		echo, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer echo.Close()
+		go func() {
+			for {
+				c, err := echo.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					buf := make([]byte, 64<<10)
+					for {
+						n, err := c.Read(buf)
+						if n > 0 {
+							if _, werr := c.Write(buf[:n]); werr != nil {
+								return
+							}
+						}
+						if err != nil {
+							return
+						}
+					}
+				}()
+			}
+		}()
+
+		conn, err := net.Dial("tcp", echo.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := fpCounters(t, fp)
+		withDeadline(t, 10*time.Second, "echo", func() error {
+			for range 100 {
+				if _, err := conn.Write([]byte("ping")); err != nil {
+					return err
+				}
+				buf := make([]byte, 4)
+				if _, err := io.ReadFull(conn, buf); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		after := fpCounters(t, fp)
+		t.Logf("echo: %+v", after)
+		// The server becomes a target at its first send, so the client's
+		// first message takes the normal path and every later one, in
+		// both directions, is redirected.
+		if got := after.RedirectMsgs - before.RedirectMsgs; got != 199 {
+			t.Errorf("%d messages redirected for 100 round trips, want 199", got)
+		}
+		if after.Sockets < 2 {
+			t.Errorf("%d sockets on the fast path, want both ends", after.Sockets)
+		}
+		conn.Close()
+
+		// A proxy copying with io.Copy both ways: TCPConn.ReadFrom splices.
+		proxy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer proxy.Close()
+		upstream := echo.Addr().String()
+		dialUp := make(chan net.Conn)
+		go func() {
+			for {
+				c, err := proxy.Accept()
+				if err != nil {
+					return
+				}
+				up := <-dialUp
+				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite() }()
+			}
+		}()
+		// Dial on this thread (in the test namespace), hand to the proxy.
+		up, err := net.Dial("tcp", upstream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := net.Dial("tcp", proxy.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		dialUp <- up
+		payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+		withDeadline(t, 20*time.Second, "io.Copy proxy", func() error {
+			go cl.Write(payload)
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(cl, got); err != nil {
+				return err
+			}
+			if sha256.Sum256(got) != sha256.Sum256(payload) {
+				return io.ErrUnexpectedEOF
+			}
+			return nil
+		})
+		cl.Close()
+		c := fpCounters(t, fp)
+		t.Logf("proxy: %+v", c)
+		// The proxy read its first bytes by splice, before sending any:
+		// none of its sockets became a target (rule 1 in sockmap.c).
+		if c.Targets != after.Targets {
+			t.Errorf("proxy sockets became redirect targets: %d -> %d", after.Targets, c.Targets)
+		}
+
+		forgetSplicer(t, pin)
+		// A socket that is a target (it has sent) and is spliced later
+		// stops being one; what follows arrives through TCP, in order.
+		srv, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		cl2, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl2.Close()
+		sv, err := srv.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sv.Close()
+		sink, err := net.Dial("tcp", echo.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sink.Close()
+		withDeadline(t, 20*time.Second, "read, then splice", func() error {
+			// Handshake: request and reply make both ends targets.
+			cl2.Write([]byte("hello"))
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(sv, buf); err != nil {
+				return err
+			}
+			sv.Write([]byte("ok"))
+			if _, err := io.ReadFull(cl2, buf[:2]); err != nil {
+				return err
+			}
+			// Now the server splices its socket into sink (echo), and
+			// the client's bytes come back through the echo server.
+			go func() { io.Copy(sink, sv); sink.(*net.TCPConn).CloseWrite() }()
+			time.Sleep(100 * time.Millisecond)
+			go func() { cl2.Write(payload); cl2.(*net.TCPConn).CloseWrite() }()
+			got, err := io.ReadAll(io.LimitReader(sink, int64(len(payload))))
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, payload) {
+				return fmt.Errorf("got %d bytes, not the %d sent", len(got), len(payload))
+			}
+			return nil
+		})
+		c = fpCounters(t, fp)
+		t.Logf("read then splice: %+v", c)
+		if c.SpliceExits == 0 {
+			t.Errorf("the spliced target socket did not leave the fast path")
+		}
+		if c.SpliceStranded != 0 {
+			t.Errorf("%d sockets spliced with data queued", c.SpliceStranded)
+		}
+
+		// sendfile from a file into a fast-path socket.
+		f, err := os.CreateTemp(t.TempDir(), "sendfile")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write(payload)
+		f.Seek(0, 0)
+		defer f.Close()
+		sc, err := net.Dial("tcp", echo.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sc.Close()
+		withDeadline(t, 20*time.Second, "sendfile", func() error {
+			go sc.(*net.TCPConn).ReadFrom(f) // sendfile(2)
+			got := make([]byte, len(payload))
+			if _, err := io.ReadFull(sc, got); err != nil {
+				return err
+			}
+			if !bytes.Equal(got, payload) {
+				return io.ErrUnexpectedEOF
+			}
+			return nil
+		})
+	})
+}
