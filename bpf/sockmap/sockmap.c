@@ -63,13 +63,8 @@ struct sock_key {
 };
 
 enum sock_flags {
-	/* The socket's process is in an enrolled cgroup (set at connect or
-	 * listen, inherited by accepted sockets through BPF_F_CLONE). */
-	SOCK_F_ENROLLED = 1,
-	/* The socket is in sm_fp_socks. */
-	SOCK_F_FAST = 2,
 	/* The socket has sent once: whether it is a target is decided. */
-	SOCK_F_DECIDED = 4,
+	SOCK_F_DECIDED = 1,
 };
 
 /* sock_state is the per-socket record: the peer's key for sk_msg, and the
@@ -83,6 +78,7 @@ struct sock_state {
  * agent. */
 struct fp_stats {
 	__u64 socks_added;      /* sockets put on the fast path */
+	__u64 socks_closed;     /* fast-path sockets that closed */
 	__u64 add_errors;       /* sockets that could not be (a map was full) */
 	__u64 targets;          /* sockets that became redirect targets */
 	__u64 redirect_msgs;    /* sends handed to a peer socket */
@@ -95,8 +91,8 @@ struct fp_stats {
 };
 
 /* sm_fp_cgroups: cgroup id -> 1 for enrolled cgroups. Written by the agent
- * (it enrolls the cgroups under its attach point), read at connect and
- * listen. 65536 entries; when full the agent reports the cgroups it could
+ * (it enrolls the cgroups under its attach point), read at ESTABLISHED with
+ * the socket's own cgroup. 65536 entries; when full the agent reports the cgroups it could
  * not enroll (their sockets keep the normal path). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -131,13 +127,12 @@ struct {
 	__type(value, __u64);
 } sm_fp_hold SEC(".maps");
 
-/* sm_fp_sock: per-socket sock_state. Created at connect/listen for enrolled
- * sockets, cloned to accepted sockets, filled at ESTABLISHED, read by sk_msg
- * and the LSM program. Freed with the socket. */
+/* sm_fp_sock: per-socket sock_state. Created at ESTABLISHED for sockets
+ * put on the fast path, read by sk_msg. Freed with the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
 	__type(value, struct sock_state);
 } sm_fp_sock SEC(".maps");
@@ -186,6 +181,74 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } sm_fp_splicers SEC(".maps");
+
+/* Kernel types read through CO-RE; only the fields used are declared. */
+struct list_head {
+	struct list_head *next;
+} __attribute__((preserve_access_index));
+
+struct sk_psock {
+	struct list_head ingress_msg;
+} __attribute__((preserve_access_index));
+
+struct atomic64 {
+	__s64 counter;
+};
+
+struct sock_common {
+	struct atomic64 skc_cookie;
+} __attribute__((preserve_access_index));
+
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock;
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	unsigned short i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	struct files_struct *files;
+} __attribute__((preserve_access_index));
+
+struct pt_regs {
+	unsigned long di;
+	unsigned long si;
+} __attribute__((preserve_access_index));
 
 static __always_inline struct fp_stats *stats(void)
 {
@@ -242,22 +305,28 @@ static __always_inline void swap_key(struct sock_key *dst, const struct sock_key
 	dst->rseq = k->lseq;
 }
 
-/* enroll runs in the context of the process that connects or listens: if its
- * cgroup is enrolled, the socket gets a record marked SOCK_F_ENROLLED. */
-static __always_inline void enroll(struct bpf_sock_ops *ops)
+/* enrolled says whether the socket's own cgroup (the one it was created in,
+ * which accepted sockets inherit from their listener) is enrolled. It is read
+ * from the socket, not from the current task: ESTABLISHED callbacks run in
+ * softirq context, where the current task is unrelated. */
+static __always_inline int enrolled(struct bpf_sock_ops *ops)
 {
-	__u64 cg = bpf_get_current_cgroup_id();
-	struct sock_state *st;
-	struct bpf_sock *sk = ops->sk;
+	struct bpf_sock *bsk = ops->sk;
+	struct tcp_sock *tp;
+	struct sock *sk;
+	__u64 cg;
 
-	if (!sk || !bpf_map_lookup_elem(&sm_fp_cgroups, &cg))
-		return;
-	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (st)
-		st->flags = SOCK_F_ENROLLED;
+	if (!bsk)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(bsk);
+	if (!tp)
+		return 0;
+	sk = (struct sock *)tp;
+	cg = sk->sk_cgrp_data.cgroup->kn->id;
+	return bpf_map_lookup_elem(&sm_fp_cgroups, &cg) != 0;
 }
 
-static __always_inline void established(struct bpf_sock_ops *ops, int passive)
+static __always_inline void established(struct bpf_sock_ops *ops)
 {
 	struct bpf_sock *sk = ops->sk;
 	struct sock_state *st;
@@ -266,24 +335,17 @@ static __always_inline void established(struct bpf_sock_ops *ops, int passive)
 
 	if (!sk)
 		return;
-	/* An accepted socket whose listener predates the agent has no record:
-	 * it is enrolled because this program ran for it, which happens only
-	 * for sockets of the attach cgroup's tree, the tree the agent enrolls.
-	 * (Enrolling part of the tree would need the socket's own cgroup.) */
-	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0,
-				passive ? BPF_SK_STORAGE_GET_F_CREATE : 0);
+	if (!enrolled(ops))
+		return;
+	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
-		return;
-	if (passive && !(st->flags & SOCK_F_ENROLLED))
-		st->flags = SOCK_F_ENROLLED;
-	if (!(st->flags & SOCK_F_ENROLLED))
-		return;
+		goto fail;
 
 	sock_addrs(ops, &k);
 	k.lseq = ops->snd_una;
 	k.rseq = ops->rcv_nxt;
 	swap_key(&st->peer, &k);
-	st->flags = SOCK_F_ENROLLED;
+	st->flags = 0;
 
 	cookie = bpf_get_socket_cookie(ops);
 	if (bpf_map_update_elem(&sm_fp_keys, &cookie, &k, BPF_NOEXIST))
@@ -294,7 +356,6 @@ static __always_inline void established(struct bpf_sock_ops *ops, int passive)
 	if (bpf_sock_hash_update(ops, &sm_fp_socks, &k, BPF_NOEXIST))
 		goto fail_keys;
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-	st->flags |= SOCK_F_FAST;
 	count(socks_added);
 	return;
 fail_keys:
@@ -313,6 +374,7 @@ static __always_inline void closed(struct bpf_sock_ops *ops)
 		return;
 	bpf_map_delete_elem(&sm_fp_targets, k);
 	bpf_map_delete_elem(&sm_fp_keys, &cookie);
+	count(socks_closed);
 }
 
 SEC("sockops")
@@ -321,15 +383,9 @@ int sm_fp_sockops(struct bpf_sock_ops *ops)
 	if (ops->family != 2 && ops->family != 10)
 		return 1;
 	switch (ops->op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		enroll(ops);
-		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		established(ops, 0);
-		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		established(ops, 1);
+		established(ops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		/* args[1] is the new state; 7 is TCP_CLOSE. */
@@ -367,7 +423,9 @@ int sm_fp_msg(struct sk_msg_md *msg)
 	if (!sk)
 		return SK_PASS;
 	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, 0);
-	if (!st || !(st->flags & SOCK_F_FAST))
+	/* Only sockets in sm_fp_socks run this program, and each got its
+	 * record before it was added. */
+	if (!st)
 		return SK_PASS;
 	if (!(st->flags & SOCK_F_DECIDED))
 		decide(st);
@@ -386,59 +444,6 @@ int sm_fp_msg(struct sk_msg_md *msg)
 	}
 	return SK_PASS;
 }
-
-/* Kernel types read through CO-RE; only the fields used are declared. */
-struct list_head {
-	struct list_head *next;
-} __attribute__((preserve_access_index));
-
-struct sk_psock {
-	struct list_head ingress_msg;
-} __attribute__((preserve_access_index));
-
-struct atomic64 {
-	__s64 counter;
-};
-
-struct sock_common {
-	struct atomic64 skc_cookie;
-} __attribute__((preserve_access_index));
-
-struct sock {
-	struct sock_common __sk_common;
-	void *sk_user_data;
-} __attribute__((preserve_access_index));
-
-struct socket {
-	struct sock *sk;
-} __attribute__((preserve_access_index));
-
-struct inode {
-	unsigned short i_mode;
-} __attribute__((preserve_access_index));
-
-struct file {
-	struct inode *f_inode;
-	void *private_data;
-} __attribute__((preserve_access_index));
-
-struct fdtable {
-	unsigned int max_fds;
-	struct file **fd;
-} __attribute__((preserve_access_index));
-
-struct files_struct {
-	struct fdtable *fdt;
-} __attribute__((preserve_access_index));
-
-struct task_struct {
-	struct files_struct *files;
-} __attribute__((preserve_access_index));
-
-struct pt_regs {
-	unsigned long di;
-	unsigned long si;
-} __attribute__((preserve_access_index));
 
 /* socket_of returns the struct sock behind the current task's fd, or NULL
  * when fd is not a socket. */

@@ -71,6 +71,7 @@ func Load(pinDir string) (*Objects, error) {
 // Stats are the fast path's counters summed over CPUs.
 type Stats struct {
 	SocksAdded     uint64 `json:"socksAdded"`
+	SocksClosed    uint64 `json:"socksClosed"`
 	AddErrors      uint64 `json:"addErrors"`
 	Targets        uint64 `json:"targets"`
 	RedirectMsgs   uint64 `json:"redirectMsgs"`
@@ -84,6 +85,7 @@ type Stats struct {
 func (s Stats) Events() map[string]uint64 {
 	return map[string]uint64{
 		"socks_added":     s.SocksAdded,
+		"socks_closed":    s.SocksClosed,
 		"add_errors":      s.AddErrors,
 		"targets":         s.Targets,
 		"redirect_msgs":   s.RedirectMsgs,
@@ -103,6 +105,7 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 	var s Stats
 	for _, p := range per {
 		s.SocksAdded += p.SocksAdded
+		s.SocksClosed += p.SocksClosed
 		s.AddErrors += p.AddErrors
 		s.Targets += p.Targets
 		s.RedirectMsgs += p.RedirectMsgs

@@ -16,6 +16,7 @@ import (
 type bpfFpStats struct {
 	_              structs.HostLayout
 	SocksAdded     uint64
+	SocksClosed    uint64
 	AddErrors      uint64
 	Targets        uint64
 	RedirectMsgs   uint64
@@ -28,9 +29,7 @@ type bpfFpStats struct {
 type bpfSockFlags uint32
 
 const (
-	bpfSockFlagsSOCK_F_ENROLLED bpfSockFlags = 1
-	bpfSockFlagsSOCK_F_FAST     bpfSockFlags = 2
-	bpfSockFlagsSOCK_F_DECIDED  bpfSockFlags = 4
+	bpfSockFlagsSOCK_F_DECIDED bpfSockFlags = 1
 )
 
 type bpfSockKey struct {

@@ -90,7 +90,61 @@ func withDeadline(t *testing.T, d time.Duration, what string, fn func() error) {
 // fast path instead of hanging.
 func TestFastPathLoopback(t *testing.T) {
 	isolated(t, func(cg string) {
+		// A server that listens before the fast path exists: its accepted
+		// sockets are enrolled by their own cgroup, like any other.
+		early, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer early.Close()
 		fp, pin := openFastPath(t, cg)
+		go func() {
+			c, err := early.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			buf := make([]byte, 2)
+			for {
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				c.Write(buf)
+			}
+		}()
+		ec, err := net.Dial("tcp", early.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		withDeadline(t, 10*time.Second, "listener from before the fast path", func() error {
+			for range 3 {
+				ec.Write([]byte("hi"))
+				if _, err := io.ReadFull(ec, make([]byte, 2)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		ec.Close()
+		if c := fpCounters(t, fp); c.SocksAdded != 2 || c.RedirectMsgs != 5 {
+			t.Fatalf("listener from before the fast path: %d sockets added, %d messages redirected; want 2 and 5", c.SocksAdded, c.RedirectMsgs)
+		}
+
+		// Sockets of a cgroup that is not enrolled stay off the fast path.
+		if err := fp.Enroll(nil); err != nil {
+			t.Fatal(err)
+		}
+		off, err := net.Dial("tcp", early.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		off.Close()
+		if c := fpCounters(t, fp); c.SocksAdded != 2 {
+			t.Fatalf("a connection of an unenrolled cgroup joined the fast path (%d sockets added)", c.SocksAdded)
+		}
+		if err := fp.EnrollTree(cg); err != nil {
+			t.Fatal(err)
+		}
 
 		echo, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
