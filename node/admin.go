@@ -31,7 +31,7 @@ func (a *Agent) adminHandler() http.Handler {
 		}
 		out := map[string]any{"maps": dump, "xds": a.client.Stats()}
 		if a.fp != nil {
-			fc, err := a.fp.Counters()
+			fc, err := a.fp.Dump()
 			if err != nil {
 				http.Error(w, err.Error(), http.StatusInternalServerError)
 				return

@@ -23,7 +23,7 @@ func newCollector(a *Agent) *collector {
 		nacks:           prometheus.NewDesc("sockmesh_xds_nacks_total", "xDS responses rejected; the previous state was kept.", nil, nil),
 		sockaddr:        prometheus.NewDesc("sockmesh_sockaddr_events_total", "Events counted by the sock_addr programs.", []string{"event"}, nil),
 		fastPath:        prometheus.NewDesc("sockmesh_fastpath_events_total", "Events counted by the fast path programs (redirect_msgs, redirect_bytes, fallback_msgs, splice_exits, splice_stranded, ...).", []string{"event"}, nil),
-		fastPathSockets: prometheus.NewDesc("sockmesh_fastpath_sockets", "Sockets on the fast path now.", nil, nil),
+		fastPathSockets: prometheus.NewDesc("sockmesh_fastpath_sockets", "Sockets on the fast path that have not closed yet (socks_added - socks_closed).", nil, nil),
 		fastPathCgroups: prometheus.NewDesc("sockmesh_fastpath_enrolled_cgroups", "Cgroups whose new connections may take the fast path.", nil, nil),
 	}
 }
@@ -53,7 +53,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			for event, v := range fc.Stats.Events() {
 				ch <- prometheus.MustNewConstMetric(c.fastPath, prometheus.CounterValue, float64(v), event)
 			}
-			ch <- prometheus.MustNewConstMetric(c.fastPathSockets, prometheus.GaugeValue, float64(fc.Sockets))
+			ch <- prometheus.MustNewConstMetric(c.fastPathSockets, prometheus.GaugeValue, float64(fc.Open()))
 			ch <- prometheus.MustNewConstMetric(c.fastPathCgroups, prometheus.GaugeValue, float64(fc.Enrolled))
 		}
 	}

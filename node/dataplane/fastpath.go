@@ -203,38 +203,56 @@ func (f *FastPath) Enrolled() map[uint64]string {
 	return out
 }
 
-// FastPathCounters are the fast path's counters and its size now.
+// FastPathCounters are the fast path's counters and the size of its maps.
 type FastPathCounters struct {
 	sockmap.Stats
-	Sockets      int    `json:"sockets"`    // in sm_fp_socks now
-	Keys         int    `json:"keys"`       // in sm_fp_keys now
-	TargetsNow   int    `json:"targetsNow"` // in sm_fp_targets now
 	Enrolled     int    `json:"enrolledCgroups"`
 	EnrollErrors uint64 `json:"enrollErrors"`
+	// Filled by Dump only: entries in sm_fp_socks, sm_fp_keys and
+	// sm_fp_targets now.
+	Sockets    int `json:"sockets"`
+	Keys       int `json:"keys"`
+	TargetsNow int `json:"targetsNow"`
 }
 
-// Counters reads the programs' counters and counts the sockets on the fast
-// path.
+// Open is how many sockets are on the fast path and not closed yet, from
+// the counters alone (cheap enough for every metrics scrape).
+func (c FastPathCounters) Open() uint64 {
+	if c.SocksClosed > c.SocksAdded {
+		return 0
+	}
+	return c.SocksAdded - c.SocksClosed
+}
+
+// Counters reads the programs' counters; it does not walk any map.
 func (f *FastPath) Counters() (FastPathCounters, error) {
 	st, err := sockmap.ReadStats(f.objs.SmFpStats)
 	if err != nil {
 		return FastPathCounters{}, err
 	}
 	c := FastPathCounters{Stats: st}
-	for _, m := range []struct {
-		m *ebpf.Map
-		n *int
-	}{{f.objs.SmFpSocks, &c.Sockets}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
-		n, err := countKeys(m.m)
-		if err != nil {
-			return c, err
-		}
-		*m.n = n
-	}
 	f.mu.Lock()
 	c.Enrolled = len(f.enrolled)
 	c.EnrollErrors = f.enrollErrors
 	f.mu.Unlock()
+	return c, nil
+}
+
+// Dump is Counters plus the number of entries in the socket maps, counted
+// by walking them: for the admin /maps page and tests, not for metrics.
+func (f *FastPath) Dump() (FastPathCounters, error) {
+	c, err := f.Counters()
+	if err != nil {
+		return c, err
+	}
+	for _, m := range []struct {
+		m *ebpf.Map
+		n *int
+	}{{f.objs.SmFpSocks, &c.Sockets}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
+		if *m.n, err = countKeys(m.m); err != nil {
+			return c, err
+		}
+	}
 	return c, nil
 }
 

@@ -61,7 +61,7 @@ func forgetSplicer(t *testing.T, pin string) {
 
 func fpCounters(t *testing.T, fp *dataplane.FastPath) dataplane.FastPathCounters {
 	t.Helper()
-	c, err := fp.Counters()
+	c, err := fp.Dump()
 	if err != nil {
 		t.Fatal(err)
 	}
