@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -213,6 +214,7 @@ func TestFastPathLoopback(t *testing.T) {
 		defer proxy.Close()
 		upstream := echo.Addr().String()
 		dialUp := make(chan net.Conn)
+		var copies sync.WaitGroup
 		go func() {
 			for {
 				c, err := proxy.Accept()
@@ -220,8 +222,9 @@ func TestFastPathLoopback(t *testing.T) {
 					return
 				}
 				up := <-dialUp
-				go func() { io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
-				go func() { io.Copy(c, up); c.(*net.TCPConn).CloseWrite() }()
+				copies.Add(2)
+				go func() { defer copies.Done(); io.Copy(up, c); up.(*net.TCPConn).CloseWrite() }()
+				go func() { defer copies.Done(); io.Copy(c, up); c.(*net.TCPConn).CloseWrite() }()
 			}
 		}()
 		// Dial on this thread (in the test namespace), hand to the proxy.
@@ -255,6 +258,9 @@ func TestFastPathLoopback(t *testing.T) {
 			t.Errorf("proxy sockets became redirect targets: %d -> %d", after.Targets, c.Targets)
 		}
 
+		// The proxy's copies must be over, or their next splice marks
+		// this process again.
+		withDeadline(t, 10*time.Second, "proxy copies end", func() error { copies.Wait(); return nil })
 		forgetSplicer(t, pin)
 		// A socket that is a target (it has sent) and is spliced later
 		// stops being one; what follows arrives through TCP, in order.
