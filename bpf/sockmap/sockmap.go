@@ -9,16 +9,10 @@ import (
 	"github.com/sockmesh/sockmesh/bpf/verifier"
 )
 
-// Map and program names, as pinned.
+// Names, as pinned, of what other packages refer to by name.
 const (
-	MapCgroups  = bpfMapSmFpCgroups
-	MapSocks    = bpfMapSmFpSocks
 	MapHold     = bpfMapSmFpHold
-	MapSock     = bpfMapSmFpSock
-	MapKeys     = bpfMapSmFpKeys
-	MapTargets  = bpfMapSmFpTargets
 	MapSplicers = bpfMapSmFpSplicers
-	MapStats    = bpfMapSmFpStats
 
 	ProgSockops = bpfProgSmFpSockops
 	ProgSplice  = bpfProgSmFpSplice
@@ -44,7 +38,7 @@ func AttachMsg(o *Objects) error {
 		Attach:  ebpf.AttachSkMsgVerdict,
 	})
 	if err != nil {
-		return fmt.Errorf("attach %s to %s: %w", bpfProgSmFpMsg, MapSocks, err)
+		return fmt.Errorf("attach %s to %s: %w", bpfProgSmFpMsg, bpfMapSmFpSocks, err)
 	}
 	return nil
 }
@@ -66,6 +60,19 @@ func Load(pinDir string) (*Objects, error) {
 		return nil, verifier.Explain("fast path programs", err)
 	}
 	return &objs, nil
+}
+
+// MapNames lists every map of the fast path, as pinned.
+func MapNames() ([]string, error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("load sockmap spec: %w", err)
+	}
+	names := make([]string, 0, len(spec.Maps))
+	for name := range spec.Maps {
+		names = append(names, name)
+	}
+	return names, nil
 }
 
 // Stats are the fast path's counters summed over CPUs.

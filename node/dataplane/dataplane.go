@@ -42,6 +42,26 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// prepare validates the config and readies the process and the pin
+// directory for loading: memlock limit, bpffs, maps/ and links/.
+func (c Config) prepare() error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return fmt.Errorf("dataplane: remove memlock limit: %w", err)
+	}
+	if _, err := host.EnsureBPFFS(c.PinDir); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	for _, d := range []string{c.mapDir(), c.linkDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("dataplane: %w", err)
+		}
+	}
+	return nil
+}
+
 func (c Config) mapDir() string  { return filepath.Join(c.PinDir, "maps") }
 func (c Config) linkDir() string { return filepath.Join(c.PinDir, "links") }
 
@@ -71,19 +91,8 @@ type Dataplane struct {
 // in cfg.PinDir, attaches what is not attached yet, and reads back the
 // service state the maps hold. A failed Open leaves no new attachment.
 func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.prepare(); err != nil {
 		return nil, err
-	}
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("dataplane: remove memlock limit: %w", err)
-	}
-	if _, err := host.EnsureBPFFS(cfg.PinDir); err != nil {
-		return nil, fmt.Errorf("dataplane: %w", err)
-	}
-	for _, d := range []string{cfg.mapDir(), cfg.linkDir()} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("dataplane: %w", err)
-		}
 	}
 	objs, err := sockaddr.Load(sockaddr.LoadOptions{PinDir: cfg.mapDir(), MaxServices: cfg.MaxServices, MaxSlots: cfg.MaxSlots})
 	if err != nil {

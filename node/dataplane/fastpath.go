@@ -34,7 +34,7 @@ type FastPath struct {
 // pinned in cfg.PinDir, and attaches them to cfg.Cgroup. Nothing is enrolled
 // yet: call Enroll or EnrollTree.
 func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.prepare(); err != nil {
 		return nil, err
 	}
 	objs, err := sockmap.Load(cfg.mapDir())
@@ -117,9 +117,12 @@ func DisableFastPath(cfg Config) error {
 		return nil // sockets are still on the fast path
 	}
 	var errs []error
+	names, err := sockmap.MapNames()
+	if err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
 	paths := []string{filepath.Join(links, sockmap.ProgSplice)}
-	for _, m := range []string{sockmap.MapCgroups, sockmap.MapSocks, sockmap.MapHold, sockmap.MapSock,
-		sockmap.MapKeys, sockmap.MapTargets, sockmap.MapSplicers, sockmap.MapStats} {
+	for _, m := range names {
 		paths = append(paths, filepath.Join(cfg.mapDir(), m))
 	}
 	for _, p := range paths {
