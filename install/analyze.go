@@ -19,6 +19,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/sockmesh/sockmesh/mesh"
+	"github.com/sockmesh/sockmesh/mesh/convert"
 )
 
 // AnalyzeExitCode is the exit status when analysis finds errors or
@@ -165,8 +168,8 @@ func Analyze(o *Objects) []Finding {
 	}
 	type vipPort struct {
 		vip   netip.Addr
-		port  int32
-		proto corev1.Protocol
+		port  uint16
+		proto mesh.Protocol
 	}
 	owner := map[vipPort]string{}
 	for _, svc := range o.Services {
@@ -186,30 +189,18 @@ func Analyze(o *Objects) []Finding {
 				add(CodePortProtocol, LevelInfo, obj, "port %d: neither appProtocol nor a protocol-prefixed name (http-, grpc-, tcp-...): L7 telemetry treats it as TCP", p.Port)
 			}
 		}
-		var vips []string
-		if svc.Spec.ClusterIP != corev1.ClusterIPNone {
-			vips = append(vips, svc.Spec.ClusterIPs...)
-			if len(svc.Spec.ClusterIPs) == 0 && svc.Spec.ClusterIP != "" {
-				vips = append(vips, svc.Spec.ClusterIP)
-			}
-		}
-		vips = append(vips, svc.Spec.ExternalIPs...)
-		for _, v := range vips {
-			a, err := netip.ParseAddr(v)
-			if err != nil {
-				continue
-			}
-			for _, p := range svc.Spec.Ports {
-				proto := p.Protocol
-				if proto == "" {
-					proto = corev1.ProtocolTCP
+		// The VIPs and ports as the mesh routes them (cluster, external and
+		// load-balancer IPs); a service the mesh rejects routes nothing.
+		if m, err := convert.Service(&svc); err == nil {
+			for _, a := range m.VIPs {
+				for _, p := range m.Ports {
+					k := vipPort{a, p.Port, p.Protocol}
+					if other, ok := owner[k]; ok && other != obj {
+						add(CodeDuplicateVIP, LevelError, obj, "%s %s is also claimed by %s: only one of them is reachable", netip.AddrPortFrom(a, p.Port), p.Protocol, other)
+						continue
+					}
+					owner[k] = obj
 				}
-				k := vipPort{a.Unmap(), p.Port, proto}
-				if other, ok := owner[k]; ok && other != obj {
-					add(CodeDuplicateVIP, LevelError, obj, "%s %s is also claimed by %s: only one of them is reachable", netip.AddrPortFrom(k.vip, uint16(k.port)), proto, other)
-					continue
-				}
-				owner[k] = obj
 			}
 		}
 		if len(svc.Spec.Selector) > 0 && (o.Live || len(o.Pods) > 0) {
