@@ -346,6 +346,25 @@ func (d *Dataplane) Close() error {
 	return d.objs.Close()
 }
 
+// detachPinned detaches the link pinned at pin and removes the pin. Only
+// removing the pin detaches the program after an RCU grace period (bpffs
+// frees inodes that way), so sockets made just after still saw it;
+// detaching first makes it take effect now. Links that cannot be detached
+// (raw tracepoints) are only unpinned.
+func detachPinned(pin string) error {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	defer l.Close()
+	if err := l.Detach(); err != nil && !errors.Is(err, link.ErrNotSupported) && !errors.Is(err, unix.EOPNOTSUPP) {
+		return fmt.Errorf("detach %s: %w", pin, err)
+	}
+	return l.Unpin()
+}
+
 // Cleanup removes everything an instance pinned under pinDir: its links
 // (which detaches the programs) and its maps. It leaves other instances
 // alone and succeeds when there is nothing to remove.
@@ -361,7 +380,11 @@ func Cleanup(pinDir string) error {
 			continue
 		}
 		for _, e := range entries {
-			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			remove := os.Remove
+			if sub == "links" {
+				remove = detachPinned
+			}
+			if err := remove(filepath.Join(dir, e.Name())); err != nil {
 				errs = append(errs, err)
 			}
 		}

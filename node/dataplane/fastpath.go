@@ -95,15 +95,13 @@ func (f *FastPath) attachSpliceWatch() error {
 // DisableFastPath undoes a fast path a previous instance left in
 // cfg.PinDir, for an agent started without it: no new socket joins (the
 // sockops link goes), while sockets already on it keep working and keep
-// their splice watch until they close. Their maps and the guard stay
-// pinned while any such socket is left; the next run, or Cleanup, removes
-// them.
+// their splice watch until they close. Their maps and the splice watch
+// stay pinned while any such socket is left; the next run, or Cleanup,
+// removes them.
 func DisableFastPath(cfg Config) error {
 	links := cfg.linkDir()
-	for _, a := range []string{sockmap.ProgSockops} {
-		if err := os.Remove(filepath.Join(links, a)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("dataplane: detach fast path: %w", err)
-		}
+	if err := detachPinned(filepath.Join(links, sockmap.ProgSockops)); err != nil {
+		return fmt.Errorf("dataplane: detach fast path: %w", err)
 	}
 	socks, err := ebpf.LoadPinnedMap(filepath.Join(cfg.mapDir(), sockmap.MapHold), nil)
 	if errors.Is(err, os.ErrNotExist) {

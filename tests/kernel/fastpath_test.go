@@ -344,3 +344,97 @@ func TestFastPathLoopback(t *testing.T) {
 		})
 	})
 }
+
+// TestFastPathDisable: an agent started without the fast path stops new
+// sockets from joining, keeps the ones on it working, and removes the rest
+// once none is left.
+func TestFastPathDisable(t *testing.T) {
+	isolated(t, func(cg string) {
+		fp, pin := openFastPath(t, cg)
+		cfg := dataplane.Config{PinDir: pin, Cgroup: cg}
+		stats := func() sockmap.Stats {
+			t.Helper()
+			m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", "sm_fp_stats"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			s, err := sockmap.ReadStats(m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lis.Close()
+		dial := func() (net.Conn, net.Conn) {
+			t.Helper()
+			c, err := net.Dial("tcp", lis.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := lis.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c, s
+		}
+		pingPong := func(c, s net.Conn) {
+			t.Helper()
+			withDeadline(t, 10*time.Second, "ping-pong", func() error {
+				for range 3 {
+					c.Write([]byte("ping"))
+					if _, err := io.ReadFull(s, make([]byte, 4)); err != nil {
+						return err
+					}
+					s.Write([]byte("pong"))
+					if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		oldC, oldS := dial()
+		fp.Close() // the agent stops
+		if err := dataplane.DisableFastPath(cfg); err != nil {
+			t.Fatal(err)
+		}
+		before := stats()
+		newC, newS := dial()
+		pingPong(newC, newS)
+		newC.Close()
+		newS.Close()
+		if s := stats(); s.SocksAdded != before.SocksAdded {
+			t.Errorf("a connection joined the fast path after it was disabled (%d -> %d)", before.SocksAdded, s.SocksAdded)
+		}
+		pingPong(oldC, oldS)
+		if s := stats(); s.RedirectMsgs <= before.RedirectMsgs {
+			t.Errorf("the connection already on the fast path stopped using it")
+		}
+		oldC.Close()
+		oldS.Close()
+		// Once no socket is held, a second call removes the rest.
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if err := dataplane.DisableFastPath(cfg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(filepath.Join(pin, "maps", "sm_fp_hold")); os.IsNotExist(err) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("fast path maps still pinned with no socket left")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		for _, p := range []string{"links/sm_fp_splice", "links/sm_fp_sockops", "maps/sm_fp_socks", "maps/sm_fp_stats"} {
+			if _, err := os.Stat(filepath.Join(pin, p)); !os.IsNotExist(err) {
+				t.Errorf("%s left behind: %v", p, err)
+			}
+		}
+	})
+}
