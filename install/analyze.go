@@ -19,9 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
-
-	"github.com/sockmesh/sockmesh/mesh"
-	"github.com/sockmesh/sockmesh/mesh/convert"
 )
 
 // AnalyzeExitCode is the exit status when analysis finds errors or
@@ -168,8 +165,8 @@ func Analyze(o *Objects) []Finding {
 	}
 	type vipPort struct {
 		vip   netip.Addr
-		port  uint16
-		proto mesh.Protocol
+		port  int32
+		proto corev1.Protocol
 	}
 	owner := map[vipPort]string{}
 	for _, svc := range o.Services {
@@ -189,18 +186,37 @@ func Analyze(o *Objects) []Finding {
 				add(CodePortProtocol, LevelInfo, obj, "port %d: neither appProtocol nor a protocol-prefixed name (http-, grpc-, tcp-...): L7 telemetry treats it as TCP", p.Port)
 			}
 		}
-		// The VIPs and ports as the mesh routes them (cluster, external and
-		// load-balancer IPs); a service the mesh rejects routes nothing.
-		if m, err := convert.Service(&svc); err == nil {
-			for _, a := range m.VIPs {
-				for _, p := range m.Ports {
-					k := vipPort{a, p.Port, p.Protocol}
-					if other, ok := owner[k]; ok && other != obj {
-						add(CodeDuplicateVIP, LevelError, obj, "%s %s is also claimed by %s: only one of them is reachable", netip.AddrPortFrom(a, p.Port), p.Protocol, other)
-						continue
-					}
-					owner[k] = obj
+		var vips []string
+		if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+			vips = append(vips, svc.Spec.ClusterIPs...)
+			if len(svc.Spec.ClusterIPs) == 0 && svc.Spec.ClusterIP != "" {
+				vips = append(vips, svc.Spec.ClusterIP)
+			}
+		}
+		// Like mesh/convert, but lenient: a service with other errors still
+		// claims its addresses, so every finding shows up in one run.
+		vips = append(vips, svc.Spec.ExternalIPs...)
+		for _, ing := range svc.Status.LoadBalancer.Ingress {
+			if ing.IP != "" {
+				vips = append(vips, ing.IP)
+			}
+		}
+		for _, v := range vips {
+			a, err := netip.ParseAddr(v)
+			if err != nil {
+				continue
+			}
+			for _, p := range svc.Spec.Ports {
+				proto := p.Protocol
+				if proto == "" {
+					proto = corev1.ProtocolTCP
 				}
+				k := vipPort{a.Unmap(), p.Port, proto}
+				if other, ok := owner[k]; ok && other != obj {
+					add(CodeDuplicateVIP, LevelError, obj, "%s %s is also claimed by %s: only one of them is reachable", netip.AddrPortFrom(k.vip, uint16(k.port)), proto, other)
+					continue
+				}
+				owner[k] = obj
 			}
 		}
 		if len(svc.Spec.Selector) > 0 && (o.Live || len(o.Pods) > 0) {
