@@ -562,13 +562,23 @@ func (s *Sockmesh) getJSON(path string, v any) {
 // FreePort returns a loopback host:port nobody listens on right now.
 func FreePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		// The kernel may hand the same free port out again before its
+		// first taker binds it (seen: admin and monitoring got one port).
+		if _, taken := handedOut.LoadOrStore(addr, true); !taken {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
+
+// handedOut remembers every address FreePort returned in this process.
+var handedOut sync.Map
 
 // destroy removes everything: processes (by PID), sockmesh's pins and
 // attachments, namespaces, cgroups.
