@@ -12,24 +12,29 @@
  * and read(2) drain (tcp_bpf's recvmsg). splice(2) and sendfile(2) from the
  * socket read the TCP receive queue directly: data in the psock queue would
  * never arrive, and the caller would wait forever. On this kernel nothing
- * can make such a call fail or wait (no LSM or fentry programs: EPERM), and
- * a tracepoint cannot take a socket out of a sockhash, so the rule is to
- * never have redirected data queued for a socket that gets spliced:
+ * can make such a call fail, wait or fall back (no LSM, fentry or fmod_ret
+ * programs: EPERM; uprobes may not write registers), and a tracepoint
+ * cannot take a socket out of a sockhash. Seeing a splice coming is too
+ * late, so the rule is decided by what a program can do:
  *
- *   1. A socket becomes a redirect target (sm_fp_targets) only at its own
- *      first send, and only if its process has not spliced a fast-path
- *      socket before. Until then everything sent to it takes the normal
- *      path. A proxy that copies with splice reads its first bytes before
- *      it sends any, so its sockets never become targets.
- *   2. sm_fp_splice (raw tracepoint sys_enter) sees every splice/sendfile
- *      reading a fast-path socket before the kernel does it: the socket
- *      stops being a target (new data arrives through TCP, where splice
- *      finds it) and its process is remembered (sm_fp_splicers), so none of
- *      its sockets becomes a target later.
- *   3. What 1 and 2 cannot prevent: a process that reads and writes a socket
- *      first and splices it afterwards, for the first time ever, while data
- *      from the peer is already queued (a SOCKS/CONNECT proxy's first
- *      tunnel). That is counted as splice_stranded so it is never silent.
+ *   1. A socket becomes a redirect target only if the executable of the
+ *      process sending on it is known not to splice or sendfile from a
+ *      socket (sm_fp_exes, written by the agent, which reads the
+ *      executable: a Go program that links internal/poll.Splice, or an ELF
+ *      that imports splice or sendfile, may). Until the agent has
+ *      classified it, the socket is not a target.
+ *   2. Order: recvmsg reads redirected data before its TCP receive queue.
+ *      A receiver publishes itself as a target (sm_fp_targets) only when it
+ *      has read all it received, with the sequence number it has read up
+ *      to; the peer hands its sends over only if it has queued nothing for
+ *      TCP beyond that number. So no byte sent through TCP can be read
+ *      after a byte handed over later.
+ *   3. A backstop: sm_fp_splice (raw tracepoint sys_enter) sees every
+ *      splice/sendfile reading a fast-path socket before the kernel does
+ *      it (a raw syscall, an executable misjudged): the socket stops being
+ *      a target (new data goes through TCP, where splice finds it), its
+ *      executable is marked unsafe, and if data was already queued for it,
+ *      splice_stranded counts it.
  *
  * A socket that closes leaves the sockhashes by itself (the kernel unhashes
  * it); its other entries are removed by the state callback.
@@ -63,15 +68,44 @@ struct sock_key {
 };
 
 enum sock_flags {
-	/* The socket has sent once: whether it is a target is decided. */
-	SOCK_F_DECIDED = 1,
+	/* Never a redirect target: its process's executable may splice, or
+	 * the socket was spliced. */
+	SOCK_F_REFUSED = 1,
+	/* Sender side: this socket's sends go to its peer (rule 2). */
+	SOCK_F_HANDED_OVER = 2,
+	/* Receiver side: published in sm_fp_targets at least once. */
+	SOCK_F_PUBLISHED = 4,
+	/* Receiver side: the peer hands its sends over; nothing more to
+	 * publish. */
+	SOCK_F_RECEIVING = 8,
 };
 
-/* sock_state is the per-socket record: the peer's key for sk_msg, and the
- * flags above. */
+/* sock_state is the per-socket record: the peer's key for sk_msg, the
+ * flags above, and the sequence number last published as ready. */
 struct sock_state {
 	struct sock_key peer;
 	enum sock_flags flags;
+	__u32 ready_seq;
+};
+
+/* target is a published receiver: it had read everything up to ready_seq;
+ * handed_over is set by the peer once it hands its sends over. */
+struct target {
+	__u32 ready_seq;
+	__u32 handed_over;
+};
+
+/* exe_key names an executable file: inode number and the kernel's device
+ * number of its filesystem (MAJOR << 20 | MINOR). */
+struct exe_key {
+	__u64 ino;
+	__u32 dev;
+	__u32 pad;
+};
+
+enum exe_verdict {
+	EXE_SAFE = 1,   /* cannot splice or sendfile from a socket */
+	EXE_UNSAFE = 2, /* can, or was seen doing it */
 };
 
 /* fp_stats are the fast path's counters; one per-CPU entry, summed by the
@@ -88,6 +122,11 @@ struct fp_stats {
 	__u64 splice_exits;     /* target sockets that stopped being targets
 	                           because they were spliced */
 	__u64 splice_stranded;  /* ... while redirected data was queued */
+	__u64 handover_waits;   /* sends that took the normal path because
+	                           the peer had not read all earlier bytes */
+	__u64 handovers;        /* sockets whose sends went over to the peer */
+	__u64 refused;          /* sockets never to be targets (rule 1) */
+	__u64 unclassified;     /* sends by executables not classified yet */
 };
 
 /* sm_fp_cgroups: cgroup id -> 1 for enrolled cgroups. Written by the agent
@@ -102,10 +141,10 @@ struct {
 	__type(value, __u8);
 } sm_fp_cgroups SEC(".maps");
 
-/* sm_fp_socks: sock_key -> socket, the redirect targets. Written by sockops
- * at ESTABLISHED; entries leave when the socket closes (kernel) or when the
- * LSM program takes a spliced socket off the fast path. 65536 sockets; when
- * full, new connections take the normal path and add_errors counts them. */
+/* sm_fp_socks: sock_key -> socket, every fast-path socket; sk_msg is
+ * attached to it. Written by sockops at ESTABLISHED; entries leave when the
+ * socket closes (kernel). 65536 sockets; when full, new connections take
+ * the normal path and add_errors counts them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -158,29 +197,31 @@ struct {
 	__type(value, struct sock_key);
 } sm_fp_keys SEC(".maps");
 
-/* sm_fp_targets: sock_key -> 1 for sockets that may receive redirected data.
- * Written by sk_msg at the socket's first send, deleted by the splice
- * tracepoint and by the state callback at close. When full the socket is
- * simply not a target (its peer's data takes the normal path). */
+/* sm_fp_targets: sock_key -> target, the sockets that may receive
+ * redirected data (rule 2). Written by sk_msg on the receiver's sends (and
+ * handed_over by the peer's), deleted by the splice tracepoint and by the
+ * state callback at close. When full the socket is simply not a target (its
+ * peer's data takes the normal path). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, struct sock_key);
-	__type(value, __u8);
+	__type(value, struct target);
 } sm_fp_targets SEC(".maps");
 
-/* sm_fp_splicers: tgid -> 1 for processes seen splicing a fast-path socket.
- * Written by the splice tracepoint, read by sk_msg. LRU with 16384
- * entries: forgetting a process that spliced long ago costs at most what
- * point 3 at the top describes, and a reused pid only loses acceleration. */
+/* sm_fp_exes: exe_key -> exe_verdict (rule 1). Written by the agent, which
+ * classifies the executables of the processes in enrolled cgroups, and
+ * set to EXE_UNSAFE by the splice tracepoint. Read by sk_msg. 16384
+ * executables; when full the agent reports it, and the unclassified ones
+ * keep the normal path. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u8);
-} sm_fp_splicers SEC(".maps");
+	__type(key, struct exe_key);
+	__type(value, enum exe_verdict);
+} sm_fp_exes SEC(".maps");
 
 /* Kernel types read through CO-RE; only the fields used are declared. */
 struct list_head {
@@ -217,14 +258,24 @@ struct sock {
 	void *sk_user_data;
 } __attribute__((preserve_access_index));
 
-struct tcp_sock;
+struct tcp_sock {
+	__u32 copied_seq; /* next byte the application reads */
+	__u32 rcv_nxt;    /* next byte expected from the peer */
+	__u32 write_seq;  /* one past the last byte queued for sending */
+} __attribute__((preserve_access_index));
 
 struct socket {
 	struct sock *sk;
 } __attribute__((preserve_access_index));
 
+struct super_block {
+	__u32 s_dev;
+} __attribute__((preserve_access_index));
+
 struct inode {
 	unsigned short i_mode;
+	unsigned long i_ino;
+	struct super_block *i_sb;
 } __attribute__((preserve_access_index));
 
 struct file {
@@ -241,8 +292,13 @@ struct files_struct {
 	struct fdtable *fdt;
 } __attribute__((preserve_access_index));
 
+struct mm_struct {
+	struct file *exe_file;
+} __attribute__((preserve_access_index));
+
 struct task_struct {
 	struct files_struct *files;
+	struct mm_struct *mm;
 } __attribute__((preserve_access_index));
 
 struct pt_regs {
@@ -346,6 +402,7 @@ static __always_inline void established(struct bpf_sock_ops *ops)
 	k.rseq = ops->rcv_nxt;
 	swap_key(&st->peer, &k);
 	st->flags = 0;
+	st->ready_seq = 0;
 
 	cookie = bpf_get_socket_cookie(ops);
 	if (bpf_map_update_elem(&sm_fp_keys, &cookie, &k, BPF_NOEXIST))
@@ -396,29 +453,107 @@ int sm_fp_sockops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
-/* decide makes the sending socket a redirect target unless its process has
- * spliced a fast-path socket (rule 1 at the top). */
-static __always_inline void decide(struct sock_state *st)
+/* current_exe names the current process's executable. */
+static __always_inline int current_exe(struct exe_key *k)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct sock_key own;
-	__u8 one = 1;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
 
-	st->flags |= SOCK_F_DECIDED;
-	if (bpf_map_lookup_elem(&sm_fp_splicers, &tgid))
+	if (!inode)
+		return -1;
+	k->ino = BPF_CORE_READ(inode, i_ino);
+	k->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	k->pad = 0;
+	return 0;
+}
+
+/* publish runs on the receiver's sends: it makes the socket a target, or
+ * renews its ready sequence number, while the peer has not handed over
+ * (rules 1 and 2). */
+static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp, struct fp_stats *s)
+{
+	struct target t = {}, *cur;
+	struct sock_key own;
+	struct exe_key exe;
+	enum exe_verdict *verdict;
+
+	if (st->flags & (SOCK_F_REFUSED | SOCK_F_RECEIVING))
 		return;
 	swap_key(&own, &st->peer);
-	if (!bpf_map_update_elem(&sm_fp_targets, &own, &one, BPF_ANY))
-		count(targets);
+	if (st->flags & SOCK_F_PUBLISHED) {
+		cur = bpf_map_lookup_elem(&sm_fp_targets, &own);
+		if (!cur) {
+			/* The splice tracepoint took it out: for good. */
+			st->flags |= SOCK_F_REFUSED;
+			return;
+		}
+		if (cur->handed_over) {
+			st->flags |= SOCK_F_RECEIVING;
+			return;
+		}
+	} else {
+		if (current_exe(&exe))
+			return;
+		verdict = bpf_map_lookup_elem(&sm_fp_exes, &exe);
+		if (!verdict) {
+			if (s)
+				__sync_fetch_and_add(&s->unclassified, 1);
+			return; /* asked again at the next send */
+		}
+		if (*verdict != EXE_SAFE) {
+			st->flags |= SOCK_F_REFUSED;
+			if (s)
+				__sync_fetch_and_add(&s->refused, 1);
+			return;
+		}
+	}
+	/* Only with nothing unread: a byte the application has not read yet
+	 * must not be overtaken by one handed over later. */
+	if (tp->copied_seq != tp->rcv_nxt)
+		return;
+	if ((st->flags & SOCK_F_PUBLISHED) && st->ready_seq == tp->rcv_nxt)
+		return;
+	t.ready_seq = tp->rcv_nxt;
+	if (bpf_map_update_elem(&sm_fp_targets, &own, &t, BPF_ANY))
+		return;
+	st->ready_seq = t.ready_seq;
+	if (!(st->flags & SOCK_F_PUBLISHED) && s)
+		__sync_fetch_and_add(&s->targets, 1);
+	st->flags |= SOCK_F_PUBLISHED;
+}
+
+/* hand_over says whether this send may go to the peer socket (rule 2):
+ * the peer is a target and, the first time, had read every byte this
+ * socket ever queued for TCP. From then on nothing of this socket goes
+ * through TCP while the peer stays a target. */
+static __always_inline int hand_over(struct sock_state *st, struct tcp_sock *tp, struct fp_stats *s)
+{
+	struct target *t = bpf_map_lookup_elem(&sm_fp_targets, &st->peer);
+
+	if (!t)
+		return 0;
+	if (st->flags & SOCK_F_HANDED_OVER)
+		return 1;
+	if (t->ready_seq != tp->write_seq) {
+		if (s)
+			__sync_fetch_and_add(&s->handover_waits, 1);
+		return 0;
+	}
+	t->handed_over = 1;
+	st->flags |= SOCK_F_HANDED_OVER;
+	if (s)
+		__sync_fetch_and_add(&s->handovers, 1);
+	return 1;
 }
 
 SEC("sk_msg")
 int sm_fp_msg(struct sk_msg_md *msg)
 {
-	struct sock_state *st;
-	struct fp_stats *s;
 	struct bpf_sock *sk = msg->sk;
 	__u32 size = msg->size;
+	struct sock_state *st;
+	struct tcp_sock *tp;
+	struct fp_stats *s;
 
 	if (!sk)
 		return SK_PASS;
@@ -427,12 +562,14 @@ int sm_fp_msg(struct sk_msg_md *msg)
 	 * record before it was added. */
 	if (!st)
 		return SK_PASS;
-	if (!(st->flags & SOCK_F_DECIDED))
-		decide(st);
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return SK_PASS;
 	s = stats();
+	publish(st, tp, s);
 	/* A failed redirect lookup returns SK_DROP: that must become "normal
 	 * path", never a drop. */
-	if (!bpf_map_lookup_elem(&sm_fp_targets, &st->peer) ||
+	if (!hand_over(st, tp, s) ||
 	    bpf_msg_redirect_hash(msg, &sm_fp_socks, &st->peer, BPF_F_INGRESS) != SK_PASS) {
 		if (s)
 			__sync_fetch_and_add(&s->fallback_msgs, 1);
@@ -476,10 +613,10 @@ int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
 	unsigned long fd;
 	struct sk_psock *psock;
 	struct sock_key *k;
+	struct exe_key exe;
 	struct sock *sk;
 	__u64 cookie;
-	__u32 tgid;
-	__u8 one = 1;
+	enum exe_verdict unsafe = EXE_UNSAFE;
 
 	if (nr == NR_splice)
 		fd = BPF_CORE_READ(regs, di);
@@ -494,8 +631,8 @@ int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
 	k = bpf_map_lookup_elem(&sm_fp_keys, &cookie);
 	if (!k)
 		return 0;
-	tgid = bpf_get_current_pid_tgid() >> 32;
-	bpf_map_update_elem(&sm_fp_splicers, &tgid, &one, BPF_ANY);
+	if (!current_exe(&exe))
+		bpf_map_update_elem(&sm_fp_exes, &exe, &unsafe, BPF_ANY);
 	if (bpf_map_delete_elem(&sm_fp_targets, k))
 		return 0; /* was not a target: nothing was redirected to it */
 	count(splice_exits);

@@ -12,7 +12,7 @@ import (
 // Names, as pinned, of what other packages refer to by name.
 const (
 	MapHold     = bpfMapSmFpHold
-	MapSplicers = bpfMapSmFpSplicers
+	MapExes     = bpfMapSmFpExes
 
 	ProgSockops = bpfProgSmFpSockops
 	ProgSplice  = bpfProgSmFpSplice
@@ -23,6 +23,19 @@ type Objects = bpfObjects
 
 // SockKey is the key of sm_fp_socks: one end of a connection.
 type SockKey = bpfSockKey
+
+// ExeKey is the key of sm_fp_exes: an executable's inode and the kernel's
+// number of its device (MAJOR << 20 | MINOR).
+type ExeKey = bpfExeKey
+
+// ExeVerdict is the value of sm_fp_exes.
+type ExeVerdict = bpfExeVerdict
+
+// Verdicts in sm_fp_exes.
+const (
+	ExeSafe   = bpfExeVerdictEXE_SAFE
+	ExeUnsafe = bpfExeVerdictEXE_UNSAFE
+)
 
 // SpliceTracepoint is the raw tracepoint sm_fp_splice attaches to.
 const SpliceTracepoint = "sys_enter"
@@ -86,6 +99,10 @@ type Stats struct {
 	FallbackMsgs   uint64 `json:"fallbackMsgs"`
 	SpliceExits    uint64 `json:"spliceExits"`
 	SpliceStranded uint64 `json:"spliceStranded"`
+	HandoverWaits  uint64 `json:"handoverWaits"`
+	Handovers      uint64 `json:"handovers"`
+	Refused        uint64 `json:"refused"`
+	Unclassified   uint64 `json:"unclassified"`
 }
 
 // Events names every counter, for metrics.
@@ -100,6 +117,10 @@ func (s Stats) Events() map[string]uint64 {
 		"fallback_msgs":   s.FallbackMsgs,
 		"splice_exits":    s.SpliceExits,
 		"splice_stranded": s.SpliceStranded,
+		"handover_waits":  s.HandoverWaits,
+		"handovers":       s.Handovers,
+		"refused":         s.Refused,
+		"unclassified":    s.Unclassified,
 	}
 }
 
@@ -120,6 +141,10 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 		s.FallbackMsgs += p.FallbackMsgs
 		s.SpliceExits += p.SpliceExits
 		s.SpliceStranded += p.SpliceStranded
+		s.HandoverWaits += p.HandoverWaits
+		s.Handovers += p.Handovers
+		s.Refused += p.Refused
+		s.Unclassified += p.Unclassified
 	}
 	return s, nil
 }

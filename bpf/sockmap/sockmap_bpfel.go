@@ -13,6 +13,20 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfExeKey struct {
+	_   structs.HostLayout
+	Ino uint64
+	Dev uint32
+	Pad uint32
+}
+
+type bpfExeVerdict uint32
+
+const (
+	bpfExeVerdictEXE_SAFE   bpfExeVerdict = 1
+	bpfExeVerdictEXE_UNSAFE bpfExeVerdict = 2
+)
+
 type bpfFpStats struct {
 	_              structs.HostLayout
 	SocksAdded     uint64
@@ -24,12 +38,19 @@ type bpfFpStats struct {
 	FallbackMsgs   uint64
 	SpliceExits    uint64
 	SpliceStranded uint64
+	HandoverWaits  uint64
+	Handovers      uint64
+	Refused        uint64
+	Unclassified   uint64
 }
 
 type bpfSockFlags uint32
 
 const (
-	bpfSockFlagsSOCK_F_DECIDED bpfSockFlags = 1
+	bpfSockFlagsSOCK_F_REFUSED     bpfSockFlags = 1
+	bpfSockFlagsSOCK_F_HANDED_OVER bpfSockFlags = 2
+	bpfSockFlagsSOCK_F_PUBLISHED   bpfSockFlags = 4
+	bpfSockFlagsSOCK_F_RECEIVING   bpfSockFlags = 8
 )
 
 type bpfSockKey struct {
@@ -49,9 +70,16 @@ type bpfSockKey struct {
 }
 
 type bpfSockState struct {
-	_     structs.HostLayout
-	Peer  bpfSockKey
-	Flags bpfSockFlags
+	_        structs.HostLayout
+	Peer     bpfSockKey
+	Flags    bpfSockFlags
+	ReadySeq uint32
+}
+
+type bpfTarget struct {
+	_          structs.HostLayout
+	ReadySeq   uint32
+	HandedOver uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -59,11 +87,11 @@ type bpfSockState struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapSmFpCgroups  = "sm_fp_cgroups"
+	bpfMapSmFpExes     = "sm_fp_exes"
 	bpfMapSmFpHold     = "sm_fp_hold"
 	bpfMapSmFpKeys     = "sm_fp_keys"
 	bpfMapSmFpSock     = "sm_fp_sock"
 	bpfMapSmFpSocks    = "sm_fp_socks"
-	bpfMapSmFpSplicers = "sm_fp_splicers"
 	bpfMapSmFpStats    = "sm_fp_stats"
 	bpfMapSmFpTargets  = "sm_fp_targets"
 	bpfProgSmFpMsg     = "sm_fp_msg"
@@ -122,14 +150,14 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	SmFpCgroups  *ebpf.MapSpec `ebpf:"sm_fp_cgroups"`
-	SmFpHold     *ebpf.MapSpec `ebpf:"sm_fp_hold"`
-	SmFpKeys     *ebpf.MapSpec `ebpf:"sm_fp_keys"`
-	SmFpSock     *ebpf.MapSpec `ebpf:"sm_fp_sock"`
-	SmFpSocks    *ebpf.MapSpec `ebpf:"sm_fp_socks"`
-	SmFpSplicers *ebpf.MapSpec `ebpf:"sm_fp_splicers"`
-	SmFpStats    *ebpf.MapSpec `ebpf:"sm_fp_stats"`
-	SmFpTargets  *ebpf.MapSpec `ebpf:"sm_fp_targets"`
+	SmFpCgroups *ebpf.MapSpec `ebpf:"sm_fp_cgroups"`
+	SmFpExes    *ebpf.MapSpec `ebpf:"sm_fp_exes"`
+	SmFpHold    *ebpf.MapSpec `ebpf:"sm_fp_hold"`
+	SmFpKeys    *ebpf.MapSpec `ebpf:"sm_fp_keys"`
+	SmFpSock    *ebpf.MapSpec `ebpf:"sm_fp_sock"`
+	SmFpSocks   *ebpf.MapSpec `ebpf:"sm_fp_socks"`
+	SmFpStats   *ebpf.MapSpec `ebpf:"sm_fp_stats"`
+	SmFpTargets *ebpf.MapSpec `ebpf:"sm_fp_targets"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -158,24 +186,24 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	SmFpCgroups  *ebpf.Map `ebpf:"sm_fp_cgroups"`
-	SmFpHold     *ebpf.Map `ebpf:"sm_fp_hold"`
-	SmFpKeys     *ebpf.Map `ebpf:"sm_fp_keys"`
-	SmFpSock     *ebpf.Map `ebpf:"sm_fp_sock"`
-	SmFpSocks    *ebpf.Map `ebpf:"sm_fp_socks"`
-	SmFpSplicers *ebpf.Map `ebpf:"sm_fp_splicers"`
-	SmFpStats    *ebpf.Map `ebpf:"sm_fp_stats"`
-	SmFpTargets  *ebpf.Map `ebpf:"sm_fp_targets"`
+	SmFpCgroups *ebpf.Map `ebpf:"sm_fp_cgroups"`
+	SmFpExes    *ebpf.Map `ebpf:"sm_fp_exes"`
+	SmFpHold    *ebpf.Map `ebpf:"sm_fp_hold"`
+	SmFpKeys    *ebpf.Map `ebpf:"sm_fp_keys"`
+	SmFpSock    *ebpf.Map `ebpf:"sm_fp_sock"`
+	SmFpSocks   *ebpf.Map `ebpf:"sm_fp_socks"`
+	SmFpStats   *ebpf.Map `ebpf:"sm_fp_stats"`
+	SmFpTargets *ebpf.Map `ebpf:"sm_fp_targets"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.SmFpCgroups,
+		m.SmFpExes,
 		m.SmFpHold,
 		m.SmFpKeys,
 		m.SmFpSock,
 		m.SmFpSocks,
-		m.SmFpSplicers,
 		m.SmFpStats,
 		m.SmFpTargets,
 	)

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -28,6 +30,9 @@ type FastPath struct {
 	links        []link.Link
 	enrolled     map[uint64]string // cgroup id -> path
 	enrollErrors uint64
+	exes         map[sockmap.ExeKey]sockmap.ExeVerdict // written to sm_fp_exes
+	exeErrors    uint64
+	pids         map[int]sockmap.ExeKey // processes seen by ClassifyProcs
 }
 
 // OpenFastPath loads the fast path programs, adopts what a previous instance
@@ -41,7 +46,8 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
-	f := &FastPath{cfg: cfg, log: log, objs: objs, enrolled: map[uint64]string{}}
+	f := &FastPath{cfg: cfg, log: log, objs: objs, enrolled: map[uint64]string{},
+		exes: map[sockmap.ExeKey]sockmap.ExeVerdict{}, pids: map[int]sockmap.ExeKey{}}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -164,10 +170,12 @@ func (f *FastPath) Enroll(ids map[uint64]string) error {
 	return errors.Join(errs...)
 }
 
-// EnrollTree enrolls root and every cgroup below it, and unenrolls cgroups
-// that are gone.
+// EnrollTree enrolls root and every cgroup below it, unenrolls cgroups
+// that are gone, and classifies the executables of the processes in them
+// (see ClassifyProcs).
 func (f *FastPath) EnrollTree(root string) error {
 	ids := map[uint64]string{}
+	var dirs []string
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) && path != root {
@@ -184,13 +192,103 @@ func (f *FastPath) EnrollTree(root string) error {
 		}
 		if st, ok := info.Sys().(*syscall.Stat_t); ok {
 			ids[st.Ino] = path // a cgroup's id is its inode number
+			dirs = append(dirs, path)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: walk cgroups under %s: %w", root, err)
 	}
-	return f.Enroll(ids)
+	return errors.Join(f.Enroll(ids), f.ClassifyProcs(dirs))
+}
+
+// ClassifyProcs makes sure the executable of every process in the cgroup
+// directories dirs has a verdict in sm_fp_exes: safe if it cannot splice or
+// sendfile from a socket (SpliceRisk), unsafe otherwise. Until it has one,
+// its sockets receive nothing redirected. A verdict already in the map is
+// kept: the splice tracepoint's "unsafe" is the better knowledge.
+//
+// A process seen before costs one stat of /proc/PID/exe (which also notices
+// an exec); only a new executable is read.
+func (f *FastPath) ClassifyProcs(dirs []string) error {
+	var errs []error
+	seen := map[int]bool{}
+	defer func() {
+		f.mu.Lock()
+		for pid := range f.pids {
+			if !seen[pid] {
+				delete(f.pids, pid)
+			}
+		}
+		f.mu.Unlock()
+	}()
+	for _, dir := range dirs {
+		data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			if !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		for _, field := range strings.Fields(string(data)) {
+			pid, err := strconv.Atoi(field)
+			if err != nil {
+				continue
+			}
+			seen[pid] = true
+			if err := f.classify(pid); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (f *FastPath) classify(pid int) error {
+	key, err := exeKeyOf(pid)
+	if err == nil {
+		f.mu.Lock()
+		_, known := f.exes[key]
+		if known {
+			f.pids[pid] = key
+		}
+		f.mu.Unlock()
+		if known {
+			return nil
+		}
+	}
+	var exe string
+	var libs []string
+	if err == nil {
+		exe, libs, err = mappedObjects(pid)
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
+			return nil // exited, or a kernel thread
+		}
+		return fmt.Errorf("classify pid %d: %w", pid, err)
+	}
+	risky, why := SpliceRisk(exe, libs)
+	verdict := sockmap.ExeSafe
+	if risky {
+		verdict = sockmap.ExeUnsafe
+	}
+	target, _ := os.Readlink(exe)
+	err = f.objs.SmFpExes.Update(key, verdict, ebpf.UpdateNoExist)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+		f.mu.Lock()
+		f.exeErrors++
+		f.mu.Unlock()
+		return fmt.Errorf("classify %s: %w", target, err)
+	}
+	if err == nil {
+		f.log.Info("fast path: executable classified", "exe", target, "pid", pid, "receives", !risky, "why", why)
+	}
+	f.mu.Lock()
+	f.exes[key] = verdict
+	f.pids[pid] = key
+	f.mu.Unlock()
+	return nil
 }
 
 // Enrolled returns the enrolled cgroups' paths by id.
@@ -209,6 +307,9 @@ type FastPathCounters struct {
 	sockmap.Stats
 	Enrolled     int    `json:"enrolledCgroups"`
 	EnrollErrors uint64 `json:"enrollErrors"`
+	// Executables this agent classified, and failures to store a verdict.
+	Executables int    `json:"executables"`
+	ExeErrors   uint64 `json:"executableErrors"`
 	// Filled by Dump only: entries in sm_fp_socks, sm_fp_keys and
 	// sm_fp_targets now.
 	Sockets    int `json:"sockets"`
@@ -235,6 +336,8 @@ func (f *FastPath) Counters() (FastPathCounters, error) {
 	f.mu.Lock()
 	c.Enrolled = len(f.enrolled)
 	c.EnrollErrors = f.enrollErrors
+	c.Executables = len(f.exes)
+	c.ExeErrors = f.exeErrors
 	f.mu.Unlock()
 	return c, nil
 }

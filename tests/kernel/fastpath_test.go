@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockmesh/sockmesh/bpf/sockmap"
 	"github.com/sockmesh/sockmesh/node/dataplane"
@@ -46,17 +47,28 @@ func openFastPath(t *testing.T, cg string) (*dataplane.FastPath, string) {
 	return fp, pin
 }
 
-// forgetSplicer removes this process from sm_fp_splicers, so the next
-// phase of a test sees it as a process that never spliced.
-func forgetSplicer(t *testing.T, pin string) {
+// setOwnExe stores a verdict for this test binary in sm_fp_exes. The agent
+// classifies it as unsafe (it links io.Copy's splice): a test that needs
+// redirects between its own sockets says "safe" for a while, and the splice
+// backstop is tested by a program misjudged that way.
+func setOwnExe(t *testing.T, pin string, v sockmap.ExeVerdict) {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", sockmap.MapSplicers), nil)
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", sockmap.MapExes), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	if err := m.Delete(uint32(os.Getpid())); err != nil {
-		t.Fatalf("this process was not recorded as a splicer: %v", err)
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &st); err != nil {
+		t.Fatal(err)
+	}
+	key := sockmap.ExeKey{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}
+	var was sockmap.ExeVerdict
+	if err := m.Lookup(key, &was); err != nil {
+		t.Fatalf("the agent did not classify the test binary: %v", err)
+	}
+	if err := m.Put(key, v); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -99,6 +111,10 @@ func TestFastPathLoopback(t *testing.T) {
 		}
 		defer early.Close()
 		fp, pin := openFastPath(t, cg)
+		if c := fpCounters(t, fp); c.Executables != 1 {
+			t.Fatalf("%d executables classified, want 1 (this test)", c.Executables)
+		}
+		setOwnExe(t, pin, sockmap.ExeSafe)
 		go func() {
 			c, err := early.Accept()
 			if err != nil {
@@ -207,6 +223,9 @@ func TestFastPathLoopback(t *testing.T) {
 		conn.Close()
 
 		// A proxy copying with io.Copy both ways: TCPConn.ReadFrom splices.
+		// This binary is what the agent says, a program that splices: its
+		// sockets never become targets.
+		setOwnExe(t, pin, sockmap.ExeUnsafe)
 		proxy, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -252,18 +271,18 @@ func TestFastPathLoopback(t *testing.T) {
 		cl.Close()
 		c := fpCounters(t, fp)
 		t.Logf("proxy: %+v", c)
-		// The proxy read its first bytes by splice, before sending any:
-		// none of its sockets became a target (rule 1 in sockmap.c).
-		if c.Targets != after.Targets {
-			t.Errorf("proxy sockets became redirect targets: %d -> %d", after.Targets, c.Targets)
+		if c.Targets != after.Targets || c.Refused == after.Refused {
+			t.Errorf("proxy sockets: targets %d -> %d, refused %d -> %d; want no new target, some refused",
+				after.Targets, c.Targets, after.Refused, c.Refused)
 		}
 
 		// The proxy's copies must be over, or their next splice marks
-		// this process again.
+		// this binary again.
 		withDeadline(t, 10*time.Second, "proxy copies end", func() error { copies.Wait(); return nil })
-		forgetSplicer(t, pin)
-		// A socket that is a target (it has sent) and is spliced later
-		// stops being one; what follows arrives through TCP, in order.
+		// The backstop: a program judged safe that splices anyway. Its
+		// target socket stops being one at the splice; what follows
+		// arrives through TCP, in order.
+		setOwnExe(t, pin, sockmap.ExeSafe)
 		srv, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -317,6 +336,21 @@ func TestFastPathLoopback(t *testing.T) {
 		if c.SpliceStranded != 0 {
 			t.Errorf("%d sockets spliced with data queued", c.SpliceStranded)
 		}
+		var v sockmap.ExeVerdict
+		if err := func() error {
+			m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", sockmap.MapExes), nil)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			var st unix.Stat_t
+			if err := unix.Stat("/proc/self/exe", &st); err != nil {
+				return err
+			}
+			return m.Lookup(sockmap.ExeKey{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}, &v)
+		}(); err != nil || v != sockmap.ExeUnsafe {
+			t.Errorf("after the splice the binary's verdict is %v (%v), want unsafe", v, err)
+		}
 
 		// sendfile from a file into a fast-path socket.
 		f, err := os.CreateTemp(t.TempDir(), "sendfile")
@@ -351,6 +385,7 @@ func TestFastPathLoopback(t *testing.T) {
 func TestFastPathDisable(t *testing.T) {
 	isolated(t, func(cg string) {
 		fp, pin := openFastPath(t, cg)
+		setOwnExe(t, pin, sockmap.ExeSafe)
 		cfg := dataplane.Config{PinDir: pin, Cgroup: cg}
 		stats := func() sockmap.Stats {
 			t.Helper()
@@ -436,5 +471,46 @@ func TestFastPathDisable(t *testing.T) {
 				t.Errorf("%s left behind: %v", p, err)
 			}
 		}
+	})
+}
+
+// TestFastPathOrder: bytes sent through TCP before the receiver became a
+// redirect target, and not read yet, are read before bytes redirected
+// afterwards. (tcp_bpf's recvmsg reads the redirect queue first.)
+func TestFastPathOrder(t *testing.T) {
+	isolated(t, func(cg string) {
+		_, pin := openFastPath(t, cg)
+		setOwnExe(t, pin, sockmap.ExeSafe)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lis.Close()
+		cl, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		sv, err := lis.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sv.Close()
+		withDeadline(t, 10*time.Second, "pipelined", func() error {
+			cl.Write([]byte("A")) // the server is no target yet: TCP
+			sv.Write([]byte("g")) // the server's first send
+			if _, err := io.ReadFull(cl, make([]byte, 1)); err != nil {
+				return err
+			}
+			cl.Write([]byte("B"))
+			got := make([]byte, 2)
+			if _, err := io.ReadFull(sv, got); err != nil {
+				return err
+			}
+			if string(got) != "AB" {
+				return fmt.Errorf("server read %q, want \"AB\"", got)
+			}
+			return nil
+		})
 	})
 }
