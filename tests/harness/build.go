@@ -28,7 +28,7 @@ func Binaries() (sockmesh, podbin string, err error) {
 			buildErr = err
 			return
 		}
-		for _, pkg := range []string{"./cmd/sockmesh", "./tests/podbin"} {
+		for _, pkg := range []string{"./cmd/sockmesh", "./tests/podbin", "./tests/rrbin"} {
 			cmd := exec.Command("go", "build", "-o", buildDir+"/", pkg)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -38,6 +38,13 @@ func Binaries() (sockmesh, podbin string, err error) {
 		}
 	})
 	return filepath.Join(buildDir, "sockmesh"), filepath.Join(buildDir, "podbin"), buildErr
+}
+
+// RRBin returns the path of tests/rrbin, the workload built without splice
+// (built with the others by Binaries).
+func RRBin() (string, error) {
+	_, _, err := Binaries()
+	return filepath.Join(buildDir, "rrbin"), err
 }
 
 func moduleRoot() (string, error) {

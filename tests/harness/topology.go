@@ -246,6 +246,16 @@ func (p *Pod) Start(args ...string) *Proc {
 	return p.tp.start(p.Name, func() (*exec.Cmd, func(), error) { return p.command(podbin, args...) }, "ready")
 }
 
+// StartRR starts tests/rrbin in the pod, like Start does podbin.
+func (p *Pod) StartRR(args ...string) *Proc {
+	p.tp.t.Helper()
+	rrbin, err := RRBin()
+	if err != nil {
+		p.tp.t.Fatal(err)
+	}
+	return p.tp.start(p.Name, func() (*exec.Cmd, func(), error) { return p.command(rrbin, args...) }, "ready")
+}
+
 // StartEnv is Start with extra environment variables.
 func (p *Pod) StartEnv(env []string, want string, args ...string) *Proc {
 	p.tp.t.Helper()
@@ -298,6 +308,16 @@ func (p *Pod) RunJSON(v any, args ...string) {
 	p.RunJSONEnv(v, nil, args...)
 }
 
+// RunRRJSON is RunJSON with tests/rrbin.
+func (p *Pod) RunRRJSON(v any, args ...string) {
+	p.tp.t.Helper()
+	rrbin, err := RRBin()
+	if err != nil {
+		p.tp.t.Fatal(err)
+	}
+	p.runJSON(rrbin, v, nil, args...)
+}
+
 // RunJSONEnv is RunJSON with extra environment variables.
 func (p *Pod) RunJSONEnv(v any, env []string, args ...string) {
 	p.tp.t.Helper()
@@ -305,7 +325,12 @@ func (p *Pod) RunJSONEnv(v any, env []string, args ...string) {
 	if err != nil {
 		p.tp.t.Fatal(err)
 	}
-	cmd, done, err := p.command(podbin, args...)
+	p.runJSON(podbin, v, env, args...)
+}
+
+func (p *Pod) runJSON(bin string, v any, env []string, args ...string) {
+	p.tp.t.Helper()
+	cmd, done, err := p.command(bin, args...)
 	if err != nil {
 		p.tp.t.Fatal(err)
 	}
@@ -317,10 +342,10 @@ func (p *Pod) RunJSONEnv(v any, env []string, args ...string) {
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		p.tp.t.Fatalf("podbin %s in %s: %v\n%s", strings.Join(args, " "), p.Name, err, stderr.String())
+		p.tp.t.Fatalf("%s %s in %s: %v\n%s", filepath.Base(bin), strings.Join(args, " "), p.Name, err, stderr.String())
 	}
 	if err := json.Unmarshal(out, v); err != nil {
-		p.tp.t.Fatalf("podbin %s output %q: %v", args[0], out, err)
+		p.tp.t.Fatalf("%s %s output %q: %v", filepath.Base(bin), args[0], out, err)
 	}
 }
 

@@ -1,0 +1,122 @@
+package tests
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/sockmesh/sockmesh/internal/testutil"
+	"github.com/sockmesh/sockmesh/tests/harness"
+)
+
+// fastPathEvent reads one sockmesh_fastpath_events_total counter.
+func fastPathEvent(t *testing.T, sm *harness.Sockmesh, event string) float64 {
+	t.Helper()
+	re := regexp.MustCompile(`(?m)^sockmesh_fastpath_events_total\{event="` + event + `"\} (\S+)$`)
+	m := re.FindStringSubmatch(sm.Get("/metrics"))
+	if m == nil {
+		t.Fatalf("no fast path counter %q in /metrics", event)
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// fastPathMaps is the fastPath part of the agent's /maps.
+type fastPathMaps struct {
+	Enrolled    int `json:"enrolledCgroups"`
+	Executables int `json:"executables"`
+}
+
+func readFastPathMaps(t *testing.T, sm *harness.Sockmesh) fastPathMaps {
+	t.Helper()
+	var maps struct {
+		FastPath fastPathMaps `json:"fastPath"`
+	}
+	if err := json.Unmarshal([]byte(sm.Get("/maps")), &maps); err != nil {
+		t.Fatal(err)
+	}
+	return maps.FastPath
+}
+
+// TestFastPathAcrossPods: with --fast-path, request/response between two
+// pods (network namespaces) through service VIPs. podbin's server greets,
+// then echoes with io.Copy (splice): the agent finds splice in the binary,
+// so nothing is ever redirected to it and nothing hangs. rrbin, built
+// without splice, receives redirected data: between two rrbin every
+// message goes socket to socket.
+func TestFastPathAcrossPods(t *testing.T) {
+	testutil.Privileged(t)
+	tp := harness.New(t)
+	client := tp.Pod("client", true)
+	be := tp.Pod("be", true)
+	be.Serve("be", []int{8080}, nil)
+	be.StartRR("serve", "-addr", ":8081")
+	const vipFast = "10.96.7.11"
+	meshFile := filepath.Join(t.TempDir(), "mesh.yaml")
+	writeMesh(t, meshFile, docs(
+		svc("web", []string{vip4}, "http:80/TCP"),
+		slice("web-v4", "web", "IPv4", 0, []string{be.IP4.String()}, "http:8080/TCP"),
+		svc("fast", []string{vipFast}, "http:80/TCP"),
+		slice("fast-v4", "fast", "IPv4", 0, []string{be.IP4.String()}, "http:8081/TCP")))
+	sm := tp.StartSockmesh("-f", meshFile, "--fast-path")
+	// Both servers' executables are classified by the agent's first scan.
+	deadline := time.Now().Add(10 * time.Second)
+	for readFastPathMaps(t, sm).Executables < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent classified %d executables, want podbin and rrbin", readFastPathMaps(t, sm).Executables)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	const n = 2000
+	rr := func(run func(v any, args ...string), addr string) {
+		t.Helper()
+		var r struct {
+			Ops     int     `json:"ops"`
+			OpsPerS float64 `json:"opsPerS"`
+		}
+		run(&r, "rr", "-addr", addr, "-n", strconv.Itoa(n), "-size", "64")
+		if r.Ops != n {
+			t.Fatalf("rr to %s: %+v", addr, r)
+		}
+		t.Logf("rr to %s: %.0f round trips/s", addr, r.OpsPerS)
+	}
+	redirected := func() float64 { return fastPathEvent(t, sm, "redirect_msgs") }
+
+	// podbin to podbin: both may splice; the path is the normal one.
+	before := redirected()
+	rr(client.RunJSON, vip4+":80")
+	if got := redirected() - before; got != 0 {
+		t.Errorf("%v messages redirected between two programs that splice", got)
+	}
+	if fastPathEvent(t, sm, "refused") == 0 {
+		t.Errorf("no socket refused as a redirect target")
+	}
+
+	// rrbin to rrbin: every request and every response.
+	before = redirected()
+	rr(client.RunRRJSON, vipFast+":80")
+	if got := redirected() - before; got < 2*n {
+		t.Errorf("%v messages redirected for %d round trips between two rrbin, want >= %d", got, n, 2*n)
+	}
+
+	// rrbin to podbin: the responses only, into rrbin.
+	before = redirected()
+	rr(client.RunRRJSON, vip4+":80")
+	if got := redirected() - before; got < n || got >= 2*n {
+		t.Errorf("%v messages redirected for %d round trips from rrbin to podbin, want the %d responses", got, n, n)
+	}
+
+	if got := fastPathEvent(t, sm, "splice_stranded"); got != 0 {
+		t.Errorf("%v sockets spliced with redirected data queued", got)
+	}
+	if m := readFastPathMaps(t, sm); m.Enrolled < 2 {
+		t.Errorf("/maps shows %d enrolled cgroups, want the two pods at least", m.Enrolled)
+	}
+}

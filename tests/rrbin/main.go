@@ -1,0 +1,233 @@
+// Command rrbin is the request/response and bulk workload of the fast path
+// tests and benchmarks. Unlike podbin it never copies with io.Copy, so it
+// links no splice or sendfile and the agent lets its sockets receive
+// redirected data (see bpf/sockmap, rule 1). Its wire protocol is podbin's:
+// the server greets with "ID\n", then echoes.
+//
+//	rrbin serve -addr :8080 [-id ID]
+//	rrbin rr -addr HOST:PORT [-n 10000] [-size 1]
+//	rrbin bulk -addr HOST:PORT [-bytes N] [-write 65536]
+package main
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: rrbin serve|rr|bulk [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(os.Args[2:])
+	case "rr":
+		err = requestResponse(os.Args[2:])
+	case "bulk":
+		err = bulk(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "rrbin:", err)
+		os.Exit(1)
+	}
+}
+
+// serve greets every connection with "ID\n", then echoes what it reads
+// until the peer closes its side, and then closes.
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	addr := fs.String("addr", ":8080", "TCP address to listen on")
+	id := fs.String("id", "rrbin", "name to greet with")
+	fs.Parse(args)
+	l, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go echo(c, *id)
+		}
+	}()
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
+}
+
+func echo(c net.Conn, id string) {
+	defer c.Close()
+	if _, err := c.Write([]byte(id + "\n")); err != nil {
+		return
+	}
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// dial connects and reads the greeting.
+func dial(addr string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	r := bufio.NewReaderSize(c, 16)
+	if _, err := r.ReadString('\n'); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if r.Buffered() > 0 {
+		c.Close()
+		return nil, errors.New("data after the greeting")
+	}
+	return c, nil
+}
+
+// RRResult is what rr prints (the same as podbin rr).
+type RRResult struct {
+	Ops     int     `json:"ops"`
+	OpsPerS float64 `json:"opsPerS"`
+	P50us   float64 `json:"p50us"`
+	P99us   float64 `json:"p99us"`
+}
+
+// requestResponse sends size bytes and waits for their echo n times on one
+// connection, timing each round trip.
+func requestResponse(args []string) error {
+	fs := flag.NewFlagSet("rr", flag.ExitOnError)
+	addr := fs.String("addr", "", "host:port of an echo server")
+	n := fs.Int("n", 10000, "round trips")
+	size := fs.Int("size", 1, "bytes per request")
+	fs.Parse(args)
+	c, err := dial(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	req, resp := make([]byte, *size), make([]byte, *size)
+	lat := make([]time.Duration, *n)
+	start := time.Now()
+	for i := range lat {
+		t0 := time.Now()
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		if err := readFull(c, resp); err != nil {
+			return err
+		}
+		lat[i] = time.Since(t0)
+	}
+	total := time.Since(start)
+	slices.Sort(lat)
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	return json.NewEncoder(os.Stdout).Encode(RRResult{
+		Ops: *n, OpsPerS: float64(*n) / total.Seconds(),
+		P50us: us(lat[len(lat)/2]), P99us: us(lat[len(lat)*99/100]),
+	})
+}
+
+// BulkResult is what bulk prints.
+type BulkResult struct {
+	Bytes     int64   `json:"bytes"`
+	MBPerS    float64 `json:"mbPerS"`
+	SHA256    string  `json:"sha256"`
+	Identical bool    `json:"identical"`
+}
+
+// bulk streams bytes (a pattern) to an echo server in writes of the given
+// size while reading the echo back, half-closes, waits for EOF, and checks
+// that what came back is what went out.
+func bulk(args []string) error {
+	fs := flag.NewFlagSet("bulk", flag.ExitOnError)
+	addr := fs.String("addr", "", "host:port of an echo server")
+	total := fs.Int64("bytes", 64<<20, "bytes to send")
+	wsize := fs.Int("write", 64<<10, "bytes per write")
+	fs.Parse(args)
+	c, err := dial(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	block := make([]byte, *wsize)
+	for i := range block {
+		block[i] = byte(i*7 + i>>8)
+	}
+	sent, got := sha256.New(), sha256.New()
+	start := time.Now()
+	werr := make(chan error, 1)
+	go func() {
+		var n int64
+		for n < *total {
+			b := block[:min(int64(len(block)), *total-n)]
+			if _, err := c.Write(b); err != nil {
+				werr <- err
+				return
+			}
+			sent.Write(b)
+			n += int64(len(b))
+		}
+		werr <- c.(*net.TCPConn).CloseWrite()
+	}()
+	buf := make([]byte, 256<<10)
+	var n int64
+	for {
+		k, err := c.Read(buf)
+		got.Write(buf[:k])
+		n += int64(k)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return err
+		}
+	}
+	if err := <-werr; err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	sum := fmt.Sprintf("%x", got.Sum(nil))
+	return json.NewEncoder(os.Stdout).Encode(BulkResult{
+		Bytes: n, MBPerS: float64(n) / secs / 1e6, SHA256: sum,
+		Identical: n == *total && sum == fmt.Sprintf("%x", sent.Sum(nil)),
+	})
+}
+
+// readFull reads exactly len(b) bytes.
+func readFull(c net.Conn, b []byte) error {
+	for len(b) > 0 {
+		n, err := c.Read(b)
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
