@@ -514,3 +514,280 @@ func TestFastPathOrder(t *testing.T) {
 		})
 	})
 }
+
+// echoServer accepts on l and echoes with Read and Write until EOF, then
+// half-closes its side. It never splices.
+func echoServer(l net.Listener) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 256<<10)
+			for {
+				n, err := c.Read(buf)
+				if n > 0 {
+					if _, werr := c.Write(buf[:n]); werr != nil {
+						return
+					}
+				}
+				if err != nil {
+					c.(*net.TCPConn).CloseWrite()
+					return
+				}
+			}
+		}()
+	}
+}
+
+// exchange writes payload on c in writes of wsize bytes, half-closes, and
+// reads everything back until EOF; it fails unless the echo is identical.
+func exchange(c net.Conn, payload []byte, wsize int) error {
+	werr := make(chan error, 1)
+	go func() {
+		for off := 0; off < len(payload); off += wsize {
+			if _, err := c.Write(payload[off:min(off+wsize, len(payload))]); err != nil {
+				werr <- err
+				return
+			}
+		}
+		werr <- c.(*net.TCPConn).CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, c) // into a hash: no splice
+	if err != nil {
+		return err
+	}
+	if err := <-werr; err != nil {
+		return err
+	}
+	if want := sha256.Sum256(payload); n != int64(len(payload)) || !bytes.Equal(h.Sum(nil), want[:]) {
+		return fmt.Errorf("echo: %d bytes back of %d, or different content", n, len(payload))
+	}
+	return nil
+}
+
+// waitClean waits until no fast-path socket, key or target is left: every
+// socket closed, nothing stale in the maps.
+func waitClean(t *testing.T, fp *dataplane.FastPath) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := fpCounters(t, fp)
+		if c.Sockets == 0 && c.Keys == 0 && c.TargetsNow == 0 && c.Open() == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("entries left after every socket closed: %+v", c)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFastPathBehaviour: what an application sees does not change with the
+// fast path on: half-close and EOF, a 64 MiB echo intact, 1,000 concurrent
+// connections, IPv6, sockets closed in the middle of a transfer; and no
+// entry outlives its socket.
+func TestFastPathBehaviour(t *testing.T) {
+	isolated(t, func(cg string) {
+		fp, pin := openFastPath(t, cg)
+		setOwnExe(t, pin, sockmap.ExeSafe)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lis.Close()
+		go echoServer(lis)
+		dial := func(addr string) net.Conn {
+			t.Helper()
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+
+		// Half-close: the request ends with CloseWrite; the server reads to
+		// EOF, answers and closes; the client reads the answer, then EOF.
+		half, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer half.Close()
+		go func() {
+			c, err := half.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.Write([]byte("hello\n")) // the server speaks first
+			req, err := io.ReadAll(c)
+			if err != nil {
+				return
+			}
+			c.Write([]byte(fmt.Sprintf("got %d bytes", len(req))))
+		}()
+		hc := dial(half.Addr().String())
+		withDeadline(t, 10*time.Second, "half-close", func() error {
+			defer hc.Close()
+			if _, err := io.ReadFull(hc, make([]byte, 6)); err != nil {
+				return err
+			}
+			for range 10 {
+				hc.Write([]byte("0123456789"))
+			}
+			hc.(*net.TCPConn).CloseWrite()
+			resp, err := io.ReadAll(hc)
+			if err != nil {
+				return err
+			}
+			if string(resp) != "got 100 bytes" {
+				return fmt.Errorf("answer %q", resp)
+			}
+			return nil
+		})
+		if c := fpCounters(t, fp); c.RedirectMsgs == 0 {
+			t.Errorf("half-close: nothing redirected: %+v", c)
+		}
+
+		// 64 MiB, echoed, in 64 KiB and in 1 KiB writes.
+		payload := make([]byte, 64<<20)
+		for i := range payload {
+			payload[i] = byte(i*31 + i>>11)
+		}
+		for _, wsize := range []int{64 << 10, 1 << 10} {
+			before := fpCounters(t, fp)
+			c := dial(lis.Addr().String())
+			withDeadline(t, 60*time.Second, fmt.Sprintf("64 MiB in %d-byte writes", wsize), func() error {
+				return exchange(c, payload[:64<<20], wsize)
+			})
+			c.Close()
+			after := fpCounters(t, fp)
+			t.Logf("64 MiB in %d-byte writes: %d bytes redirected", wsize, after.RedirectBytes-before.RedirectBytes)
+			if after.RedirectBytes-before.RedirectBytes < uint64(len(payload)) {
+				t.Errorf("64 MiB in %d-byte writes: only %d bytes redirected", wsize, after.RedirectBytes-before.RedirectBytes)
+			}
+		}
+
+		// IPv6 only.
+		lis6, err := net.Listen("tcp6", "[::1]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lis6.Close()
+		go echoServer(lis6)
+		before := fpCounters(t, fp)
+		c6 := dial(lis6.Addr().String())
+		withDeadline(t, 10*time.Second, "IPv6", func() error { return exchange(c6, payload[:1<<20], 4096) })
+		c6.Close()
+		if after := fpCounters(t, fp); after.RedirectBytes-before.RedirectBytes < 1<<20 {
+			t.Errorf("IPv6: %d bytes redirected of 1 MiB", after.RedirectBytes-before.RedirectBytes)
+		}
+
+		// 1,000 concurrent connections. Dialed on this thread (the test
+		// namespace), used from 1,000 goroutines.
+		const conns = 1000
+		cs := make([]net.Conn, conns)
+		for i := range cs {
+			cs[i] = dial(lis.Addr().String())
+		}
+		withDeadline(t, 60*time.Second, "1,000 connections", func() error {
+			errs := make(chan error, conns)
+			for i, c := range cs {
+				go func() {
+					defer c.Close()
+					errs <- exchange(c, payload[i:i+10_000], 1000)
+				}()
+			}
+			for range conns {
+				if err := <-errs; err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+
+		// Closed mid-transfer: the client stops reading and closes while
+		// the server still writes, and the server's reads fail or end.
+		for range 20 {
+			c := dial(lis.Addr().String())
+			go c.Write(payload[:8<<20])
+			io.ReadFull(c, make([]byte, 1<<20))
+			c.(*net.TCPConn).SetLinger(0) // reset, not a clean close
+			c.Close()
+		}
+		lis.Close()
+		lis6.Close()
+		waitClean(t, fp)
+		t.Logf("%+v", fpCounters(t, fp))
+	})
+}
+
+// TestFastPathAgentRestart: the agent stops and starts again (same pin
+// directory) while a connection is on the fast path; the connection keeps
+// working and keeps being redirected, and new ones join.
+func TestFastPathAgentRestart(t *testing.T) {
+	isolated(t, func(cg string) {
+		fp, pin := openFastPath(t, cg)
+		setOwnExe(t, pin, sockmap.ExeSafe)
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer lis.Close()
+		go echoServer(lis)
+		old, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer old.Close()
+		pingPong := func(c net.Conn, what string) {
+			t.Helper()
+			withDeadline(t, 10*time.Second, what, func() error {
+				for range 50 {
+					if _, err := c.Write([]byte("ping")); err != nil {
+						return err
+					}
+					if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		pingPong(old, "before the restart")
+		before := fpCounters(t, fp)
+
+		fp.Close() // the agent process ends; its pins stay
+		pingPong(old, "while no agent runs")
+
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		fp2, err := dataplane.OpenFastPath(dataplane.Config{PinDir: pin, Cgroup: cg}, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fp2.Close() })
+		if err := fp2.EnrollTree(cg); err != nil {
+			t.Fatal(err)
+		}
+		pingPong(old, "after the restart")
+		mid := fpCounters(t, fp2)
+		if got := mid.RedirectMsgs - before.RedirectMsgs; got < 200 {
+			t.Errorf("the old connection had %d messages redirected during and after the restart, want all 200", got)
+		}
+		if mid.Sockets != 2 {
+			t.Errorf("%d sockets on the fast path after the restart, want the old connection's 2", mid.Sockets)
+		}
+		fresh, err := net.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fresh.Close()
+		pingPong(fresh, "a new connection")
+		if after := fpCounters(t, fp2); after.SocksAdded-mid.SocksAdded != 2 || after.RedirectMsgs-mid.RedirectMsgs < 99 {
+			t.Errorf("new connection after the restart: %d sockets added, %d messages redirected", after.SocksAdded-mid.SocksAdded, after.RedirectMsgs-mid.RedirectMsgs)
+		}
+	})
+}
