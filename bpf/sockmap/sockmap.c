@@ -18,11 +18,12 @@
  * late, so the rule is decided by what a program can do:
  *
  *   1. A socket becomes a redirect target only if the executable of the
- *      process sending on it is known not to splice or sendfile from a
- *      socket (sm_fp_exes, written by the agent, which reads the
- *      executable: a Go program that links internal/poll.Splice, or an ELF
- *      that imports splice or sendfile, may). Until the agent has
- *      classified it, the socket is not a target.
+ *      process sending on it is known not to splice from a socket
+ *      (sm_fp_exes, written by the agent, which reads the executable: a Go
+ *      program that links internal/poll.Splice, or an ELF or library that
+ *      imports splice, may; node/dataplane/exes.go says why sendfile does
+ *      not count). Until the agent has classified it, the socket is not a
+ *      target.
  *   2. Order: recvmsg reads redirected data before its TCP receive queue.
  *      A receiver publishes itself as a target (sm_fp_targets) only when it
  *      has read all it received, with the sequence number it has read up
@@ -104,7 +105,7 @@ struct exe_key {
 };
 
 enum exe_verdict {
-	EXE_SAFE = 1,   /* cannot splice or sendfile from a socket */
+	EXE_SAFE = 1,   /* cannot splice from a socket */
 	EXE_UNSAFE = 2, /* can, or was seen doing it */
 };
 

@@ -18,30 +18,33 @@ import (
 
 // Executables and the fast path (rule 1 of bpf/sockmap): a socket only
 // receives redirected data if the program sending on it cannot read a
-// socket with splice(2) or sendfile(2), which would miss that data and
-// wait forever. Whether it can is read from the executable, before it
-// could matter.
+// socket with splice(2), which would miss that data and wait forever.
+// Whether it can is read from the executable, before it could matter.
+//
+// sendfile(2) from a socket would miss it too, but programs use sendfile to
+// send files: its input is a socket only by design, never by accident (Go's
+// sendfile path only takes an *os.File). Counting every program that
+// imports sendfile (nginx, iperf3, node, half of util-linux) would refuse
+// the fast path to most C programs for a case the splice watch still
+// catches and counts; splice is the call that reads sockets in practice
+// (io.Copy between TCP connections, proxies).
 
 // goSpliceFuncs are the Go functions through which a Go program can splice
-// or sendfile from a socket: the runtime's (io.Copy between TCP
-// connections, net/http responses), and the raw system call wrappers.
+// from a socket: the runtime's (io.Copy from a TCP connection, net/http
+// responses copying one), and the raw system call wrappers.
 var goSpliceFuncs = []string{
 	"internal/poll.Splice",
-	"internal/poll.SendFile",
 	"syscall.Splice",
-	"syscall.Sendfile",
 	"golang.org/x/sys/unix.Splice",
-	"golang.org/x/sys/unix.Sendfile",
 }
 
 // cSpliceImports are the C library functions that do the same.
-var cSpliceImports = []string{"splice", "sendfile", "sendfile64"}
+var cSpliceImports = []string{"splice"}
 
 // SpliceRisk says whether the program in exe, with the shared objects libs
-// mapped into it, can splice or sendfile from a socket, and why. When it
-// cannot tell (a statically linked non-Go program, a file it cannot read),
-// it answers yes: the cost of a wrong yes is the normal path, of a wrong no
-// a hang.
+// mapped into it, can splice from a socket, and why. When it cannot tell (a
+// statically linked non-Go program, a file it cannot read), it answers yes:
+// the cost of a wrong yes is the normal path, of a wrong no a hang.
 func SpliceRisk(exe string, libs []string) (risky bool, why string) {
 	if b, err := gobin.Open(exe); err == nil {
 		defer b.Close()
@@ -50,7 +53,7 @@ func SpliceRisk(exe string, libs []string) (risky bool, why string) {
 				return true, "Go program with " + fn
 			}
 		}
-		return false, "Go program without splice or sendfile"
+		return false, "Go program without splice"
 	} else if !errors.Is(err, gobin.ErrNotGo) {
 		return true, err.Error()
 	}
@@ -69,7 +72,7 @@ func SpliceRisk(exe string, libs []string) (risky bool, why string) {
 			return true, fmt.Sprintf("%s imports %s", filepath.Base(obj), imp)
 		}
 	}
-	return false, "imports neither splice nor sendfile"
+	return false, "does not import splice"
 }
 
 // importsAny returns the first of names that the ELF object at path

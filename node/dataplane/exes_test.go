@@ -78,6 +78,9 @@ func main() {
 	const cPlain = `#include <unistd.h>
 int main(void) { char b[8]; return read(0, b, sizeof b) < 0; }
 `
+	const cSendfile = `#include <sys/sendfile.h>
+int main(void) { return sendfile(1, 0, 0, 4096) < 0; }
+`
 	const cSplice = `#define _GNU_SOURCE
 #include <fcntl.h>
 int main(void) { return splice(0, 0, 1, 0, 4096, 0) < 0; }
@@ -93,7 +96,8 @@ int main(void) { return splice(0, 0, 1, 0, 4096, 0) < 0; }
 		// Stripped: the pclntab still names the functions.
 		{"Go, io.Copy, -s -w", func() string { return buildGo(t, goCopy, "-s", "-w") }, true, "internal/poll.Splice"},
 		{"Go, Read and Write only, -s -w", func() string { return buildGo(t, goEcho, "-s", "-w") }, false, "Go program without"},
-		{"C, read", func() string { return buildC(t, cPlain) }, false, "imports neither"},
+		{"C, read", func() string { return buildC(t, cPlain) }, false, "does not import splice"},
+		{"C, sendfile", func() string { return buildC(t, cSendfile) }, false, "does not import splice"},
 		{"C, splice", func() string { return buildC(t, cSplice) }, true, "imports splice"},
 		{"C, static", func() string { return buildC(t, cPlain, "-static") }, true, "statically linked"},
 		{"not an executable", func() string {

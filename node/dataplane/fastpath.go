@@ -203,9 +203,9 @@ func (f *FastPath) EnrollTree(root string) error {
 }
 
 // ClassifyProcs makes sure the executable of every process in the cgroup
-// directories dirs has a verdict in sm_fp_exes: safe if it cannot splice or
-// sendfile from a socket (SpliceRisk), unsafe otherwise. Until it has one,
-// its sockets receive nothing redirected. A verdict already in the map is
+// directories dirs has a verdict in sm_fp_exes: safe if it cannot splice
+// from a socket (SpliceRisk), unsafe otherwise. Until it has one, its
+// sockets receive nothing redirected. A verdict already in the map is
 // kept: the splice tracepoint's "unsafe" is the better knowledge.
 //
 // A process seen before costs one stat of /proc/PID/exe (which also notices
