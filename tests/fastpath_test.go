@@ -44,26 +44,27 @@ func readFastPathMaps(t *testing.T, sm *harness.Sockmesh) fastPathMaps {
 	return maps.FastPath
 }
 
-// TestFastPathAcrossPods: with --fast-path, request/response between two
-// pods (network namespaces) through service VIPs. podbin's server greets,
-// then echoes with io.Copy (splice): the agent finds splice in the binary,
-// so nothing is ever redirected to it and nothing hangs. rrbin, built
-// without splice, receives redirected data: between two rrbin every
-// message goes socket to socket.
+// TestFastPathAcrossPods: with --fast-path, request/response between pods
+// (network namespaces) through service VIPs. podbin's server greets, then
+// echoes with io.Copy (splice): the agent finds splice in the binary, so its
+// pod is not safe, nothing is ever redirected to it and nothing hangs.
+// rrbin, built without splice, receives redirected data: between two rrbin
+// pods every message goes socket to socket.
 func TestFastPathAcrossPods(t *testing.T) {
 	testutil.Privileged(t)
 	tp := harness.New(t)
 	client := tp.Pod("client", true)
-	be := tp.Pod("be", true)
-	be.Serve("be", []int{8080}, nil)
-	be.StartRR("serve", "-addr", ":8081")
+	spliced := tp.Pod("spliced", true)
+	plain := tp.Pod("plain", true)
+	spliced.Serve("spliced", []int{8080}, nil)
+	plain.StartRR("serve", "-addr", ":8080")
 	const vipFast = "10.96.7.11"
 	meshFile := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeMesh(t, meshFile, docs(
 		svc("web", []string{vip4}, "http:80/TCP"),
-		slice("web-v4", "web", "IPv4", 0, []string{be.IP4.String()}, "http:8080/TCP"),
+		slice("web-v4", "web", "IPv4", 0, []string{spliced.IP4.String()}, "http:8080/TCP"),
 		svc("fast", []string{vipFast}, "http:80/TCP"),
-		slice("fast-v4", "fast", "IPv4", 0, []string{be.IP4.String()}, "http:8081/TCP")))
+		slice("fast-v4", "fast", "IPv4", 0, []string{plain.IP4.String()}, "http:8080/TCP")))
 	sm := tp.StartSockmesh("-f", meshFile, "--fast-path")
 	// Both servers' executables are classified by the agent's first scan.
 	deadline := time.Now().Add(10 * time.Second)
@@ -72,6 +73,19 @@ func TestFastPathAcrossPods(t *testing.T) {
 			t.Fatalf("the agent classified %d executables, want podbin and rrbin", readFastPathMaps(t, sm).Executables)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+
+	// A pod's first process comes through "ip netns exec": the agent
+	// has not judged ip yet, so the client pod is dirty for the moment it
+	// takes to read it (the first connection may miss the fast path). A
+	// first run lets the agent judge ip.
+	var warm struct{}
+	client.RunRRJSON(&warm, "rr", "-addr", vipFast+":80", "-n", "1")
+	for readFastPathMaps(t, sm).Executables < 3 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent classified %d executables, want podbin, rrbin and ip", readFastPathMaps(t, sm).Executables)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	const n = 2000
@@ -89,21 +103,11 @@ func TestFastPathAcrossPods(t *testing.T) {
 	}
 	redirected := func() float64 { return fastPathEvent(t, sm, "redirect_msgs") }
 
-	// podbin to podbin: both may splice; the path is the normal one.
-	before := redirected()
-	rr(client.RunJSON, vip4+":80")
-	if got := redirected() - before; got != 0 {
-		t.Errorf("%v messages redirected between two programs that splice", got)
-	}
-	if fastPathEvent(t, sm, "refused") == 0 {
-		t.Errorf("no socket refused as a redirect target")
-	}
-
 	// rrbin to rrbin: every request and every response.
-	before = redirected()
+	before := redirected()
 	rr(client.RunRRJSON, vipFast+":80")
 	if got := redirected() - before; got < 2*n {
-		t.Errorf("%v messages redirected for %d round trips between two rrbin, want >= %d", got, n, 2*n)
+		t.Errorf("%v messages redirected for %d round trips between two rrbin pods, want >= %d", got, n, 2*n)
 	}
 
 	// rrbin to podbin: the responses only, into rrbin.
@@ -113,10 +117,22 @@ func TestFastPathAcrossPods(t *testing.T) {
 		t.Errorf("%v messages redirected for %d round trips from rrbin to podbin, want the %d responses", got, n, n)
 	}
 
+	// podbin to podbin: neither pod is safe; the connection does not
+	// join at all (it would only pay tcp_bpf's slower sends).
+	before = redirected()
+	pairs := fastPathEvent(t, sm, "unsafe_pairs")
+	rr(client.RunJSON, vip4+":80")
+	if got := redirected() - before; got != 0 {
+		t.Errorf("%v messages redirected between two programs that splice", got)
+	}
+	if fastPathEvent(t, sm, "unsafe_pairs") == pairs {
+		t.Errorf("the connection between two unsafe pods was not counted as such")
+	}
+
 	if got := fastPathEvent(t, sm, "splice_stranded"); got != 0 {
 		t.Errorf("%v sockets spliced with redirected data queued", got)
 	}
-	if m := readFastPathMaps(t, sm); m.Enrolled < 2 {
-		t.Errorf("/maps shows %d enrolled cgroups, want the two pods at least", m.Enrolled)
+	if m := readFastPathMaps(t, sm); m.Enrolled < 3 {
+		t.Errorf("/maps shows %d enrolled cgroups, want the three pods at least", m.Enrolled)
 	}
 }

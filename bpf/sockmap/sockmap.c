@@ -2,28 +2,38 @@
 
 /* Same-node fast path.
  *
- * sockops puts both ends of an established TCP connection of an enrolled
- * workload into sm_fp_socks; sk_msg then hands each send straight to the
- * peer socket's receive side (bpf_msg_redirect_hash with BPF_F_INGRESS)
- * instead of sending it through TCP/IP. When the peer is not a redirect
- * target the data takes the normal path, unchanged.
+ * sockops puts both ends of an established TCP connection between two
+ * meshed workloads of this node into sm_fp_socks; sk_msg then hands each
+ * send straight to the peer socket's receive side (bpf_msg_redirect_hash
+ * with BPF_F_INGRESS) instead of sending it through TCP/IP. When the peer is
+ * not a redirect target the data takes the normal path, unchanged.
+ *
+ * Which connections join. A socket in a sockhash sends through tcp_bpf,
+ * which is slower than TCP's own path when nothing is redirected (half the
+ * throughput for large writes, measured): so only connections whose two
+ * ends are on this node, and of which at least one end may receive
+ * redirected data, join. The listener's side records every SYN it answers
+ * (sm_fp_syns, at TIMEOUT_INIT for the request socket); the connecting side
+ * joins at ESTABLISHED only if its SYN is there, and the accepting side only
+ * if the connecting side joined.
  *
  * Redirected data waits in the receiver's psock queue, which only recvmsg
- * and read(2) drain (tcp_bpf's recvmsg). splice(2) and sendfile(2) from the
- * socket read the TCP receive queue directly: data in the psock queue would
- * never arrive, and the caller would wait forever. On this kernel nothing
- * can make such a call fail, wait or fall back (no LSM, fentry or fmod_ret
- * programs: EPERM; uprobes may not write registers), and a tracepoint
- * cannot take a socket out of a sockhash. Seeing a splice coming is too
- * late, so the rule is decided by what a program can do:
+ * and read(2) drain (tcp_bpf's recvmsg). splice(2) from the socket reads the
+ * TCP receive queue directly: data in the psock queue would never arrive,
+ * and the caller would wait forever. On this kernel nothing can make such a
+ * call fail, wait or fall back (no LSM, fentry or fmod_ret programs: EPERM;
+ * uprobes may not write registers), and a tracepoint cannot take a socket
+ * out of a sockhash. Seeing a splice coming is too late, so the rules are
+ * about what a program can do:
  *
- *   1. A socket becomes a redirect target only if the executable of the
- *      process sending on it is known not to splice from a socket
- *      (sm_fp_exes, written by the agent, which reads the executable: a Go
- *      program that links internal/poll.Splice, or an ELF or library that
- *      imports splice, may; node/dataplane/exes.go says why sendfile does
- *      not count). Until the agent has classified it, the socket is not a
- *      target.
+ *   1. Only sockets of a "safe" cgroup receive redirected data: every
+ *      process in it runs an executable the agent has read and found unable
+ *      to splice from a socket (a Go program that links
+ *      internal/poll.Splice, or an ELF or library that imports splice, can;
+ *      node/dataplane/exes.go). The agent marks cgroups safe
+ *      (sm_fp_cgroups); an exec of any other executable in a cgroup, a
+ *      process moved into it, or a splice seen there marks it dirty at once
+ *      (sm_fp_dirty) until the agent has looked again.
  *   2. Order: recvmsg reads redirected data before its TCP receive queue.
  *      A receiver publishes itself as a target (sm_fp_targets) only when it
  *      has read all it received, with the sequence number it has read up
@@ -32,10 +42,10 @@
  *      after a byte handed over later.
  *   3. A backstop: sm_fp_splice (raw tracepoint sys_enter) sees every
  *      splice/sendfile reading a fast-path socket before the kernel does
- *      it (a raw syscall, an executable misjudged): the socket stops being
- *      a target (new data goes through TCP, where splice finds it), its
- *      executable is marked unsafe, and if data was already queued for it,
- *      splice_stranded counts it.
+ *      it: the socket stops being a target (new data goes through TCP,
+ *      where splice finds it), its executable is marked unsafe and its
+ *      cgroup dirty, and if data was already queued for it, splice_stranded
+ *      counts it.
  *
  * A socket that closes leaves the sockhashes by itself (the kernel unhashes
  * it); its other entries are removed by the state callback.
@@ -69,16 +79,15 @@ struct sock_key {
 };
 
 enum sock_flags {
-	/* Never a redirect target: its process's executable may splice, or
-	 * the socket was spliced. */
-	SOCK_F_REFUSED = 1,
+	/* Its cgroup was safe when it joined: it may receive (rule 1). */
+	SOCK_F_ELIGIBLE = 1,
 	/* Sender side: this socket's sends go to its peer (rule 2). */
 	SOCK_F_HANDED_OVER = 2,
-	/* Receiver side: published in sm_fp_targets at least once. */
-	SOCK_F_PUBLISHED = 4,
 	/* Receiver side: the peer hands its sends over; nothing more to
 	 * publish. */
-	SOCK_F_RECEIVING = 8,
+	SOCK_F_RECEIVING = 4,
+	/* Receiver side: the splice tracepoint took it out; never again. */
+	SOCK_F_SPLICED = 8,
 };
 
 /* sock_state is the per-socket record: the peer's key for sk_msg, the
@@ -109,6 +118,53 @@ enum exe_verdict {
 	EXE_UNSAFE = 2, /* can, or was seen doing it */
 };
 
+enum cgroup_state {
+	CG_ENROLLED = 1, /* its sockets join as senders */
+	CG_SAFE = 2,     /* and may receive (rule 1) */
+};
+
+/* syn_key names a connection from the listener's side while the handshake
+ * runs: addresses and ports, plus the network namespace for loopback
+ * addresses (which repeat in every namespace; pod addresses do not). */
+struct syn_key {
+	struct addr6 local;
+	struct addr6 remote;
+	__u16 lport;
+	__u16 rport;
+	__u32 pad;
+	__u64 netns;
+};
+
+/* syn_state flags. */
+enum syn_state {
+	SYN_SEEN = 1,          /* a listener of this node answered it */
+	SYN_JOINED = 2,        /* the connecting side joined the fast path */
+	SYN_SAFE_LISTENER = 4, /* the listener's cgroup was safe */
+};
+
+/* exec_event asks the agent to judge an executable now: a process in an
+ * enrolled cgroup started one it has no verdict for. filename is what was
+ * passed to execve (resolve it in the process's root), or empty for a
+ * process moved into the cgroup. */
+struct exec_event {
+	__u32 pid;
+	__u32 pad;
+	__u64 cgroup;
+	struct exe_key exe;
+	char filename[256];
+};
+
+/* Keeps exec_event in BTF for bpf2go -type. */
+const struct exec_event *unused_exec_event __attribute__((unused));
+
+/* listener_key names a listening port in a network namespace. */
+struct listener_key {
+	__u64 netns;
+	__u16 port;
+	__u16 pad1;
+	__u32 pad2;
+};
+
 /* fp_stats are the fast path's counters; one per-CPU entry, summed by the
  * agent. */
 struct fp_stats {
@@ -126,21 +182,77 @@ struct fp_stats {
 	__u64 handover_waits;   /* sends that took the normal path because
 	                           the peer had not read all earlier bytes */
 	__u64 handovers;        /* sockets whose sends went over to the peer */
-	__u64 refused;          /* sockets never to be targets (rule 1) */
-	__u64 unclassified;     /* sends by executables not classified yet */
+	__u64 remote_peers;     /* established sockets that did not join: the
+	                           peer is not a meshed socket of this node */
+	__u64 unsafe_pairs;     /* ... or neither end may receive (rule 1) */
+	__u64 dirty_marks;      /* cgroups marked dirty by an exec, a move or
+	                           a splice */
+	__u64 events_lost;      /* exec_events the ring buffer had no room for */
 };
 
-/* sm_fp_cgroups: cgroup id -> 1 for enrolled cgroups. Written by the agent
- * (it enrolls the cgroups under its attach point), read at ESTABLISHED with
- * the socket's own cgroup. 65536 entries; when full the agent reports the cgroups it could
- * not enroll (their sockets keep the normal path). */
+/* sm_fp_cgroups: cgroup id -> cgroup_state for enrolled cgroups. Written by
+ * the agent (it enrolls the cgroups under its attach point and classifies
+ * their processes), read at ESTABLISHED with the socket's own cgroup and by
+ * the exec tracepoint. 65536 entries; when full the agent reports the
+ * cgroups it could not enroll (their sockets keep the normal path). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, enum cgroup_state);
+} sm_fp_cgroups SEC(".maps");
+
+/* sm_fp_dirty: cgroup id -> 1 for cgroups that may hold a process the agent
+ * has not judged (rule 1): a safe cgroup is not safe while it is here.
+ * Written by the exec, cgroup-attach and splice tracepoints; the agent
+ * deletes an entry before it looks at the cgroup's processes again. Same
+ * capacity as sm_fp_cgroups; when full, the tracepoints mark the cgroup
+ * unsafe in sm_fp_cgroups instead. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, __u8);
-} sm_fp_cgroups SEC(".maps");
+} sm_fp_dirty SEC(".maps");
+
+/* sm_fp_events: exec_events to the agent. Written by the exec and
+ * cgroup-attach tracepoints, read by the agent. 256 KiB; when full an
+ * event is lost and counted (events_lost): the agent's periodic scan judges
+ * that executable within a second instead. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 256 * 1024);
+} sm_fp_events SEC(".maps");
+
+/* sm_fp_syns: syn_key -> syn_state for handshakes answered by listeners
+ * under the attach cgroup. Written at the request socket's TIMEOUT_INIT and
+ * at the connecting side's ESTABLISHED, deleted at the accepting side's.
+ * LRU with 65536 entries: handshakes that never complete age out; one
+ * evicted while it runs only keeps that connection off the fast path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 65536);
+	__type(key, struct syn_key);
+	__type(value, __u32); /* enum syn_state flags */
+} sm_fp_syns SEC(".maps");
+
+/* sm_fp_listeners: listener_key -> cgroup id of listening sockets of
+ * enrolled cgroups, so a handshake knows whether its listener's cgroup is
+ * safe. Written at TCP_LISTEN_CB; LRU with 16384 entries (a closed
+ * listener's entry is overwritten by the next one on its port, or ages
+ * out). A listener from before the fast path was loaded is unknown: its
+ * connections join only if the connecting side's cgroup is safe. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(max_entries, 16384);
+	__type(key, struct listener_key);
+	__type(value, __u64);
+} sm_fp_listeners SEC(".maps");
 
 /* sm_fp_socks: sock_key -> socket, every fast-path socket; sk_msg is
  * attached to it. Written by sockops at ESTABLISHED; entries leave when the
@@ -213,9 +325,9 @@ struct {
 
 /* sm_fp_exes: exe_key -> exe_verdict (rule 1). Written by the agent, which
  * classifies the executables of the processes in enrolled cgroups, and
- * set to EXE_UNSAFE by the splice tracepoint. Read by sk_msg. 16384
- * executables; when full the agent reports it, and the unclassified ones
- * keep the normal path. */
+ * set to EXE_UNSAFE by the splice tracepoint. Read by the exec tracepoint.
+ * 16384 executables; when full the agent reports it, and a cgroup running
+ * an unclassified one is not safe. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -298,8 +410,13 @@ struct mm_struct {
 } __attribute__((preserve_access_index));
 
 struct task_struct {
+	int tgid;
 	struct files_struct *files;
 	struct mm_struct *mm;
+} __attribute__((preserve_access_index));
+
+struct linux_binprm {
+	const char *filename;
 } __attribute__((preserve_access_index));
 
 struct pt_regs {
@@ -362,47 +479,135 @@ static __always_inline void swap_key(struct sock_key *dst, const struct sock_key
 	dst->rseq = k->lseq;
 }
 
-/* enrolled says whether the socket's own cgroup (the one it was created in,
- * which accepted sockets inherit from their listener) is enrolled. It is read
- * from the socket, not from the current task: ESTABLISHED callbacks run in
- * softirq context, where the current task is unrelated. */
-static __always_inline int enrolled(struct bpf_sock_ops *ops)
+/* sock_cgroup returns the id of the cgroup the socket was created in
+ * (accepted sockets inherit their listener's). It is read from the socket,
+ * not from the current task: ESTABLISHED callbacks run in softirq context,
+ * where the current task is unrelated. */
+static __always_inline __u64 sock_cgroup(struct bpf_sock *bsk)
 {
-	struct bpf_sock *bsk = ops->sk;
 	struct tcp_sock *tp;
-	struct sock *sk;
-	__u64 cg;
 
 	if (!bsk)
 		return 0;
 	tp = bpf_skc_to_tcp_sock(bsk);
 	if (!tp)
 		return 0;
-	sk = (struct sock *)tp;
-	cg = sk->sk_cgrp_data.cgroup->kn->id;
-	return bpf_map_lookup_elem(&sm_fp_cgroups, &cg) != 0;
+	return ((struct sock *)tp)->sk_cgrp_data.cgroup->kn->id;
 }
 
-static __always_inline void established(struct bpf_sock_ops *ops)
+/* cgroup_state_of returns 0 for a cgroup that is not enrolled, and
+ * CG_SAFE only for a safe cgroup that is not dirty. */
+static __always_inline enum cgroup_state cgroup_state_of(__u64 cg)
+{
+	enum cgroup_state *st = bpf_map_lookup_elem(&sm_fp_cgroups, &cg);
+
+	if (!st)
+		return 0;
+	if (*st == CG_SAFE && bpf_map_lookup_elem(&sm_fp_dirty, &cg))
+		return CG_ENROLLED;
+	return *st;
+}
+
+static __always_inline int is_loopback(const struct addr6 *a)
+{
+	if (a->w[0] || a->w[1])
+		return 0;
+	if (!a->w[2])
+		return a->w[3] == bpf_htonl(1); /* ::1 */
+	return a->w[2] == bpf_htonl(0x0000ffff) && (bpf_ntohl(a->w[3]) >> 24) == 127;
+}
+
+/* syn_key_of names a handshake from k, the listener's side of it. */
+static __always_inline void syn_key_of(struct bpf_sock_ops *ops, struct syn_key *syn,
+				       const struct sock_key *k)
+{
+	syn->local = k->local;
+	syn->remote = k->remote;
+	syn->lport = k->lport;
+	syn->rport = k->rport;
+	syn->pad = 0;
+	syn->netns = is_loopback(&k->remote) ? bpf_get_netns_cookie(ops) : 0;
+}
+
+/* listening remembers a listener of an enrolled cgroup (listen(2) runs
+ * this in the listening process). */
+static __always_inline void listening(struct bpf_sock_ops *ops)
+{
+	struct listener_key lk = {};
+	__u64 cg = sock_cgroup(ops->sk);
+
+	if (!cg || !bpf_map_lookup_elem(&sm_fp_cgroups, &cg))
+		return;
+	lk.netns = bpf_get_netns_cookie(ops);
+	lk.port = CTX(ops->local_port);
+	bpf_map_update_elem(&sm_fp_listeners, &lk, &cg, BPF_ANY);
+}
+
+/* syn_seen records a handshake a listener of this node answers (the
+ * request socket's TIMEOUT_INIT). */
+static __always_inline void syn_seen(struct bpf_sock_ops *ops)
+{
+	struct listener_key lk = {};
+	struct syn_key syn = {};
+	struct sock_key k = {};
+	__u32 v = SYN_SEEN;
+	__u64 *lcg;
+
+	sock_addrs(ops, &k);
+	syn_key_of(ops, &syn, &k);
+	lk.netns = bpf_get_netns_cookie(ops);
+	lk.port = k.lport;
+	lcg = bpf_map_lookup_elem(&sm_fp_listeners, &lk);
+	if (lcg && cgroup_state_of(*lcg) == CG_SAFE)
+		v |= SYN_SAFE_LISTENER;
+	bpf_map_update_elem(&sm_fp_syns, &syn, &v, BPF_ANY);
+}
+
+/* established decides whether an established socket joins the fast path
+ * (see "Which connections join" at the top) and puts it there. */
+static __always_inline void established(struct bpf_sock_ops *ops, int active)
 {
 	struct bpf_sock *sk = ops->sk;
+	struct target t = {};
 	struct sock_state *st;
-	struct sock_key k = {};
+	struct sock_key k = {}, lk;
+	struct syn_key syn = {};
+	enum cgroup_state self;
+	__u32 *seen, flags;
 	__u64 cookie;
 
 	if (!sk)
 		return;
-	if (!enrolled(ops))
+	self = cgroup_state_of(sock_cgroup(sk));
+	if (!self)
 		return;
+	sock_addrs(ops, &k);
+	k.lseq = CTX(ops->snd_una);
+	k.rseq = CTX(ops->rcv_nxt);
+	if (active) {
+		swap_key(&lk, &k);
+		syn_key_of(ops, &syn, &lk);
+	} else {
+		syn_key_of(ops, &syn, &k);
+	}
+	seen = bpf_map_lookup_elem(&sm_fp_syns, &syn);
+	flags = seen ? *seen : 0;
+	if (!active)
+		bpf_map_delete_elem(&sm_fp_syns, &syn);
+	if (!flags) {
+		count(remote_peers);
+		return;
+	}
+	if (active ? self != CG_SAFE && !(flags & SYN_SAFE_LISTENER) : !(flags & SYN_JOINED)) {
+		count(unsafe_pairs);
+		return;
+	}
+
 	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		goto fail;
-
-	sock_addrs(ops, &k);
-	k.lseq = ops->snd_una;
-	k.rseq = ops->rcv_nxt;
 	swap_key(&st->peer, &k);
-	st->flags = 0;
+	st->flags = self == CG_SAFE ? SOCK_F_ELIGIBLE : 0;
 	st->ready_seq = 0;
 
 	cookie = bpf_get_socket_cookie(ops);
@@ -415,6 +620,16 @@ static __always_inline void established(struct bpf_sock_ops *ops)
 		goto fail_keys;
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	count(socks_added);
+	if (active) {
+		flags |= SYN_JOINED;
+		bpf_map_update_elem(&sm_fp_syns, &syn, &flags, BPF_EXIST);
+	}
+	/* Nothing received yet: ready from the first byte (rule 2). */
+	if (st->flags & SOCK_F_ELIGIBLE) {
+		t.ready_seq = k.rseq;
+		if (!bpf_map_update_elem(&sm_fp_targets, &k, &t, BPF_NOEXIST))
+			count(targets);
+	}
 	return;
 fail_keys:
 	bpf_map_delete_elem(&sm_fp_keys, &cookie);
@@ -438,16 +653,29 @@ static __always_inline void closed(struct bpf_sock_ops *ops)
 SEC("sockops")
 int sm_fp_sockops(struct bpf_sock_ops *ops)
 {
-	if (ops->family != 2 && ops->family != 10)
+	__u32 family = CTX(ops->family), op = CTX(ops->op);
+
+	if (family != 2 && family != 10)
 		return 1;
-	switch (ops->op) {
+	switch (op) {
+	case BPF_SOCK_OPS_TIMEOUT_INIT:
+		/* Also called for connecting sockets: only request sockets
+		 * (a listener answering a SYN) are not full sockets. */
+		if (!CTX(ops->is_fullsock))
+			syn_seen(ops);
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		listening(ops);
+		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		established(ops, 1);
+		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		established(ops);
+		established(ops, 0);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		/* args[1] is the new state; 7 is TCP_CLOSE. */
-		if (ops->args[1] == 7)
+		if (CTX(ops->args[1]) == 7)
 			closed(ops);
 		break;
 	}
@@ -468,59 +696,33 @@ static __always_inline int current_exe(struct exe_key *k)
 	return 0;
 }
 
-/* publish runs on the receiver's sends: it makes the socket a target, or
- * renews its ready sequence number, while the peer has not handed over
- * (rules 1 and 2). */
-static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp, struct fp_stats *s)
+/* publish runs on an eligible receiver's sends while its peer has not
+ * handed over: it renews the sequence number the socket has read up to,
+ * if it has read everything (rule 2). The first was published at
+ * ESTABLISHED; this catches up when the peer sent through TCP first. */
+static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp)
 {
-	struct target t = {}, *cur;
 	struct sock_key own;
-	struct exe_key exe;
-	enum exe_verdict *verdict;
+	struct target *cur;
 
-	if (st->flags & (SOCK_F_REFUSED | SOCK_F_RECEIVING))
+	if (!(st->flags & SOCK_F_ELIGIBLE) || (st->flags & (SOCK_F_RECEIVING | SOCK_F_SPLICED)))
 		return;
 	swap_key(&own, &st->peer);
-	if (st->flags & SOCK_F_PUBLISHED) {
-		cur = bpf_map_lookup_elem(&sm_fp_targets, &own);
-		if (!cur) {
-			/* The splice tracepoint took it out: for good. */
-			st->flags |= SOCK_F_REFUSED;
-			return;
-		}
-		if (cur->handed_over) {
-			st->flags |= SOCK_F_RECEIVING;
-			return;
-		}
-	} else {
-		if (current_exe(&exe))
-			return;
-		verdict = bpf_map_lookup_elem(&sm_fp_exes, &exe);
-		if (!verdict) {
-			if (s)
-				__sync_fetch_and_add(&s->unclassified, 1);
-			return; /* asked again at the next send */
-		}
-		if (*verdict != EXE_SAFE) {
-			st->flags |= SOCK_F_REFUSED;
-			if (s)
-				__sync_fetch_and_add(&s->refused, 1);
-			return;
-		}
+	cur = bpf_map_lookup_elem(&sm_fp_targets, &own);
+	if (!cur) {
+		/* The splice tracepoint took it out (or it never got in):
+		 * for good. */
+		st->flags |= SOCK_F_SPLICED;
+		return;
+	}
+	if (cur->handed_over) {
+		st->flags |= SOCK_F_RECEIVING;
+		return;
 	}
 	/* Only with nothing unread: a byte the application has not read yet
 	 * must not be overtaken by one handed over later. */
-	if (tp->copied_seq != tp->rcv_nxt)
-		return;
-	if ((st->flags & SOCK_F_PUBLISHED) && st->ready_seq == tp->rcv_nxt)
-		return;
-	t.ready_seq = tp->rcv_nxt;
-	if (bpf_map_update_elem(&sm_fp_targets, &own, &t, BPF_ANY))
-		return;
-	st->ready_seq = t.ready_seq;
-	if (!(st->flags & SOCK_F_PUBLISHED) && s)
-		__sync_fetch_and_add(&s->targets, 1);
-	st->flags |= SOCK_F_PUBLISHED;
+	if (tp->copied_seq == tp->rcv_nxt && cur->ready_seq != tp->rcv_nxt)
+		cur->ready_seq = tp->rcv_nxt;
 }
 
 /* hand_over says whether this send may go to the peer socket (rule 2):
@@ -567,7 +769,7 @@ int sm_fp_msg(struct sk_msg_md *msg)
 	if (!tp)
 		return SK_PASS;
 	s = stats();
-	publish(st, tp, s);
+	publish(st, tp);
 	/* A failed redirect lookup returns SK_DROP: that must become "normal
 	 * path", never a drop. */
 	if (!hand_over(st, tp, s) ||
@@ -603,6 +805,93 @@ static __always_inline struct sock *socket_of(unsigned long fd)
 	return sock ? BPF_CORE_READ(sock, sk) : 0;
 }
 
+/* mark_dirty takes an enrolled cgroup's safety away until the agent has
+ * looked at its processes again (rule 1). */
+static __always_inline void mark_dirty(__u64 cg)
+{
+	enum cgroup_state enrolled = CG_ENROLLED;
+	__u8 one = 1;
+
+	if (!bpf_map_lookup_elem(&sm_fp_cgroups, &cg))
+		return;
+	if (bpf_map_update_elem(&sm_fp_dirty, &cg, &one, BPF_ANY))
+		bpf_map_update_elem(&sm_fp_cgroups, &cg, &enrolled, BPF_EXIST);
+	count(dirty_marks);
+}
+
+/* task_exe names a task's executable; it returns the verdict on it, or 0
+ * when there is none (or no executable: a kernel thread). */
+static __always_inline int task_exe(struct task_struct *task, struct exe_key *k)
+{
+	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
+	enum exe_verdict *v;
+
+	if (!inode)
+		return 0;
+	k->ino = BPF_CORE_READ(inode, i_ino);
+	k->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	k->pad = 0;
+	v = bpf_map_lookup_elem(&sm_fp_exes, k);
+	return v ? *v : 0;
+}
+
+/* judge_now marks cgroup cg dirty for a task that runs an executable not
+ * judged safe, and asks the agent to judge it if it has no verdict yet. */
+static __always_inline void judge_now(__u64 cg, struct task_struct *task, const char *filename)
+{
+	struct exec_event *ev;
+	struct exe_key k = {};
+	int v = task_exe(task, &k);
+
+	if (v == EXE_SAFE)
+		return;
+	mark_dirty(cg);
+	if (v)
+		return;
+	ev = bpf_ringbuf_reserve(&sm_fp_events, sizeof(*ev), 0);
+	if (!ev) {
+		count(events_lost);
+		return;
+	}
+	ev->pid = BPF_CORE_READ(task, tgid);
+	ev->pad = 0;
+	ev->cgroup = cg;
+	ev->exe = k;
+	ev->filename[0] = 0;
+	if (filename)
+		bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), filename);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* sm_fp_exec runs after every exec on the node: a program not judged safe,
+ * started in an enrolled cgroup, makes the cgroup dirty before it can open
+ * a socket. */
+SEC("raw_tracepoint/sched_process_exec")
+int sm_fp_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	__u64 cg = bpf_get_current_cgroup_id();
+
+	if (!bpf_map_lookup_elem(&sm_fp_cgroups, &cg))
+		return 0;
+	judge_now(cg, (struct task_struct *)bpf_get_current_task(), BPF_CORE_READ(bprm, filename));
+	return 0;
+}
+
+/* sm_fp_attach runs when a task moves to another cgroup: one not judged
+ * safe, moving into an enrolled cgroup, makes it dirty. */
+SEC("raw_tracepoint/cgroup_attach_task")
+int sm_fp_attach(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct cgroup *dst = (struct cgroup *)ctx->args[0];
+	__u64 cg = BPF_CORE_READ(dst, kn, id);
+
+	if (!bpf_map_lookup_elem(&sm_fp_cgroups, &cg))
+		return 0;
+	judge_now(cg, (struct task_struct *)ctx->args[2], 0);
+	return 0;
+}
+
 /* sm_fp_splice runs at the entry of every system call on the node and
  * returns at once unless the call is splice or sendfile; see rule 2 at the
  * top. It only reads the kernel and writes sockmesh's own maps. */
@@ -634,6 +923,7 @@ int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
 		return 0;
 	if (!current_exe(&exe))
 		bpf_map_update_elem(&sm_fp_exes, &exe, &unsafe, BPF_ANY);
+	mark_dirty(bpf_get_current_cgroup_id());
 	if (bpf_map_delete_elem(&sm_fp_targets, k))
 		return 0; /* was not a target: nothing was redirected to it */
 	count(splice_exits);

@@ -15,7 +15,6 @@ const (
 	MapExes     = bpfMapSmFpExes
 
 	ProgSockops = bpfProgSmFpSockops
-	ProgSplice  = bpfProgSmFpSplice
 )
 
 // Objects are the loaded programs and maps.
@@ -28,6 +27,9 @@ type SockKey = bpfSockKey
 // number of its device (MAJOR << 20 | MINOR).
 type ExeKey = bpfExeKey
 
+// ExecEvent is what sm_fp_events carries: an executable to judge now.
+type ExecEvent = bpfExecEvent
+
 // ExeVerdict is the value of sm_fp_exes.
 type ExeVerdict = bpfExeVerdict
 
@@ -37,8 +39,31 @@ const (
 	ExeUnsafe = bpfExeVerdictEXE_UNSAFE
 )
 
-// SpliceTracepoint is the raw tracepoint sm_fp_splice attaches to.
-const SpliceTracepoint = "sys_enter"
+// CgroupState is the value of sm_fp_cgroups.
+type CgroupState = bpfCgroupState
+
+// States in sm_fp_cgroups.
+const (
+	CgroupEnrolled = bpfCgroupStateCG_ENROLLED
+	CgroupSafe     = bpfCgroupStateCG_SAFE
+)
+
+// Tracepoint is one of the fast path's raw tracepoint programs and the
+// event it attaches to.
+type Tracepoint struct {
+	Name    string // the program's name, as pinned
+	Event   string
+	Program func(*Objects) *ebpf.Program
+}
+
+// Tracepoints are the fast path's raw tracepoint programs: the splice
+// watch, and the exec and cgroup-move watches that take a cgroup's safety
+// away (see sockmap.c).
+var Tracepoints = []Tracepoint{
+	{bpfProgSmFpSplice, "sys_enter", func(o *Objects) *ebpf.Program { return o.SmFpSplice }},
+	{bpfProgSmFpExec, "sched_process_exec", func(o *Objects) *ebpf.Program { return o.SmFpExec }},
+	{bpfProgSmFpAttach, "cgroup_attach_task", func(o *Objects) *ebpf.Program { return o.SmFpAttach }},
+}
 
 // AttachMsg attaches the sk_msg program to sm_fp_socks. The attachment
 // belongs to the map (it lives as long as the map does, pinned or not) and
@@ -75,15 +100,17 @@ func Load(pinDir string) (*Objects, error) {
 	return &objs, nil
 }
 
-// MapNames lists every map of the fast path, as pinned.
+// MapNames lists every pinned map of the fast path.
 func MapNames() ([]string, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load sockmap spec: %w", err)
 	}
 	names := make([]string, 0, len(spec.Maps))
-	for name := range spec.Maps {
-		names = append(names, name)
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			names = append(names, name)
+		}
 	}
 	return names, nil
 }
@@ -101,8 +128,9 @@ type Stats struct {
 	SpliceStranded uint64 `json:"spliceStranded"`
 	HandoverWaits  uint64 `json:"handoverWaits"`
 	Handovers      uint64 `json:"handovers"`
-	Refused        uint64 `json:"refused"`
-	Unclassified   uint64 `json:"unclassified"`
+	RemotePeers    uint64 `json:"remotePeers"`
+	UnsafePairs    uint64 `json:"unsafePairs"`
+	DirtyMarks     uint64 `json:"dirtyMarks"`
 }
 
 // Events names every counter, for metrics.
@@ -119,8 +147,9 @@ func (s Stats) Events() map[string]uint64 {
 		"splice_stranded": s.SpliceStranded,
 		"handover_waits":  s.HandoverWaits,
 		"handovers":       s.Handovers,
-		"refused":         s.Refused,
-		"unclassified":    s.Unclassified,
+		"remote_peers":    s.RemotePeers,
+		"unsafe_pairs":    s.UnsafePairs,
+		"dirty_marks":     s.DirtyMarks,
 	}
 }
 
@@ -143,8 +172,9 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 		s.SpliceStranded += p.SpliceStranded
 		s.HandoverWaits += p.HandoverWaits
 		s.Handovers += p.Handovers
-		s.Refused += p.Refused
-		s.Unclassified += p.Unclassified
+		s.RemotePeers += p.RemotePeers
+		s.UnsafePairs += p.UnsafePairs
+		s.DirtyMarks += p.DirtyMarks
 	}
 	return s, nil
 }

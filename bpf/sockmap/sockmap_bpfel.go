@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type bpfCgroupState uint32
+
+const (
+	bpfCgroupStateCG_ENROLLED bpfCgroupState = 1
+	bpfCgroupStateCG_SAFE     bpfCgroupState = 2
+)
+
 type bpfExeKey struct {
 	_   structs.HostLayout
 	Ino uint64
@@ -27,6 +34,15 @@ const (
 	bpfExeVerdictEXE_UNSAFE bpfExeVerdict = 2
 )
 
+type bpfExecEvent struct {
+	_        structs.HostLayout
+	Pid      uint32
+	Pad      uint32
+	Cgroup   uint64
+	Exe      bpfExeKey
+	Filename [256]int8
+}
+
 type bpfFpStats struct {
 	_              structs.HostLayout
 	SocksAdded     uint64
@@ -40,17 +56,27 @@ type bpfFpStats struct {
 	SpliceStranded uint64
 	HandoverWaits  uint64
 	Handovers      uint64
-	Refused        uint64
-	Unclassified   uint64
+	RemotePeers    uint64
+	UnsafePairs    uint64
+	DirtyMarks     uint64
+	EventsLost     uint64
+}
+
+type bpfListenerKey struct {
+	_     structs.HostLayout
+	Netns uint64
+	Port  uint16
+	Pad1  uint16
+	Pad2  uint32
 }
 
 type bpfSockFlags uint32
 
 const (
-	bpfSockFlagsSOCK_F_REFUSED     bpfSockFlags = 1
+	bpfSockFlagsSOCK_F_ELIGIBLE    bpfSockFlags = 1
 	bpfSockFlagsSOCK_F_HANDED_OVER bpfSockFlags = 2
-	bpfSockFlagsSOCK_F_PUBLISHED   bpfSockFlags = 4
-	bpfSockFlagsSOCK_F_RECEIVING   bpfSockFlags = 8
+	bpfSockFlagsSOCK_F_RECEIVING   bpfSockFlags = 4
+	bpfSockFlagsSOCK_F_SPLICED     bpfSockFlags = 8
 )
 
 type bpfSockKey struct {
@@ -76,6 +102,22 @@ type bpfSockState struct {
 	ReadySeq uint32
 }
 
+type bpfSynKey struct {
+	_     structs.HostLayout
+	Local struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Remote struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Lport uint16
+	Rport uint16
+	Pad   uint32
+	Netns uint64
+}
+
 type bpfTarget struct {
 	_          structs.HostLayout
 	ReadySeq   uint32
@@ -86,17 +128,24 @@ type bpfTarget struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapSmFpCgroups  = "sm_fp_cgroups"
-	bpfMapSmFpExes     = "sm_fp_exes"
-	bpfMapSmFpHold     = "sm_fp_hold"
-	bpfMapSmFpKeys     = "sm_fp_keys"
-	bpfMapSmFpSock     = "sm_fp_sock"
-	bpfMapSmFpSocks    = "sm_fp_socks"
-	bpfMapSmFpStats    = "sm_fp_stats"
-	bpfMapSmFpTargets  = "sm_fp_targets"
-	bpfProgSmFpMsg     = "sm_fp_msg"
-	bpfProgSmFpSockops = "sm_fp_sockops"
-	bpfProgSmFpSplice  = "sm_fp_splice"
+	bpfMapSmFpCgroups     = "sm_fp_cgroups"
+	bpfMapSmFpDirty       = "sm_fp_dirty"
+	bpfMapSmFpEvents      = "sm_fp_events"
+	bpfMapSmFpExes        = "sm_fp_exes"
+	bpfMapSmFpHold        = "sm_fp_hold"
+	bpfMapSmFpKeys        = "sm_fp_keys"
+	bpfMapSmFpListeners   = "sm_fp_listeners"
+	bpfMapSmFpSock        = "sm_fp_sock"
+	bpfMapSmFpSocks       = "sm_fp_socks"
+	bpfMapSmFpStats       = "sm_fp_stats"
+	bpfMapSmFpSyns        = "sm_fp_syns"
+	bpfMapSmFpTargets     = "sm_fp_targets"
+	bpfProgSmFpAttach     = "sm_fp_attach"
+	bpfProgSmFpExec       = "sm_fp_exec"
+	bpfProgSmFpMsg        = "sm_fp_msg"
+	bpfProgSmFpSockops    = "sm_fp_sockops"
+	bpfProgSmFpSplice     = "sm_fp_splice"
+	bpfVarUnusedExecEvent = "unused_exec_event"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -141,6 +190,8 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	SmFpAttach  *ebpf.ProgramSpec `ebpf:"sm_fp_attach"`
+	SmFpExec    *ebpf.ProgramSpec `ebpf:"sm_fp_exec"`
 	SmFpMsg     *ebpf.ProgramSpec `ebpf:"sm_fp_msg"`
 	SmFpSockops *ebpf.ProgramSpec `ebpf:"sm_fp_sockops"`
 	SmFpSplice  *ebpf.ProgramSpec `ebpf:"sm_fp_splice"`
@@ -150,20 +201,25 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	SmFpCgroups *ebpf.MapSpec `ebpf:"sm_fp_cgroups"`
-	SmFpExes    *ebpf.MapSpec `ebpf:"sm_fp_exes"`
-	SmFpHold    *ebpf.MapSpec `ebpf:"sm_fp_hold"`
-	SmFpKeys    *ebpf.MapSpec `ebpf:"sm_fp_keys"`
-	SmFpSock    *ebpf.MapSpec `ebpf:"sm_fp_sock"`
-	SmFpSocks   *ebpf.MapSpec `ebpf:"sm_fp_socks"`
-	SmFpStats   *ebpf.MapSpec `ebpf:"sm_fp_stats"`
-	SmFpTargets *ebpf.MapSpec `ebpf:"sm_fp_targets"`
+	SmFpCgroups   *ebpf.MapSpec `ebpf:"sm_fp_cgroups"`
+	SmFpDirty     *ebpf.MapSpec `ebpf:"sm_fp_dirty"`
+	SmFpEvents    *ebpf.MapSpec `ebpf:"sm_fp_events"`
+	SmFpExes      *ebpf.MapSpec `ebpf:"sm_fp_exes"`
+	SmFpHold      *ebpf.MapSpec `ebpf:"sm_fp_hold"`
+	SmFpKeys      *ebpf.MapSpec `ebpf:"sm_fp_keys"`
+	SmFpListeners *ebpf.MapSpec `ebpf:"sm_fp_listeners"`
+	SmFpSock      *ebpf.MapSpec `ebpf:"sm_fp_sock"`
+	SmFpSocks     *ebpf.MapSpec `ebpf:"sm_fp_socks"`
+	SmFpStats     *ebpf.MapSpec `ebpf:"sm_fp_stats"`
+	SmFpSyns      *ebpf.MapSpec `ebpf:"sm_fp_syns"`
+	SmFpTargets   *ebpf.MapSpec `ebpf:"sm_fp_targets"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	UnusedExecEvent *ebpf.VariableSpec `ebpf:"unused_exec_event"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -186,25 +242,33 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	SmFpCgroups *ebpf.Map `ebpf:"sm_fp_cgroups"`
-	SmFpExes    *ebpf.Map `ebpf:"sm_fp_exes"`
-	SmFpHold    *ebpf.Map `ebpf:"sm_fp_hold"`
-	SmFpKeys    *ebpf.Map `ebpf:"sm_fp_keys"`
-	SmFpSock    *ebpf.Map `ebpf:"sm_fp_sock"`
-	SmFpSocks   *ebpf.Map `ebpf:"sm_fp_socks"`
-	SmFpStats   *ebpf.Map `ebpf:"sm_fp_stats"`
-	SmFpTargets *ebpf.Map `ebpf:"sm_fp_targets"`
+	SmFpCgroups   *ebpf.Map `ebpf:"sm_fp_cgroups"`
+	SmFpDirty     *ebpf.Map `ebpf:"sm_fp_dirty"`
+	SmFpEvents    *ebpf.Map `ebpf:"sm_fp_events"`
+	SmFpExes      *ebpf.Map `ebpf:"sm_fp_exes"`
+	SmFpHold      *ebpf.Map `ebpf:"sm_fp_hold"`
+	SmFpKeys      *ebpf.Map `ebpf:"sm_fp_keys"`
+	SmFpListeners *ebpf.Map `ebpf:"sm_fp_listeners"`
+	SmFpSock      *ebpf.Map `ebpf:"sm_fp_sock"`
+	SmFpSocks     *ebpf.Map `ebpf:"sm_fp_socks"`
+	SmFpStats     *ebpf.Map `ebpf:"sm_fp_stats"`
+	SmFpSyns      *ebpf.Map `ebpf:"sm_fp_syns"`
+	SmFpTargets   *ebpf.Map `ebpf:"sm_fp_targets"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.SmFpCgroups,
+		m.SmFpDirty,
+		m.SmFpEvents,
 		m.SmFpExes,
 		m.SmFpHold,
 		m.SmFpKeys,
+		m.SmFpListeners,
 		m.SmFpSock,
 		m.SmFpSocks,
 		m.SmFpStats,
+		m.SmFpSyns,
 		m.SmFpTargets,
 	)
 }
@@ -213,12 +277,15 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	UnusedExecEvent *ebpf.Variable `ebpf:"unused_exec_event"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	SmFpAttach  *ebpf.Program `ebpf:"sm_fp_attach"`
+	SmFpExec    *ebpf.Program `ebpf:"sm_fp_exec"`
 	SmFpMsg     *ebpf.Program `ebpf:"sm_fp_msg"`
 	SmFpSockops *ebpf.Program `ebpf:"sm_fp_sockops"`
 	SmFpSplice  *ebpf.Program `ebpf:"sm_fp_splice"`
@@ -226,6 +293,8 @@ type bpfPrograms struct {
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.SmFpAttach,
+		p.SmFpExec,
 		p.SmFpMsg,
 		p.SmFpSockops,
 		p.SmFpSplice,

@@ -1,13 +1,11 @@
 package dataplane
 
 import (
-	"bufio"
 	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -101,37 +99,74 @@ func importsAny(path string, names []string) (string, error) {
 	return "", nil
 }
 
-// exeKeyOf names the executable of process pid as the kernel does (inode
-// and kernel device number).
-func exeKeyOf(pid int) (sockmap.ExeKey, error) {
+// exeKeyOf names the file at path as the kernel does (inode and kernel
+// device number).
+func exeKeyOf(path string) (sockmap.ExeKey, error) {
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/exe", &st); err != nil {
+	if err := unix.Stat(path, &st); err != nil {
 		return sockmap.ExeKey{}, err
 	}
 	return sockmap.ExeKey{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}, nil
 }
 
-// mappedObjects returns paths to read the executable of process pid and
-// the shared objects mapped into it, through the process's own root.
-func mappedObjects(pid int) (exe string, libs []string, err error) {
-	proc := "/proc/" + strconv.Itoa(pid)
-	f, err := os.Open(proc + "/maps")
-	if err != nil {
-		return "", nil, err
-	}
-	defer f.Close()
+// neededLibs returns the shared objects the ELF executable at exe needs,
+// directly or through each other (DT_NEEDED), found as the dynamic loader
+// would in the file system rooted at root: DT_RUNPATH/DT_RPATH, then the
+// usual directories. Libraries loaded later with dlopen are not known here
+// (the splice watch remains for them). A library it cannot find is an
+// error: its imports cannot be judged.
+func neededLibs(root, exe string) ([]string, error) {
+	var libs []string
 	seen := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// address perms offset dev inode path
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 6 || !strings.HasPrefix(fields[5], "/") || seen[fields[5]] {
-			continue
+	queue := []string{exe}
+	for len(queue) > 0 {
+		obj := queue[0]
+		queue = queue[1:]
+		f, err := elf.Open(obj)
+		if err != nil {
+			return nil, err
 		}
-		seen[fields[5]] = true
-		if strings.Contains(fields[5], ".so") {
-			libs = append(libs, proc+"/root"+fields[5])
+		needed, _ := f.ImportedLibraries()
+		var dirs []string
+		for _, tag := range []elf.DynTag{elf.DT_RUNPATH, elf.DT_RPATH} {
+			paths, _ := f.DynString(tag)
+			for _, p := range paths {
+				for _, d := range strings.Split(p, ":") {
+					// $ORIGIN is the object's directory, inside root.
+					origin := strings.TrimPrefix(filepath.Dir(obj), root)
+					dirs = append(dirs, strings.NewReplacer("$ORIGIN", origin, "${ORIGIN}", origin).Replace(d))
+				}
+			}
+		}
+		f.Close()
+		dirs = append(dirs, libDirs...)
+		for _, name := range needed {
+			if seen[name] {
+				continue
+			}
+			seen[name] = true
+			path := ""
+			for _, d := range dirs {
+				if p := filepath.Join(root, d, name); fileExists(p) {
+					path = p
+					break
+				}
+			}
+			if path == "" {
+				return nil, fmt.Errorf("%s: library %s not found", filepath.Base(exe), name)
+			}
+			libs = append(libs, path)
+			queue = append(queue, path)
 		}
 	}
-	return proc + "/exe", libs, sc.Err()
+	return libs, nil
+}
+
+// libDirs are where the dynamic loader looks after an object's own paths
+// (Debian's multiarch directories first).
+var libDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
 }

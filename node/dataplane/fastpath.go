@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/sockmesh/sockmesh/bpf/sockmap"
 )
@@ -30,9 +33,12 @@ type FastPath struct {
 	links        []link.Link
 	enrolled     map[uint64]string // cgroup id -> path
 	enrollErrors uint64
-	exes         map[sockmap.ExeKey]sockmap.ExeVerdict // written to sm_fp_exes
+	exes         map[sockmap.ExeKey]sockmap.ExeVerdict // classified by this instance
 	exeErrors    uint64
-	pids         map[int]sockmap.ExeKey // processes seen by ClassifyProcs
+
+	classifyMu sync.Mutex // one judge at a time: the scan or an event
+	events     *ringbuf.Reader
+	eventsDone chan struct{}
 }
 
 // OpenFastPath loads the fast path programs, adopts what a previous instance
@@ -47,7 +53,7 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
 	f := &FastPath{cfg: cfg, log: log, objs: objs, enrolled: map[uint64]string{},
-		exes: map[sockmap.ExeKey]sockmap.ExeVerdict{}, pids: map[int]sockmap.ExeKey{}}
+		exes: map[sockmap.ExeKey]sockmap.ExeVerdict{}}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -55,7 +61,7 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 	}()
 	var cgID uint64
 	it := objs.SmFpCgroups.Iterate()
-	var v uint8
+	var v sockmap.CgroupState
 	for it.Next(&cgID, &v) {
 		f.enrolled[cgID] = ""
 	}
@@ -63,13 +69,18 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 		return nil, fmt.Errorf("dataplane: read enrolled cgroups: %w", err)
 	}
 	// sk_msg first, so every socket sockops adds gets the redirect program;
-	// then the splice watch, then sockops, which starts adding sockets.
+	// then the tracepoints, then sockops, which starts adding sockets.
 	if err := sockmap.AttachMsg(objs); err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
-	if err := f.attachSpliceWatch(); err != nil {
+	if err := f.attachTracepoints(); err != nil {
 		return nil, err
 	}
+	if f.events, err = ringbuf.NewReader(objs.SmFpEvents); err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	f.eventsDone = make(chan struct{})
+	go f.readEvents()
 	links, err := cfg.attachCgroup([]cgroupAttachment{{sockmap.ProgSockops, ebpf.AttachCGroupSockOps, objs.SmFpSockops}}, log)
 	f.links = append(f.links, links...)
 	if err != nil {
@@ -78,22 +89,24 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 	return f, nil
 }
 
-// attachSpliceWatch attaches the splice tracepoint program and pins its
-// link. A raw tracepoint link cannot be updated in place, so a link pinned
+// attachTracepoints attaches the raw tracepoint programs and pins their
+// links. A raw tracepoint link cannot be updated in place, so a link pinned
 // by a previous run is replaced after the new one is attached: for a moment
 // both run, which is harmless (they write the same maps the same way).
-func (f *FastPath) attachSpliceWatch() error {
-	pin := filepath.Join(f.cfg.linkDir(), sockmap.ProgSplice)
-	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: sockmap.SpliceTracepoint, Program: f.objs.SmFpSplice})
-	if err != nil {
-		return fmt.Errorf("dataplane: attach %s: %w", sockmap.ProgSplice, err)
-	}
-	f.links = append(f.links, l)
-	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("dataplane: replace pinned link %s: %w", pin, err)
-	}
-	if err := l.Pin(pin); err != nil {
-		return fmt.Errorf("dataplane: pin link %s: %w", pin, err)
+func (f *FastPath) attachTracepoints() error {
+	for _, tp := range sockmap.Tracepoints {
+		pin := filepath.Join(f.cfg.linkDir(), tp.Name)
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.Event, Program: tp.Program(f.objs)})
+		if err != nil {
+			return fmt.Errorf("dataplane: attach %s to %s: %w", tp.Name, tp.Event, err)
+		}
+		f.links = append(f.links, l)
+		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("dataplane: replace pinned link %s: %w", pin, err)
+		}
+		if err := l.Pin(pin); err != nil {
+			return fmt.Errorf("dataplane: pin link %s: %w", pin, err)
+		}
 	}
 	return nil
 }
@@ -101,7 +114,7 @@ func (f *FastPath) attachSpliceWatch() error {
 // DisableFastPath undoes a fast path a previous instance left in
 // cfg.PinDir, for an agent started without it: no new socket joins (the
 // sockops link goes), while sockets already on it keep working and keep
-// their splice watch until they close. Their maps and the splice watch
+// their splice watch until they close. Their maps and the tracepoints
 // stay pinned while any such socket is left; the next run, or Cleanup,
 // removes them.
 func DisableFastPath(cfg Config) error {
@@ -125,7 +138,10 @@ func DisableFastPath(cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("dataplane: %w", err)
 	}
-	paths := []string{filepath.Join(links, sockmap.ProgSplice)}
+	var paths []string
+	for _, tp := range sockmap.Tracepoints {
+		paths = append(paths, filepath.Join(links, tp.Name))
+	}
 	for _, m := range names {
 		paths = append(paths, filepath.Join(cfg.mapDir(), m))
 	}
@@ -150,7 +166,7 @@ func (f *FastPath) Enroll(ids map[uint64]string) error {
 			f.enrolled[id] = path
 			continue
 		}
-		if err := f.objs.SmFpCgroups.Put(id, uint8(1)); err != nil {
+		if err := f.objs.SmFpCgroups.Put(id, sockmap.CgroupEnrolled); err != nil {
 			errs = append(errs, fmt.Errorf("enroll cgroup %s: %w", path, err))
 			continue
 		}
@@ -175,7 +191,6 @@ func (f *FastPath) Enroll(ids map[uint64]string) error {
 // (see ClassifyProcs).
 func (f *FastPath) EnrollTree(root string) error {
 	ids := map[uint64]string{}
-	var dirs []string
 	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) && path != root {
@@ -192,37 +207,45 @@ func (f *FastPath) EnrollTree(root string) error {
 		}
 		if st, ok := info.Sys().(*syscall.Stat_t); ok {
 			ids[st.Ino] = path // a cgroup's id is its inode number
-			dirs = append(dirs, path)
 		}
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("dataplane: walk cgroups under %s: %w", root, err)
 	}
-	return errors.Join(f.Enroll(ids), f.ClassifyProcs(dirs))
+	return errors.Join(f.Enroll(ids), f.ClassifyProcs(ids))
 }
 
-// ClassifyProcs makes sure the executable of every process in the cgroup
-// directories dirs has a verdict in sm_fp_exes: safe if it cannot splice
-// from a socket (SpliceRisk), unsafe otherwise. Until it has one, its
-// sockets receive nothing redirected. A verdict already in the map is
-// kept: the splice tracepoint's "unsafe" is the better knowledge.
+// ClassifyProcs judges every enrolled cgroup in ids (id -> directory) by
+// its processes (rule 1 of bpf/sockmap): safe, and so its sockets may
+// receive redirected data, only if every process runs an executable that
+// cannot splice from a socket (SpliceRisk). Each executable gets its
+// verdict in sm_fp_exes once; a verdict already there is kept, as the
+// splice tracepoint's "unsafe" is the better knowledge.
 //
-// A process seen before costs one stat of /proc/PID/exe (which also notices
-// an exec); only a new executable is read.
-func (f *FastPath) ClassifyProcs(dirs []string) error {
+// A cgroup's dirty mark is cleared before its processes are read: an exec
+// or a move into it after that marks it again, so a verdict computed from
+// a stale list never stands. A process seen before costs a stat of
+// /proc/PID/exe and a map lookup.
+func (f *FastPath) ClassifyProcs(ids map[uint64]string) error {
+	f.classifyMu.Lock()
+	defer f.classifyMu.Unlock()
+	return f.classifyProcsLocked(ids)
+}
+
+func (f *FastPath) classifyProcsLocked(ids map[uint64]string) error {
 	var errs []error
-	seen := map[int]bool{}
-	defer func() {
+	for id, dir := range ids {
 		f.mu.Lock()
-		for pid := range f.pids {
-			if !seen[pid] {
-				delete(f.pids, pid)
-			}
-		}
+		_, enrolled := f.enrolled[id]
 		f.mu.Unlock()
-	}()
-	for _, dir := range dirs {
+		if !enrolled {
+			continue
+		}
+		if err := f.objs.SmFpDirty.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("clear dirty mark of %s: %w", dir, err))
+			continue
+		}
 		data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
@@ -230,65 +253,143 @@ func (f *FastPath) ClassifyProcs(dirs []string) error {
 			}
 			continue
 		}
+		state := sockmap.CgroupSafe
 		for _, field := range strings.Fields(string(data)) {
 			pid, err := strconv.Atoi(field)
 			if err != nil {
 				continue
 			}
-			seen[pid] = true
-			if err := f.classify(pid); err != nil {
+			v, err := f.classify(pid)
+			if err != nil {
 				errs = append(errs, err)
+				state = sockmap.CgroupEnrolled
+			} else if v != sockmap.ExeSafe {
+				state = sockmap.CgroupEnrolled
 			}
+		}
+		if err := f.objs.SmFpCgroups.Update(id, state, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, fmt.Errorf("cgroup %s: %w", dir, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (f *FastPath) classify(pid int) error {
-	key, err := exeKeyOf(pid)
-	if err == nil {
-		f.mu.Lock()
-		_, known := f.exes[key]
-		if known {
-			f.pids[pid] = key
-		}
-		f.mu.Unlock()
-		if known {
-			return nil
-		}
-	}
-	var exe string
-	var libs []string
-	if err == nil {
-		exe, libs, err = mappedObjects(pid)
-	}
+// classify returns the verdict on process pid's executable, reading the
+// executable if it is new. A process that is gone, or a kernel thread,
+// counts as safe: it opens no socket.
+func (f *FastPath) classify(pid int) (sockmap.ExeVerdict, error) {
+	proc := "/proc/" + strconv.Itoa(pid)
+	key, err := exeKeyOf(proc + "/exe")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ESRCH) {
-			return nil // exited, or a kernel thread
+			return sockmap.ExeSafe, nil
 		}
-		return fmt.Errorf("classify pid %d: %w", pid, err)
+		return 0, fmt.Errorf("classify pid %d: %w", pid, err)
 	}
-	risky, why := SpliceRisk(exe, libs)
-	verdict := sockmap.ExeSafe
+	return f.judge(key, proc+"/exe", proc+"/root")
+}
+
+// judge returns the verdict on the executable key, found at path in the
+// file system rooted at root, reading it if sm_fp_exes has none.
+func (f *FastPath) judge(key sockmap.ExeKey, path, root string) (sockmap.ExeVerdict, error) {
+	var verdict sockmap.ExeVerdict
+	if err := f.objs.SmFpExes.Lookup(key, &verdict); err == nil {
+		return verdict, nil
+	}
+	target, err := os.Readlink(path)
+	if err != nil {
+		target = path
+	}
+	var risky bool
+	var why string
+	libs, err := neededLibs(root, path)
+	if err != nil {
+		risky, why = true, err.Error()
+	} else {
+		risky, why = SpliceRisk(path, libs)
+	}
+	verdict = sockmap.ExeSafe
 	if risky {
 		verdict = sockmap.ExeUnsafe
 	}
-	target, _ := os.Readlink(exe)
 	err = f.objs.SmFpExes.Update(key, verdict, ebpf.UpdateNoExist)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+	if errors.Is(err, ebpf.ErrKeyExist) {
+		// Judged meanwhile, perhaps by the splice tracepoint: that stands.
+		err = f.objs.SmFpExes.Lookup(key, &verdict)
+	}
+	if err != nil {
 		f.mu.Lock()
 		f.exeErrors++
 		f.mu.Unlock()
-		return fmt.Errorf("classify %s: %w", target, err)
+		return 0, fmt.Errorf("classify %s: %w", target, err)
 	}
-	if err == nil {
-		f.log.Info("fast path: executable classified", "exe", target, "pid", pid, "receives", !risky, "why", why)
-	}
+	f.log.Info("fast path: executable classified", "exe", target, "receives", !risky, "why", why)
 	f.mu.Lock()
 	f.exes[key] = verdict
-	f.pids[pid] = key
 	f.mu.Unlock()
-	return nil
+	return verdict, nil
+}
+
+// readEvents judges, as they come, the executables the exec and
+// cgroup-attach tracepoints report (sm_fp_events), and looks at their
+// cgroups again, so a cgroup made dirty by a program started in it is
+// safe again within milliseconds if the program is, not at the next scan.
+func (f *FastPath) readEvents() {
+	defer close(f.eventsDone)
+	for {
+		rec, err := f.events.Read()
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				f.log.Warn("fast path: reading exec events", "error", err)
+			}
+			return
+		}
+		var ev sockmap.ExecEvent
+		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.LittleEndian, &ev); err != nil {
+			f.log.Warn("fast path: bad exec event", "error", err)
+			continue
+		}
+		f.judgeEvent(ev)
+	}
+}
+
+func (f *FastPath) judgeEvent(ev sockmap.ExecEvent) {
+	proc := "/proc/" + strconv.Itoa(int(ev.Pid))
+	name := make([]byte, 0, len(ev.Filename))
+	for _, c := range ev.Filename {
+		if c == 0 {
+			break
+		}
+		name = append(name, byte(c))
+	}
+	// The file execve was given, in the process's root; or what the
+	// process runs now, if that is still the same file.
+	var candidates []string
+	if strings.HasPrefix(string(name), "/") {
+		candidates = append(candidates, proc+"/root"+string(name))
+	}
+	var path string
+	for _, p := range append(candidates, proc+"/exe") {
+		if k, err := exeKeyOf(p); err == nil && k == ev.Exe {
+			path = p
+			break
+		}
+	}
+	f.classifyMu.Lock()
+	defer f.classifyMu.Unlock()
+	if path != "" {
+		if _, err := f.judge(ev.Exe, path, proc+"/root"); err != nil {
+			f.log.Warn("fast path: judging an executable", "error", err)
+		}
+	}
+	f.mu.Lock()
+	dir, ok := f.enrolled[ev.Cgroup]
+	f.mu.Unlock()
+	if ok && dir != "" {
+		if err := f.classifyProcsLocked(map[uint64]string{ev.Cgroup: dir}); err != nil {
+			f.log.Debug("fast path: judging a cgroup", "cgroup", dir, "error", err)
+		}
+	}
 }
 
 // Enrolled returns the enrolled cgroups' paths by id.
@@ -362,6 +463,11 @@ func (f *FastPath) Dump() (FastPathCounters, error) {
 
 // Close releases this process's handles; pins stay (see Dataplane.Close).
 func (f *FastPath) Close() error {
+	if f.events != nil {
+		f.events.Close()
+		<-f.eventsDone
+		f.events = nil
+	}
 	for _, l := range f.links {
 		l.Close()
 	}

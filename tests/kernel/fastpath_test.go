@@ -2,6 +2,8 @@ package kernel
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,28 +50,41 @@ func openFastPath(t *testing.T, cg string) (*dataplane.FastPath, string) {
 	return fp, pin
 }
 
-// setOwnExe stores a verdict for this test binary in sm_fp_exes. The agent
-// classifies it as unsafe (it links io.Copy's splice): a test that needs
-// redirects between its own sockets says "safe" for a while, and the splice
-// backstop is tested by a program misjudged that way.
-func setOwnExe(t *testing.T, pin string, v sockmap.ExeVerdict) {
+// setSafe says in sm_fp_cgroups whether the test's cgroup is safe (its
+// sockets may receive redirected data) and clears its dirty mark. The agent
+// judges it unsafe, as this test binary links io.Copy's splice: a test
+// that needs redirects between its own sockets says "safe" for a while, and
+// the splice backstop is tested by a cgroup misjudged that way.
+func setSafe(t *testing.T, pin, cg string, safe bool) {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", sockmap.MapExes), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
 	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/exe", &st); err != nil {
+	if err := unix.Stat(cg, &st); err != nil {
 		t.Fatal(err)
 	}
-	key := sockmap.ExeKey{Ino: st.Ino, Dev: unix.Major(st.Dev)<<20 | unix.Minor(st.Dev)}
-	var was sockmap.ExeVerdict
-	if err := m.Lookup(key, &was); err != nil {
-		t.Fatalf("the agent did not classify the test binary: %v", err)
-	}
-	if err := m.Put(key, v); err != nil {
-		t.Fatal(err)
+	for name, fn := range map[string]func(*ebpf.Map) error{
+		"sm_fp_cgroups": func(m *ebpf.Map) error {
+			v := sockmap.CgroupEnrolled
+			if safe {
+				v = sockmap.CgroupSafe
+			}
+			return m.Update(st.Ino, v, ebpf.UpdateExist)
+		},
+		"sm_fp_dirty": func(m *ebpf.Map) error {
+			if err := m.Delete(st.Ino); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+			return nil
+		},
+	} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = fn(m)
+		m.Close()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
 	}
 }
 
@@ -114,7 +130,7 @@ func TestFastPathLoopback(t *testing.T) {
 		if c := fpCounters(t, fp); c.Executables != 1 {
 			t.Fatalf("%d executables classified, want 1 (this test)", c.Executables)
 		}
-		setOwnExe(t, pin, sockmap.ExeSafe)
+		setSafe(t, pin, cg, true)
 		go func() {
 			c, err := early.Accept()
 			if err != nil {
@@ -143,8 +159,10 @@ func TestFastPathLoopback(t *testing.T) {
 			return nil
 		})
 		ec.Close()
-		if c := fpCounters(t, fp); c.SocksAdded != 2 || c.RedirectMsgs != 5 {
-			t.Fatalf("listener from before the fast path: %d sockets added, %d messages redirected; want 2 and 5", c.SocksAdded, c.RedirectMsgs)
+		// Both ends are published as targets when they join: every
+		// message goes socket to socket.
+		if c := fpCounters(t, fp); c.SocksAdded != 2 || c.RedirectMsgs != 6 {
+			t.Fatalf("listener from before the fast path: %d sockets added, %d messages redirected; want 2 and 6", c.SocksAdded, c.RedirectMsgs)
 		}
 
 		// Sockets of a cgroup that is not enrolled stay off the fast path.
@@ -162,6 +180,7 @@ func TestFastPathLoopback(t *testing.T) {
 		if err := fp.EnrollTree(cg); err != nil {
 			t.Fatal(err)
 		}
+		setSafe(t, pin, cg, true)
 
 		echo, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -211,11 +230,8 @@ func TestFastPathLoopback(t *testing.T) {
 		})
 		after := fpCounters(t, fp)
 		t.Logf("echo: %+v", after)
-		// The server becomes a target at its first send, so the client's
-		// first message takes the normal path and every later one, in
-		// both directions, is redirected.
-		if got := after.RedirectMsgs - before.RedirectMsgs; got != 199 {
-			t.Errorf("%d messages redirected for 100 round trips, want 199", got)
+		if got := after.RedirectMsgs - before.RedirectMsgs; got != 200 {
+			t.Errorf("%d messages redirected for 100 round trips, want 200", got)
 		}
 		if after.Sockets < 2 {
 			t.Errorf("%d sockets on the fast path, want both ends", after.Sockets)
@@ -223,9 +239,9 @@ func TestFastPathLoopback(t *testing.T) {
 		conn.Close()
 
 		// A proxy copying with io.Copy both ways: TCPConn.ReadFrom splices.
-		// This binary is what the agent says, a program that splices: its
-		// sockets never become targets.
-		setOwnExe(t, pin, sockmap.ExeUnsafe)
+		// This binary is what the agent says, a program that splices:
+		// between two sockets of an unsafe cgroup nothing joins.
+		setSafe(t, pin, cg, false)
 		proxy, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -271,9 +287,9 @@ func TestFastPathLoopback(t *testing.T) {
 		cl.Close()
 		c := fpCounters(t, fp)
 		t.Logf("proxy: %+v", c)
-		if c.Targets != after.Targets || c.Refused == after.Refused {
-			t.Errorf("proxy sockets: targets %d -> %d, refused %d -> %d; want no new target, some refused",
-				after.Targets, c.Targets, after.Refused, c.Refused)
+		if c.SocksAdded != after.SocksAdded || c.UnsafePairs < after.UnsafePairs+4 {
+			t.Errorf("proxy sockets: added %d -> %d, unsafe pairs %d -> %d; want none added, 4 unsafe ends",
+				after.SocksAdded, c.SocksAdded, after.UnsafePairs, c.UnsafePairs)
 		}
 
 		// The proxy's copies must be over, or their next splice marks
@@ -282,7 +298,7 @@ func TestFastPathLoopback(t *testing.T) {
 		// The backstop: a program judged safe that splices anyway. Its
 		// target socket stops being one at the splice; what follows
 		// arrives through TCP, in order.
-		setOwnExe(t, pin, sockmap.ExeSafe)
+		setSafe(t, pin, cg, true)
 		srv, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -351,6 +367,9 @@ func TestFastPathLoopback(t *testing.T) {
 		}(); err != nil || v != sockmap.ExeUnsafe {
 			t.Errorf("after the splice the binary's verdict is %v (%v), want unsafe", v, err)
 		}
+		if c.DirtyMarks == 0 {
+			t.Errorf("the splice did not mark the cgroup dirty")
+		}
 
 		// sendfile from a file into a fast-path socket.
 		f, err := os.CreateTemp(t.TempDir(), "sendfile")
@@ -385,7 +404,7 @@ func TestFastPathLoopback(t *testing.T) {
 func TestFastPathDisable(t *testing.T) {
 	isolated(t, func(cg string) {
 		fp, pin := openFastPath(t, cg)
-		setOwnExe(t, pin, sockmap.ExeSafe)
+		setSafe(t, pin, cg, true)
 		cfg := dataplane.Config{PinDir: pin, Cgroup: cg}
 		stats := func() sockmap.Stats {
 			t.Helper()
@@ -476,12 +495,22 @@ func TestFastPathDisable(t *testing.T) {
 
 // TestFastPathOrder: bytes sent through TCP before the receiver became a
 // redirect target, and not read yet, are read before bytes redirected
-// afterwards. (tcp_bpf's recvmsg reads the redirect queue first.)
+// afterwards. (tcp_bpf's recvmsg reads the redirect queue first.) The
+// listener defers accepts until data arrives (TCP_DEFER_ACCEPT), so the
+// client's first bytes travel through TCP before the server's socket
+// exists; the server then answers without reading them.
 func TestFastPathOrder(t *testing.T) {
 	isolated(t, func(cg string) {
-		_, pin := openFastPath(t, cg)
-		setOwnExe(t, pin, sockmap.ExeSafe)
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		fp, pin := openFastPath(t, cg)
+		setSafe(t, pin, cg, true)
+		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_DEFER_ACCEPT, 1)
+			})
+			return errors.Join(err, serr)
+		}}
+		lis, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -491,14 +520,14 @@ func TestFastPathOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer cl.Close()
+		cl.Write([]byte("A")) // the server socket does not exist yet: TCP
 		sv, err := lis.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer sv.Close()
 		withDeadline(t, 10*time.Second, "pipelined", func() error {
-			cl.Write([]byte("A")) // the server is no target yet: TCP
-			sv.Write([]byte("g")) // the server's first send
+			sv.Write([]byte("g")) // "A" is still unread
 			if _, err := io.ReadFull(cl, make([]byte, 1)); err != nil {
 				return err
 			}
@@ -510,8 +539,25 @@ func TestFastPathOrder(t *testing.T) {
 			if string(got) != "AB" {
 				return fmt.Errorf("server read %q, want \"AB\"", got)
 			}
+			// Now the server has read everything: its next send says
+			// so, and the client's next bytes go socket to socket.
+			sv.Write([]byte("h"))
+			if _, err := io.ReadFull(cl, make([]byte, 1)); err != nil {
+				return err
+			}
+			before := fpCounters(t, fp).RedirectMsgs
+			cl.Write([]byte("C"))
+			if _, err := io.ReadFull(sv, got[:1]); err != nil || got[0] != 'C' {
+				return fmt.Errorf("server read %q (%v), want \"C\"", got[:1], err)
+			}
+			if fpCounters(t, fp).RedirectMsgs == before {
+				return fmt.Errorf("the client's bytes still take TCP after the server caught up")
+			}
 			return nil
 		})
+		if c := fpCounters(t, fp); c.HandoverWaits == 0 || c.SocksAdded != 2 {
+			t.Errorf("want both ends on the fast path and the client waiting for a handover: %+v", c)
+		}
 	})
 }
 
@@ -593,7 +639,7 @@ func waitClean(t *testing.T, fp *dataplane.FastPath) {
 func TestFastPathBehaviour(t *testing.T) {
 	isolated(t, func(cg string) {
 		fp, pin := openFastPath(t, cg)
-		setOwnExe(t, pin, sockmap.ExeSafe)
+		setSafe(t, pin, cg, true)
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -731,7 +777,7 @@ func TestFastPathBehaviour(t *testing.T) {
 func TestFastPathAgentRestart(t *testing.T) {
 	isolated(t, func(cg string) {
 		fp, pin := openFastPath(t, cg)
-		setOwnExe(t, pin, sockmap.ExeSafe)
+		setSafe(t, pin, cg, true)
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -772,6 +818,7 @@ func TestFastPathAgentRestart(t *testing.T) {
 		if err := fp2.EnrollTree(cg); err != nil {
 			t.Fatal(err)
 		}
+		setSafe(t, pin, cg, true) // the new instance judged this binary again
 		pingPong(old, "after the restart")
 		mid := fpCounters(t, fp2)
 		if got := mid.RedirectMsgs - before.RedirectMsgs; got < 200 {
