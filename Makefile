@@ -52,7 +52,7 @@ generate-check: generate ## regenerate and fail if the committed output differs
 	@test -z "$$(git status --porcelain -- bpf/)" || { git status --porcelain -- bpf/; echo "untracked generated files"; exit 1; }
 
 bench: deps-test ## benchmarks: sockmesh vs direct, interleaved, reported as ratios (root)
-	$(GO) test -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./tests/bench/
+	$(GO) test -v -count=1 -run '^$$' -bench . -benchtime 1x -timeout 30m ./tests/bench/
 
 clean: ## remove build output
 	rm -rf bin

@@ -56,8 +56,6 @@ func TestFastPathAcrossPods(t *testing.T) {
 	client := tp.Pod("client", true)
 	spliced := tp.Pod("spliced", true)
 	plain := tp.Pod("plain", true)
-	spliced.Serve("spliced", []int{8080}, nil)
-	plain.StartRR("serve", "-addr", ":8080")
 	const vipFast = "10.96.7.11"
 	meshFile := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeMesh(t, meshFile, docs(
@@ -66,7 +64,10 @@ func TestFastPathAcrossPods(t *testing.T) {
 		svc("fast", []string{vipFast}, "http:80/TCP"),
 		slice("fast-v4", "fast", "IPv4", 0, []string{plain.IP4.String()}, "http:8080/TCP")))
 	sm := tp.StartSockmesh("-f", meshFile, "--fast-path")
-	// Both servers' executables are classified by the agent's first scan.
+	// Servers started after the agent: their listeners are known, so a
+	// client knows at once whether its server may receive.
+	spliced.Serve("spliced", []int{8080}, nil)
+	plain.StartRR("serve", "-addr", ":8080")
 	deadline := time.Now().Add(10 * time.Second)
 	for readFastPathMaps(t, sm).Executables < 2 {
 		if time.Now().After(deadline) {
@@ -110,11 +111,17 @@ func TestFastPathAcrossPods(t *testing.T) {
 		t.Errorf("%v messages redirected for %d round trips between two rrbin pods, want >= %d", got, n, 2*n)
 	}
 
-	// rrbin to podbin: the responses only, into rrbin.
+	// rrbin to podbin: the responses only, into rrbin; rrbin's socket
+	// gets no sk_msg (its peer never receives), so its requests take
+	// TCP's own path.
 	before = redirected()
+	rxOnly := fastPathEvent(t, sm, "receive_only")
 	rr(client.RunRRJSON, vip4+":80")
 	if got := redirected() - before; got < n || got >= 2*n {
 		t.Errorf("%v messages redirected for %d round trips from rrbin to podbin, want the %d responses", got, n, n)
+	}
+	if got := fastPathEvent(t, sm, "receive_only") - rxOnly; got != 1 {
+		t.Errorf("%v receive-only sockets for a connection from rrbin to podbin, want 1", got)
 	}
 
 	// podbin to podbin: neither pod is safe; the connection does not

@@ -8,14 +8,15 @@
  * with BPF_F_INGRESS) instead of sending it through TCP/IP. When the peer is
  * not a redirect target the data takes the normal path, unchanged.
  *
- * Which connections join. A socket in a sockhash sends through tcp_bpf,
+ * Which connections join. A socket with sk_msg sends through tcp_bpf,
  * which is slower than TCP's own path when nothing is redirected (half the
  * throughput for large writes, measured): so only connections whose two
  * ends are on this node, and of which at least one end may receive
- * redirected data, join. The listener's side records every SYN it answers
- * (sm_fp_syns, at TIMEOUT_INIT for the request socket); the connecting side
- * joins at ESTABLISHED only if its SYN is there, and the accepting side only
- * if the connecting side joined.
+ * redirected data, join, and only an end whose peer may receive gets
+ * sk_msg. The listener's side records every SYN it answers (sm_fp_syns, at
+ * TIMEOUT_INIT for the request socket); the connecting side joins at
+ * ESTABLISHED only if its SYN is there, and the accepting side only if the
+ * connecting side joined.
  *
  * Redirected data waits in the receiver's psock queue, which only recvmsg
  * and read(2) drain (tcp_bpf's recvmsg). splice(2) from the socket reads the
@@ -138,8 +139,10 @@ struct syn_key {
 /* syn_state flags. */
 enum syn_state {
 	SYN_SEEN = 1,          /* a listener of this node answered it */
-	SYN_JOINED = 2,        /* the connecting side joined the fast path */
-	SYN_SAFE_LISTENER = 4, /* the listener's cgroup was safe */
+	SYN_JOINED = 2,         /* the connecting side joined the fast path */
+	SYN_SAFE_LISTENER = 4,  /* the listener's cgroup was safe */
+	SYN_KNOWN_LISTENER = 8, /* the listener is in sm_fp_listeners */
+	SYN_SAFE_ACTIVE = 16,   /* the connecting side may receive */
 };
 
 /* exec_event asks the agent to judge an executable now: a process in an
@@ -188,6 +191,8 @@ struct fp_stats {
 	__u64 dirty_marks;      /* cgroups marked dirty by an exec, a move or
 	                           a splice */
 	__u64 events_lost;      /* exec_events the ring buffer had no room for */
+	__u64 receive_only;     /* sockets added without sk_msg: their peer
+	                           never receives, so they send as TCP does */
 };
 
 /* sm_fp_cgroups: cgroup id -> cgroup_state for enrolled cgroups. Written by
@@ -254,8 +259,9 @@ struct {
 	__type(value, __u64);
 } sm_fp_listeners SEC(".maps");
 
-/* sm_fp_socks: sock_key -> socket, every fast-path socket; sk_msg is
- * attached to it. Written by sockops at ESTABLISHED; entries leave when the
+/* sm_fp_socks: sock_key -> socket, the fast-path sockets whose peer may
+ * receive redirected data; sk_msg is attached to it, so only they send
+ * through tcp_bpf. Written by sockops at ESTABLISHED; entries leave when the
  * socket closes (kernel). 65536 sockets; when full, new connections take
  * the normal path and add_errors counts them. */
 struct {
@@ -266,16 +272,17 @@ struct {
 	__type(value, __u64);
 } sm_fp_socks SEC(".maps");
 
-/* sm_fp_hold: socket cookie -> socket. Holds every fast-path socket's psock
- * for its whole life, so that taking a socket out of sm_fp_socks never
- * drops the psock and with it the data already queued there. Written by
- * sockops together with sm_fp_socks; entries leave when the socket closes.
- * Same capacity: a socket that cannot be held is not put on the fast path. */
+/* sm_fp_hold: sock_key -> socket, every fast-path socket, and the map
+ * sk_msg redirects into. It has no program: a socket only here (one that
+ * receives but whose peer never does) keeps TCP's own send path. It also
+ * holds every psock for the socket's whole life, so nothing ever drops
+ * data already queued there. Written by sockops at ESTABLISHED; entries
+ * leave when the socket closes. Same capacity as sm_fp_socks. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__uint(max_entries, 65536);
-	__type(key, __u64);
+	__type(key, struct sock_key);
 	__type(value, __u64);
 } sm_fp_hold SEC(".maps");
 
@@ -558,13 +565,20 @@ static __always_inline void syn_seen(struct bpf_sock_ops *ops)
 	lk.netns = bpf_get_netns_cookie(ops);
 	lk.port = k.lport;
 	lcg = bpf_map_lookup_elem(&sm_fp_listeners, &lk);
-	if (lcg && cgroup_state_of(*lcg) == CG_SAFE)
-		v |= SYN_SAFE_LISTENER;
+	if (lcg) {
+		v |= SYN_KNOWN_LISTENER;
+		if (cgroup_state_of(*lcg) == CG_SAFE)
+			v |= SYN_SAFE_LISTENER;
+	}
 	bpf_map_update_elem(&sm_fp_syns, &syn, &v, BPF_ANY);
 }
 
 /* established decides whether an established socket joins the fast path
- * (see "Which connections join" at the top) and puts it there. */
+ * (see "Which connections join" at the top) and puts it there: in
+ * sm_fp_hold always, and in sm_fp_socks (sk_msg) only if its peer may
+ * receive. The connecting side learns that from the listener's cgroup (a
+ * listener from before the fast path is assumed to); the accepting side
+ * from the connecting side's flags. */
 static __always_inline void established(struct bpf_sock_ops *ops, int active)
 {
 	struct bpf_sock *sk = ops->sk;
@@ -575,6 +589,7 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 	enum cgroup_state self;
 	__u32 *seen, flags;
 	__u64 cookie;
+	int sends;
 
 	if (!sk)
 		return;
@@ -598,9 +613,14 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 		count(remote_peers);
 		return;
 	}
-	if (active ? self != CG_SAFE && !(flags & SYN_SAFE_LISTENER) : !(flags & SYN_JOINED)) {
-		count(unsafe_pairs);
-		return;
+	if (active) {
+		if (self != CG_SAFE && !(flags & SYN_SAFE_LISTENER))
+			goto unsafe;
+		sends = (flags & SYN_SAFE_LISTENER) || !(flags & SYN_KNOWN_LISTENER);
+	} else {
+		if (!(flags & SYN_JOINED) || (self != CG_SAFE && !(flags & SYN_SAFE_ACTIVE)))
+			goto unsafe;
+		sends = flags & SYN_SAFE_ACTIVE;
 	}
 
 	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -614,14 +634,18 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 	if (bpf_map_update_elem(&sm_fp_keys, &cookie, &k, BPF_NOEXIST))
 		goto fail;
 	/* Hold first: sm_fp_hold has no program, sm_fp_socks brings sk_msg. */
-	if (bpf_sock_hash_update(ops, &sm_fp_hold, &cookie, BPF_NOEXIST))
+	if (bpf_sock_hash_update(ops, &sm_fp_hold, &k, BPF_NOEXIST))
 		goto fail_keys;
-	if (bpf_sock_hash_update(ops, &sm_fp_socks, &k, BPF_NOEXIST))
-		goto fail_keys;
+	if (sends && bpf_sock_hash_update(ops, &sm_fp_socks, &k, BPF_NOEXIST))
+		goto fail_hold;
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	count(socks_added);
+	if (!sends)
+		count(receive_only);
 	if (active) {
 		flags |= SYN_JOINED;
+		if (self == CG_SAFE)
+			flags |= SYN_SAFE_ACTIVE;
 		bpf_map_update_elem(&sm_fp_syns, &syn, &flags, BPF_EXIST);
 	}
 	/* Nothing received yet: ready from the first byte (rule 2). */
@@ -631,6 +655,11 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 			count(targets);
 	}
 	return;
+unsafe:
+	count(unsafe_pairs);
+	return;
+fail_hold:
+	bpf_map_delete_elem(&sm_fp_hold, &k);
 fail_keys:
 	bpf_map_delete_elem(&sm_fp_keys, &cookie);
 fail:
@@ -773,7 +802,7 @@ int sm_fp_msg(struct sk_msg_md *msg)
 	/* A failed redirect lookup returns SK_DROP: that must become "normal
 	 * path", never a drop. */
 	if (!hand_over(st, tp, s) ||
-	    bpf_msg_redirect_hash(msg, &sm_fp_socks, &st->peer, BPF_F_INGRESS) != SK_PASS) {
+	    bpf_msg_redirect_hash(msg, &sm_fp_hold, &st->peer, BPF_F_INGRESS) != SK_PASS) {
 		if (s)
 			__sync_fetch_and_add(&s->fallback_msgs, 1);
 		return SK_PASS;

@@ -11,8 +11,8 @@ import (
 
 // Names, as pinned, of what other packages refer to by name.
 const (
-	MapHold     = bpfMapSmFpHold
-	MapExes     = bpfMapSmFpExes
+	MapHold = bpfMapSmFpHold
+	MapExes = bpfMapSmFpExes
 
 	ProgSockops = bpfProgSmFpSockops
 )
@@ -131,6 +131,8 @@ type Stats struct {
 	RemotePeers    uint64 `json:"remotePeers"`
 	UnsafePairs    uint64 `json:"unsafePairs"`
 	DirtyMarks     uint64 `json:"dirtyMarks"`
+	EventsLost     uint64 `json:"eventsLost"`
+	ReceiveOnly    uint64 `json:"receiveOnly"`
 }
 
 // Events names every counter, for metrics.
@@ -150,6 +152,8 @@ func (s Stats) Events() map[string]uint64 {
 		"remote_peers":    s.RemotePeers,
 		"unsafe_pairs":    s.UnsafePairs,
 		"dirty_marks":     s.DirtyMarks,
+		"events_lost":     s.EventsLost,
+		"receive_only":    s.ReceiveOnly,
 	}
 }
 
@@ -175,6 +179,8 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 		s.RemotePeers += p.RemotePeers
 		s.UnsafePairs += p.UnsafePairs
 		s.DirtyMarks += p.DirtyMarks
+		s.EventsLost += p.EventsLost
+		s.ReceiveOnly += p.ReceiveOnly
 	}
 	return s, nil
 }

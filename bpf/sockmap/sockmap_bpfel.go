@@ -60,6 +60,7 @@ type bpfFpStats struct {
 	UnsafePairs    uint64
 	DirtyMarks     uint64
 	EventsLost     uint64
+	ReceiveOnly    uint64
 }
 
 type bpfListenerKey struct {

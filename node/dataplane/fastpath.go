@@ -129,9 +129,10 @@ func DisableFastPath(cfg Config) error {
 		return fmt.Errorf("dataplane: %w", err)
 	}
 	defer socks.Close()
-	var k uint64
-	if err := socks.NextKey(nil, &k); err == nil {
+	if err := socks.NextKey(nil, make([]byte, socks.KeySize())); err == nil {
 		return nil // sockets are still on the fast path
+	} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("dataplane: %w", err)
 	}
 	var errs []error
 	names, err := sockmap.MapNames()
@@ -411,9 +412,11 @@ type FastPathCounters struct {
 	// Executables this agent classified, and failures to store a verdict.
 	Executables int    `json:"executables"`
 	ExeErrors   uint64 `json:"executableErrors"`
-	// Filled by Dump only: entries in sm_fp_socks, sm_fp_keys and
+	// Filled by Dump only: entries in sm_fp_hold (every fast-path
+	// socket), sm_fp_socks (those with sk_msg), sm_fp_keys and
 	// sm_fp_targets now.
 	Sockets    int `json:"sockets"`
+	Senders    int `json:"senders"`
 	Keys       int `json:"keys"`
 	TargetsNow int `json:"targetsNow"`
 }
@@ -453,7 +456,7 @@ func (f *FastPath) Dump() (FastPathCounters, error) {
 	for _, m := range []struct {
 		m *ebpf.Map
 		n *int
-	}{{f.objs.SmFpSocks, &c.Sockets}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
+	}{{f.objs.SmFpHold, &c.Sockets}, {f.objs.SmFpSocks, &c.Senders}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
 		if *m.n, err = countKeys(m.m); err != nil {
 			return c, err
 		}
