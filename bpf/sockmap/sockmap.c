@@ -950,12 +950,16 @@ int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
 	k = bpf_map_lookup_elem(&sm_fp_keys, &cookie);
 	if (!k)
 		return 0;
+	/* Not a target: nothing is redirected to it, now or later (a socket
+	 * is published at ESTABLISHED or never). A proxy judged unsafe
+	 * splices its sockets all the time and costs no more than this. */
+	if (bpf_map_delete_elem(&sm_fp_targets, k))
+		return 0;
+	/* A target spliced: its program was misjudged. */
+	count(splice_exits);
 	if (!current_exe(&exe))
 		bpf_map_update_elem(&sm_fp_exes, &exe, &unsafe, BPF_ANY);
 	mark_dirty(bpf_get_current_cgroup_id());
-	if (bpf_map_delete_elem(&sm_fp_targets, k))
-		return 0; /* was not a target: nothing was redirected to it */
-	count(splice_exits);
 	/* sk_user_data carries flag bits below the psock pointer
 	 * (SK_USER_DATA_NOCOPY, _BPF, _PSOCK). */
 	psock = (struct sk_psock *)((unsigned long)BPF_CORE_READ(sk, sk_user_data) & ~7UL);

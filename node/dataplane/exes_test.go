@@ -133,3 +133,40 @@ func TestSpliceRiskLibraries(t *testing.T) {
 		t.Errorf("with libcopy.so: %v, %q", risky, why)
 	}
 }
+
+// TestNeededLibs: the libraries of a dynamically linked program are found
+// as the loader finds them, through RUNPATH with $ORIGIN here, and one that
+// imports splice makes the program risky; a library that is missing makes
+// it an error.
+func TestNeededLibs(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "copy.c")
+	os.WriteFile(src, []byte("#define _GNU_SOURCE\n#include <fcntl.h>\nlong copy(int a, int b) { return splice(a, 0, b, 0, 4096, 0); }\n"), 0o644)
+	if out, err := exec.Command("gcc", "-shared", "-fPIC", "-o", filepath.Join(dir, "libcopy.so"), src).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	main := filepath.Join(dir, "main.c")
+	os.WriteFile(main, []byte("long copy(int, int);\nint main(void) { return copy(0, 1) < 0; }\n"), 0o644)
+	exe := filepath.Join(dir, "prog")
+	if out, err := exec.Command("gcc", "-o", exe, main, "-L"+dir, "-lcopy", "-Wl,-rpath,$ORIGIN", "-Wl,--enable-new-dtags").CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	libs, err := neededLibs("/", exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, l := range libs {
+		found = found || filepath.Base(l) == "libcopy.so"
+	}
+	if !found {
+		t.Fatalf("libcopy.so not among %v", libs)
+	}
+	if risky, why := SpliceRisk(exe, libs); !risky || !strings.Contains(why, "libcopy.so imports splice") {
+		t.Errorf("SpliceRisk = %v, %q", risky, why)
+	}
+	os.Remove(filepath.Join(dir, "libcopy.so"))
+	if _, err := neededLibs("/", exe); err == nil || !strings.Contains(err.Error(), "libcopy.so not found") {
+		t.Errorf("a missing library: %v", err)
+	}
+}

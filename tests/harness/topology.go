@@ -256,6 +256,13 @@ func (p *Pod) StartRR(args ...string) *Proc {
 	return p.tp.start(p.Name, func() (*exec.Cmd, func(), error) { return p.command(rrbin, args...) }, "ready")
 }
 
+// StartExec starts any program in the pod and waits until its output
+// contains want (unless want is empty).
+func (p *Pod) StartExec(want, bin string, args ...string) *Proc {
+	p.tp.t.Helper()
+	return p.tp.start(p.Name, func() (*exec.Cmd, func(), error) { return p.command(bin, args...) }, want)
+}
+
 // StartEnv is Start with extra environment variables.
 func (p *Pod) StartEnv(env []string, want string, args ...string) *Proc {
 	p.tp.t.Helper()
@@ -306,6 +313,12 @@ func (p *Pod) Dial(proto, addr string, n int) DialResult {
 func (p *Pod) RunJSON(v any, args ...string) {
 	p.tp.t.Helper()
 	p.RunJSONEnv(v, nil, args...)
+}
+
+// RunJSONWith is RunJSON with any program (bin and its arguments).
+func (p *Pod) RunJSONWith(v any, bin string, args ...string) {
+	p.tp.t.Helper()
+	p.runJSON(bin, v, nil, args...)
 }
 
 // RunRRJSON is RunJSON with tests/rrbin.

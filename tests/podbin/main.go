@@ -30,6 +30,8 @@ func main() {
 	switch os.Args[1] {
 	case "serve":
 		err = serve(os.Args[2:])
+	case "proxy":
+		err = proxy(os.Args[2:])
 	case "dial":
 		err = dial(os.Args[2:])
 	case "rr":
@@ -101,6 +103,49 @@ func serve(args []string) error {
 			}
 		}()
 	}
+	fmt.Println("ready")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
+	return nil
+}
+
+// proxy forwards every TCP connection to -to, copying both ways with
+// io.Copy: between two TCP connections that is splice(2).
+func proxy(args []string) error {
+	fs := flag.NewFlagSet("proxy", flag.ExitOnError)
+	listen := fs.String("listen", ":9000", "TCP address to listen on")
+	to := fs.String("to", "", "host:port to forward to")
+	fs.Parse(args)
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", *to)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{})
+				go func() {
+					io.Copy(up, c)
+					up.(*net.TCPConn).CloseWrite()
+					close(done)
+				}()
+				io.Copy(c, up)
+				c.(*net.TCPConn).CloseWrite()
+				<-done
+			}()
+		}
+	}()
 	fmt.Println("ready")
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
