@@ -83,6 +83,7 @@ enum stat {
 	STAT_REVERSED,       /* recvmsg/getpeername shown the VIP */
 	STAT_UDP_REV_FULL,   /* udp reverse entry could not be stored */
 	STAT_AGENT_DOWN,     /* agent-bound service skipped: no fresh heartbeat */
+	STAT_PEER_FULL,      /* sm_peers full: getpeername shows the backend */
 	STAT_MAX,
 };
 
@@ -110,15 +111,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sm_slots SEC(".maps");
 
-/* sm_sock_peer: per-socket storage, freed with the socket, so it cannot leak
- * or fill up. Written by connect4/6 on translation, read by getpeername4/6
- * and recvmsg4/6 (connected UDP). */
+/* sm_peers: socket cookie -> peer, the VIP a translated socket connected
+ * to. Written by connect4/6 on translation, read by getpeername4/6 and
+ * recvmsg4/6 (connected UDP), deleted by sock_release when the socket goes.
+ * A preallocated hash: inserting costs a fraction of what per-socket
+ * storage does (that allocates on every connect: ~1.75 µs here), and it is
+ * pinned, so a restarted agent's programs still find the records of
+ * sockets connected before. 262144 connections; when full, the connection
+ * works but getpeername shows the backend, and STAT_PEER_FULL counts it. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__type(key, __u64);
 	__type(value, struct peer);
-} sm_sock_peer SEC(".maps");
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sm_peers SEC(".maps");
 
 /* sm_udp_rev: udp_rev_key -> udp_rev_val for unconnected UDP, written by
  * sendmsg4/6, read by recvmsg4/6. LRU with 65536 entries: when full the
@@ -209,18 +216,15 @@ static __always_inline int refuse(void)
 static __always_inline void remember_peer(struct bpf_sock_addr *ctx, const struct svc_key *key,
 					  const struct backend *be)
 {
-	struct peer *p;
-	struct bpf_sock *sk = ctx->sk;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct peer p = {};
 
-	if (!sk)
-		return;
-	p = bpf_sk_storage_get(&sm_sock_peer, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!p)
-		return;
-	p->vip = key->vip;
-	p->vport = key->port;
-	p->backend = be->addr;
-	p->bport = be->port;
+	p.vip = key->vip;
+	p.vport = key->port;
+	p.backend = be->addr;
+	p.bport = be->port;
+	if (bpf_map_update_elem(&sm_peers, &cookie, &p, BPF_ANY))
+		count(STAT_PEER_FULL);
 }
 
 static __always_inline void remember_udp(struct bpf_sock_addr *ctx, const struct svc_key *key,
@@ -376,9 +380,7 @@ static __always_inline int reverse(struct bpf_sock_addr *ctx, const struct addr6
 		*vport = rv->vport;
 		return 1;
 	}
-	if (!ctx->sk)
-		return 0;
-	p = bpf_sk_storage_get(&sm_sock_peer, ctx->sk, 0, 0);
+	p = bpf_map_lookup_elem(&sm_peers, &rk.cookie);
 	if (!p || p->bport != port || !addr_equal(&p->backend, from))
 		return 0;
 	*vip = p->vip;
@@ -425,6 +427,18 @@ SEC("cgroup/recvmsg6")
 int sm_recvmsg6(struct bpf_sock_addr *ctx)
 {
 	return reverse6(ctx);
+}
+
+/* sm_sock_release forgets a closing socket's peer record. It runs for
+ * every socket of the cgroup tree that closes; for one never translated the
+ * delete misses. */
+SEC("cgroup/sock_release")
+int sm_sock_release(struct bpf_sock *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	bpf_map_delete_elem(&sm_peers, &cookie);
+	return 1;
 }
 
 SEC("cgroup/getpeername4")

@@ -69,6 +69,7 @@ func Attachments(o *Objects) []Attachment {
 		{bpfProgSmRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg, o.SmRecvmsg6},
 		{bpfProgSmGetpeername4, ebpf.AttachCgroupInet4GetPeername, o.SmGetpeername4},
 		{bpfProgSmGetpeername6, ebpf.AttachCgroupInet6GetPeername, o.SmGetpeername6},
+		{bpfProgSmSockRelease, ebpf.AttachCgroupInetSockRelease, o.SmSockRelease},
 	}
 }
 
@@ -167,6 +168,7 @@ type Stats struct {
 	Reversed      uint64 `json:"reversed"`
 	UDPReverseErr uint64 `json:"udpReverseFull"`
 	AgentDown     uint64 `json:"agentDown"`
+	PeerFull      uint64 `json:"peerFull"`
 }
 
 // Events names every counter, for metrics (one place, so a new counter
@@ -179,6 +181,7 @@ func (s Stats) Events() map[string]uint64 {
 		"reversed":         s.Reversed,
 		"udp_reverse_full": s.UDPReverseErr,
 		"agent_down":       s.AgentDown,
+		"peer_full":        s.PeerFull,
 	}
 }
 
@@ -206,5 +209,6 @@ func statFields(s *Stats) []*uint64 {
 		bpfStatSTAT_REVERSED:     &s.Reversed,
 		bpfStatSTAT_UDP_REV_FULL: &s.UDPReverseErr,
 		bpfStatSTAT_AGENT_DOWN:   &s.AgentDown,
+		bpfStatSTAT_PEER_FULL:    &s.PeerFull,
 	}
 }

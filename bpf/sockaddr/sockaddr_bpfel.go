@@ -52,7 +52,8 @@ const (
 	bpfStatSTAT_REVERSED     bpfStat = 3
 	bpfStatSTAT_UDP_REV_FULL bpfStat = 4
 	bpfStatSTAT_AGENT_DOWN   bpfStat = 5
-	bpfStatSTAT_MAX          bpfStat = 6
+	bpfStatSTAT_PEER_FULL    bpfStat = 6
+	bpfStatSTAT_MAX          bpfStat = 7
 )
 
 type bpfSvcFlags uint32
@@ -105,9 +106,9 @@ type bpfUdpRevVal struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	bpfMapSmAgent         = "sm_agent"
+	bpfMapSmPeers         = "sm_peers"
 	bpfMapSmServices      = "sm_services"
 	bpfMapSmSlots         = "sm_slots"
-	bpfMapSmSockPeer      = "sm_sock_peer"
 	bpfMapSmStats         = "sm_stats"
 	bpfMapSmUdpRev        = "sm_udp_rev"
 	bpfProgSmConnect4     = "sm_connect4"
@@ -118,6 +119,7 @@ const (
 	bpfProgSmRecvmsg6     = "sm_recvmsg6"
 	bpfProgSmSendmsg4     = "sm_sendmsg4"
 	bpfProgSmSendmsg6     = "sm_sendmsg6"
+	bpfProgSmSockRelease  = "sm_sock_release"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -170,6 +172,7 @@ type bpfProgramSpecs struct {
 	SmRecvmsg6     *ebpf.ProgramSpec `ebpf:"sm_recvmsg6"`
 	SmSendmsg4     *ebpf.ProgramSpec `ebpf:"sm_sendmsg4"`
 	SmSendmsg6     *ebpf.ProgramSpec `ebpf:"sm_sendmsg6"`
+	SmSockRelease  *ebpf.ProgramSpec `ebpf:"sm_sock_release"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -177,9 +180,9 @@ type bpfProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
 	SmAgent    *ebpf.MapSpec `ebpf:"sm_agent"`
+	SmPeers    *ebpf.MapSpec `ebpf:"sm_peers"`
 	SmServices *ebpf.MapSpec `ebpf:"sm_services"`
 	SmSlots    *ebpf.MapSpec `ebpf:"sm_slots"`
-	SmSockPeer *ebpf.MapSpec `ebpf:"sm_sock_peer"`
 	SmStats    *ebpf.MapSpec `ebpf:"sm_stats"`
 	SmUdpRev   *ebpf.MapSpec `ebpf:"sm_udp_rev"`
 }
@@ -211,9 +214,9 @@ func (o *bpfObjects) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
 	SmAgent    *ebpf.Map `ebpf:"sm_agent"`
+	SmPeers    *ebpf.Map `ebpf:"sm_peers"`
 	SmServices *ebpf.Map `ebpf:"sm_services"`
 	SmSlots    *ebpf.Map `ebpf:"sm_slots"`
-	SmSockPeer *ebpf.Map `ebpf:"sm_sock_peer"`
 	SmStats    *ebpf.Map `ebpf:"sm_stats"`
 	SmUdpRev   *ebpf.Map `ebpf:"sm_udp_rev"`
 }
@@ -221,9 +224,9 @@ type bpfMaps struct {
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.SmAgent,
+		m.SmPeers,
 		m.SmServices,
 		m.SmSlots,
-		m.SmSockPeer,
 		m.SmStats,
 		m.SmUdpRev,
 	)
@@ -247,6 +250,7 @@ type bpfPrograms struct {
 	SmRecvmsg6     *ebpf.Program `ebpf:"sm_recvmsg6"`
 	SmSendmsg4     *ebpf.Program `ebpf:"sm_sendmsg4"`
 	SmSendmsg6     *ebpf.Program `ebpf:"sm_sendmsg6"`
+	SmSockRelease  *ebpf.Program `ebpf:"sm_sock_release"`
 }
 
 func (p *bpfPrograms) Close() error {
@@ -259,6 +263,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmRecvmsg6,
 		p.SmSendmsg4,
 		p.SmSendmsg6,
+		p.SmSockRelease,
 	)
 }
 

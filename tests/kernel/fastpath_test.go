@@ -3,8 +3,8 @@ package kernel
 import (
 	"bytes"
 	"context"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"

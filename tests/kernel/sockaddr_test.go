@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
@@ -231,4 +233,82 @@ func openDataplane(t *testing.T, cg string) *dataplane.Dataplane {
 		}
 	})
 	return dp
+}
+
+// rawPeer asks the kernel for c's peer address now (Go caches the one it
+// saw at connect).
+func rawPeer(t *testing.T, c net.Conn) string {
+	t.Helper()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sa unix.Sockaddr
+	var serr error
+	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getpeername(int(fd)) }); err != nil || serr != nil {
+		t.Fatalf("getpeername: %v %v", err, serr)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String()
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)).String()
+	}
+	return fmt.Sprint(sa)
+}
+
+// TestPeerSurvivesAgentRestart: a connection made through a VIP before the
+// agent restarts still shows the VIP to getpeername after it, and its
+// record goes when the socket closes.
+func TestPeerSurvivesAgentRestart(t *testing.T) {
+	isolated(t, func(cg string) {
+		pin := filepath.Join(t.TempDir(), "bpf")
+		cfg := dataplane.Config{PinDir: pin, Cgroup: cg}
+		log := slog.New(slog.NewTextHandler(io.Discard, nil))
+		dp, err := dataplane.Open(cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := dataplane.Cleanup(pin); err != nil {
+				t.Error(err)
+			}
+		})
+		lis, port := serveTCP(t, "127.0.0.1:0", "backend")
+		defer lis.Close()
+		if err := dp.Sync([]dataplane.Service{{VIP: netip.MustParseAddr("10.96.0.1"), Port: 80, Proto: sockaddr.ProtoTCP,
+			Backends: []dataplane.Backend{{Addr: netip.MustParseAddr("127.0.0.1"), Port: port, Weight: 1}}}}); err != nil {
+			t.Fatal(err)
+		}
+		conn, err := net.Dial("tcp", "10.96.0.1:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dp.Close() // the agent stops; its pins stay
+		dp, err = dataplane.Open(cfg, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer dp.Close()
+		if got := rawPeer(t, conn); got != "10.96.0.1:80" {
+			t.Errorf("after the restart getpeername shows %s, want the VIP", got)
+		}
+		peers, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", "sm_peers"), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer peers.Close()
+		conn.Close()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var k uint64
+			if err := peers.NextKey(nil, &k); errors.Is(err, ebpf.ErrKeyNotExist) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the closed socket's peer record is still there")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
 }
