@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/bpf/sockmap"
 	"github.com/sockmesh/sockmesh/node/host"
 )
 
@@ -53,7 +54,7 @@ func Checks() []Check {
 		{"hash and LRU hash maps", true, "4.10", "no service routing", func() error {
 			return errors.Join(features.HaveMapType(ebpf.Hash), features.HaveMapType(ebpf.LRUHash), features.HaveMapType(ebpf.PerCPUArray))
 		}},
-		{"socket local storage", true, "5.2", "getpeername and connected UDP cannot show the VIP", mapT(ebpf.SkStorage)},
+		{"cgroup sock programs (sock_release)", true, "5.9", "getpeername and connected UDP cannot show the VIP", prog(ebpf.CGroupSock)},
 		{"bpf_set_retval in sock_addr", true, "5.18", "a service without backends cannot be refused cleanly", helper(ebpf.CGroupSockAddr, asm.FnSetRetval)},
 		{"sockaddr programs pass the verifier", true, "5.18", "no service routing", func() error {
 			objs, err := sockaddr.Load(sockaddr.LoadOptions{})
@@ -65,6 +66,15 @@ func Checks() []Check {
 		{"sockops programs", false, "4.13", "no same-node fast path", prog(ebpf.SockOps)},
 		{"sk_msg programs", false, "4.17", "no same-node fast path", prog(ebpf.SkMsg)},
 		{"sockhash maps", false, "4.18", "no same-node fast path", mapT(ebpf.SockHash)},
+		{"socket local storage", false, "5.2", "no same-node fast path", mapT(ebpf.SkStorage)},
+		{"raw tracepoints", false, "4.17", "no same-node fast path (splice, exec and cgroup-move watches)", prog(ebpf.RawTracepoint)},
+		{"fast path programs pass the verifier", false, "5.10", "no same-node fast path", func() error {
+			objs, err := sockmap.Load("")
+			if err != nil {
+				return err
+			}
+			return objs.Close()
+		}},
 		{"ring buffer maps", false, "5.8", "no L7 telemetry", mapT(ebpf.RingBuf)},
 		{"uprobes (uprobe PMU)", false, "4.17", "no L7 telemetry", func() error {
 			if _, err := os.Stat("/sys/bus/event_source/devices/uprobe/type"); err != nil {
