@@ -921,15 +921,10 @@ int sm_fp_attach(struct bpf_raw_tracepoint_args *ctx)
 	return 0;
 }
 
-/* sm_fp_splice runs at the entry of every system call on the node and
- * returns at once unless the call is splice or sendfile; see rule 2 at the
- * top. It only reads the kernel and writes sockmesh's own maps. */
-SEC("raw_tracepoint/sys_enter")
-int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
+/* spliced runs before the kernel splices (or sendfiles) from fd; see rule
+ * 3 at the top. It only reads the kernel and writes sockmesh's own maps. */
+static __always_inline int spliced(unsigned long fd)
 {
-	long nr = (long)ctx->args[1];
-	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
-	unsigned long fd;
 	struct sk_psock *psock;
 	struct sock_key *k;
 	struct exe_key exe;
@@ -937,12 +932,6 @@ int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
 	__u64 cookie;
 	enum exe_verdict unsafe = EXE_UNSAFE;
 
-	if (nr == NR_splice)
-		fd = BPF_CORE_READ(regs, di);
-	else if (nr == NR_sendfile)
-		fd = BPF_CORE_READ(regs, si);
-	else
-		return 0;
 	sk = socket_of(fd);
 	if (!sk)
 		return 0;
@@ -966,5 +955,43 @@ int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
 	if (psock && BPF_CORE_READ(psock, ingress_msg.next) !=
 			     (void *)psock + bpf_core_field_offset(psock->ingress_msg))
 		count(splice_stranded);
+	return 0;
+}
+
+/* The splice watch. Any syscall tracepoint puts every system call of the
+ * node on the kernel's slow path; the two per-syscall tracepoints below
+ * cost the rest of them least (no program runs for other calls). The agent
+ * attaches them when it can find their ids in tracefs, else the raw
+ * sys_enter one, which runs for every call. */
+
+/* syscall_enter is the record of a syscalls:sys_enter_* tracepoint. */
+struct syscall_enter {
+	__u64 common;
+	long nr;
+	unsigned long args[6];
+};
+
+SEC("tracepoint/syscalls/sys_enter_splice")
+int sm_fp_splice_tp(struct syscall_enter *ctx)
+{
+	return spliced(ctx->args[0]); /* fd_in */
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int sm_fp_sendfile_tp(struct syscall_enter *ctx)
+{
+	return spliced(ctx->args[1]); /* in_fd */
+}
+
+SEC("raw_tracepoint/sys_enter")
+int sm_fp_splice(struct bpf_raw_tracepoint_args *ctx)
+{
+	long nr = (long)ctx->args[1];
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+
+	if (nr == NR_splice)
+		return spliced(BPF_CORE_READ(regs, di));
+	if (nr == NR_sendfile)
+		return spliced(BPF_CORE_READ(regs, si));
 	return 0;
 }

@@ -56,13 +56,35 @@ type Tracepoint struct {
 	Program func(*Objects) *ebpf.Program
 }
 
-// Tracepoints are the fast path's raw tracepoint programs: the splice
-// watch, and the exec and cgroup-move watches that take a cgroup's safety
-// away (see sockmap.c).
+// Tracepoints are the fast path's raw tracepoint programs besides the
+// splice watch: the exec and cgroup-move watches that take a cgroup's
+// safety away (see sockmap.c).
 var Tracepoints = []Tracepoint{
-	{bpfProgSmFpSplice, "sys_enter", func(o *Objects) *ebpf.Program { return o.SmFpSplice }},
 	{bpfProgSmFpExec, "sched_process_exec", func(o *Objects) *ebpf.Program { return o.SmFpExec }},
 	{bpfProgSmFpAttach, "cgroup_attach_task", func(o *Objects) *ebpf.Program { return o.SmFpAttach }},
+}
+
+// SpliceWatch is the splice watch on the syscalls:sys_enter_splice and
+// sys_enter_sendfile64 tracepoints (Event names them; the program type is
+// tracepoint); RawSpliceWatch is the same on the raw sys_enter tracepoint,
+// for when tracefs does not give those tracepoints' ids. Any syscall
+// tracepoint slows every system call of the node; the per-syscall ones
+// least.
+var (
+	SpliceWatch = []Tracepoint{
+		{bpfProgSmFpSpliceTp, "sys_enter_splice", func(o *Objects) *ebpf.Program { return o.SmFpSpliceTp }},
+		{bpfProgSmFpSendfileTp, "sys_enter_sendfile64", func(o *Objects) *ebpf.Program { return o.SmFpSendfileTp }},
+	}
+	RawSpliceWatch = Tracepoint{bpfProgSmFpSplice, "sys_enter", func(o *Objects) *ebpf.Program { return o.SmFpSplice }}
+)
+
+// LinkNames lists the names of every link the fast path may pin.
+func LinkNames() []string {
+	names := []string{bpfProgSmFpSockops, RawSpliceWatch.Name}
+	for _, tp := range append(Tracepoints, SpliceWatch...) {
+		names = append(names, tp.Name)
+	}
+	return names
 }
 
 // AttachMsg attaches the sk_msg program to sm_fp_socks. The attachment

@@ -144,8 +144,10 @@ const (
 	bpfProgSmFpAttach     = "sm_fp_attach"
 	bpfProgSmFpExec       = "sm_fp_exec"
 	bpfProgSmFpMsg        = "sm_fp_msg"
+	bpfProgSmFpSendfileTp = "sm_fp_sendfile_tp"
 	bpfProgSmFpSockops    = "sm_fp_sockops"
 	bpfProgSmFpSplice     = "sm_fp_splice"
+	bpfProgSmFpSpliceTp   = "sm_fp_splice_tp"
 	bpfVarUnusedExecEvent = "unused_exec_event"
 )
 
@@ -191,11 +193,13 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	SmFpAttach  *ebpf.ProgramSpec `ebpf:"sm_fp_attach"`
-	SmFpExec    *ebpf.ProgramSpec `ebpf:"sm_fp_exec"`
-	SmFpMsg     *ebpf.ProgramSpec `ebpf:"sm_fp_msg"`
-	SmFpSockops *ebpf.ProgramSpec `ebpf:"sm_fp_sockops"`
-	SmFpSplice  *ebpf.ProgramSpec `ebpf:"sm_fp_splice"`
+	SmFpAttach     *ebpf.ProgramSpec `ebpf:"sm_fp_attach"`
+	SmFpExec       *ebpf.ProgramSpec `ebpf:"sm_fp_exec"`
+	SmFpMsg        *ebpf.ProgramSpec `ebpf:"sm_fp_msg"`
+	SmFpSendfileTp *ebpf.ProgramSpec `ebpf:"sm_fp_sendfile_tp"`
+	SmFpSockops    *ebpf.ProgramSpec `ebpf:"sm_fp_sockops"`
+	SmFpSplice     *ebpf.ProgramSpec `ebpf:"sm_fp_splice"`
+	SmFpSpliceTp   *ebpf.ProgramSpec `ebpf:"sm_fp_splice_tp"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -285,11 +289,13 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	SmFpAttach  *ebpf.Program `ebpf:"sm_fp_attach"`
-	SmFpExec    *ebpf.Program `ebpf:"sm_fp_exec"`
-	SmFpMsg     *ebpf.Program `ebpf:"sm_fp_msg"`
-	SmFpSockops *ebpf.Program `ebpf:"sm_fp_sockops"`
-	SmFpSplice  *ebpf.Program `ebpf:"sm_fp_splice"`
+	SmFpAttach     *ebpf.Program `ebpf:"sm_fp_attach"`
+	SmFpExec       *ebpf.Program `ebpf:"sm_fp_exec"`
+	SmFpMsg        *ebpf.Program `ebpf:"sm_fp_msg"`
+	SmFpSendfileTp *ebpf.Program `ebpf:"sm_fp_sendfile_tp"`
+	SmFpSockops    *ebpf.Program `ebpf:"sm_fp_sockops"`
+	SmFpSplice     *ebpf.Program `ebpf:"sm_fp_splice"`
+	SmFpSpliceTp   *ebpf.Program `ebpf:"sm_fp_splice_tp"`
 }
 
 func (p *bpfPrograms) Close() error {
@@ -297,8 +303,10 @@ func (p *bpfPrograms) Close() error {
 		p.SmFpAttach,
 		p.SmFpExec,
 		p.SmFpMsg,
+		p.SmFpSendfileTp,
 		p.SmFpSockops,
 		p.SmFpSplice,
+		p.SmFpSpliceTp,
 	)
 }
 

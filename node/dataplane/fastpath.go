@@ -89,24 +89,62 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 	return f, nil
 }
 
-// attachTracepoints attaches the raw tracepoint programs and pins their
-// links. A raw tracepoint link cannot be updated in place, so a link pinned
-// by a previous run is replaced after the new one is attached: for a moment
-// both run, which is harmless (they write the same maps the same way).
+// attachTracepoints attaches the raw tracepoint programs and the splice
+// watch, and pins their links. A tracepoint link cannot be updated in place,
+// so a link pinned by a previous run is replaced after the new one is
+// attached: for a moment both run, which is harmless (they write the same
+// maps the same way).
 func (f *FastPath) attachTracepoints() error {
 	for _, tp := range sockmap.Tracepoints {
-		pin := filepath.Join(f.cfg.linkDir(), tp.Name)
 		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: tp.Event, Program: tp.Program(f.objs)})
 		if err != nil {
 			return fmt.Errorf("dataplane: attach %s to %s: %w", tp.Name, tp.Event, err)
 		}
-		f.links = append(f.links, l)
-		if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("dataplane: replace pinned link %s: %w", pin, err)
+		if err := f.pinLink(l, tp.Name); err != nil {
+			return err
 		}
-		if err := l.Pin(pin); err != nil {
-			return fmt.Errorf("dataplane: pin link %s: %w", pin, err)
+	}
+	ids, err := syscallTracepointIDs(sockmap.SpliceWatch)
+	if err != nil {
+		f.log.Info("fast path: splice watch on raw sys_enter (costs every system call more)", "reason", err)
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: sockmap.RawSpliceWatch.Event, Program: sockmap.RawSpliceWatch.Program(f.objs)})
+		if err != nil {
+			return fmt.Errorf("dataplane: attach %s: %w", sockmap.RawSpliceWatch.Name, err)
 		}
+		if err := f.pinLink(l, sockmap.RawSpliceWatch.Name); err != nil {
+			return err
+		}
+		for _, tp := range sockmap.SpliceWatch {
+			if err := detachPinned(filepath.Join(f.cfg.linkDir(), tp.Name)); err != nil {
+				return fmt.Errorf("dataplane: %w", err)
+			}
+		}
+		return nil
+	}
+	for i, tp := range sockmap.SpliceWatch {
+		l, err := attachPerfTracepoint(ids[i], tp.Program(f.objs))
+		if err != nil {
+			return fmt.Errorf("dataplane: attach %s to syscalls:%s: %w", tp.Name, tp.Event, err)
+		}
+		if err := f.pinLink(l, tp.Name); err != nil {
+			return err
+		}
+	}
+	if err := detachPinned(filepath.Join(f.cfg.linkDir(), sockmap.RawSpliceWatch.Name)); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
+	}
+	return nil
+}
+
+// pinLink keeps l and pins it as name, replacing an older pin.
+func (f *FastPath) pinLink(l link.Link, name string) error {
+	f.links = append(f.links, l)
+	pin := filepath.Join(f.cfg.linkDir(), name)
+	if err := os.Remove(pin); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("dataplane: replace pinned link %s: %w", pin, err)
+	}
+	if err := l.Pin(pin); err != nil {
+		return fmt.Errorf("dataplane: pin link %s: %w", pin, err)
 	}
 	return nil
 }
@@ -140,8 +178,10 @@ func DisableFastPath(cfg Config) error {
 		return fmt.Errorf("dataplane: %w", err)
 	}
 	var paths []string
-	for _, tp := range sockmap.Tracepoints {
-		paths = append(paths, filepath.Join(links, tp.Name))
+	for _, l := range sockmap.LinkNames() {
+		if l != sockmap.ProgSockops {
+			paths = append(paths, filepath.Join(links, l))
+		}
 	}
 	for _, m := range names {
 		paths = append(paths, filepath.Join(cfg.mapDir(), m))

@@ -127,6 +127,13 @@ func TestFastPathLoopback(t *testing.T) {
 		}
 		defer early.Close()
 		fp, pin := openFastPath(t, cg)
+		// The splice watch sits on the per-syscall tracepoints (tracefs
+		// gives their ids here), not on raw sys_enter.
+		for _, l := range []string{"sm_fp_splice_tp", "sm_fp_sendfile_tp"} {
+			if _, err := os.Stat(filepath.Join(pin, "links", l)); err != nil {
+				t.Errorf("splice watch: %v", err)
+			}
+		}
 		if c := fpCounters(t, fp); c.Executables != 1 {
 			t.Fatalf("%d executables classified, want 1 (this test)", c.Executables)
 		}
@@ -485,7 +492,11 @@ func TestFastPathDisable(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		for _, p := range []string{"links/sm_fp_splice", "links/sm_fp_sockops", "maps/sm_fp_socks", "maps/sm_fp_stats"} {
+		left := []string{"maps/sm_fp_socks", "maps/sm_fp_stats"}
+		for _, l := range sockmap.LinkNames() {
+			left = append(left, "links/"+l)
+		}
+		for _, p := range left {
 			if _, err := os.Stat(filepath.Join(pin, p)); !os.IsNotExist(err) {
 				t.Errorf("%s left behind: %v", p, err)
 			}
