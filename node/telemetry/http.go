@@ -114,6 +114,24 @@ func (t *Totals) add(o Totals) {
 	}
 }
 
+// RunTime is the time the tracer's BPF programs ran and how many times,
+// from the kernel's BPF statistics (zero unless they are enabled:
+// ebpf.EnableStats). The uprobes' own cost (the trap, the emulated
+// instruction) is not in it.
+func (t *HTTPTracer) RunTime() (time.Duration, uint64, error) {
+	var d time.Duration
+	var n uint64
+	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish} {
+		st, err := p.Stats()
+		if err != nil {
+			return 0, 0, err
+		}
+		d += st.Runtime
+		n += st.RunCount
+	}
+	return d, n, nil
+}
+
 // Stats reads the in-kernel aggregates, by status code, summed over CPUs.
 func (t *HTTPTracer) Stats() (map[int]Totals, error) {
 	out := map[int]Totals{}
