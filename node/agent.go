@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
+	"github.com/sockmesh/sockmesh/bpf/pins"
 	"github.com/sockmesh/sockmesh/node/dataplane"
 	"github.com/sockmesh/sockmesh/node/dns"
 	"github.com/sockmesh/sockmesh/node/host"
@@ -192,15 +193,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	dpCfg := dataplane.Config{PinDir: a.cfg.PinDir, Cgroup: cg}
 	if a.cfg.FastPath {
 		fp, err := dataplane.OpenFastPath(dpCfg, a.log)
-		if err != nil {
+		switch {
+		case errors.Is(err, pins.ErrHeld):
+			// An earlier release's fast path, of another layout, still
+			// carries sockets: leave them on it and start without one
+			// until they have closed (the next start takes it over).
+			a.log.Error("fast path stays off: sockets of an earlier release's fast path are still open", "err", err)
+			if err := dataplane.DisableFastPath(dpCfg); err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+		case err != nil:
 			return fmt.Errorf("agent: fast path: %w", err)
+		default:
+			defer fp.Close()
+			if err := fp.EnrollTree(cg); err != nil {
+				a.log.Warn("fast path: enroll cgroups", "err", err)
+			}
+			a.fp = fp
+			a.log.Info("fast path attached", "enrolled_cgroups", len(fp.Enrolled()))
 		}
-		defer fp.Close()
-		if err := fp.EnrollTree(cg); err != nil {
-			a.log.Warn("fast path: enroll cgroups", "err", err)
-		}
-		a.fp = fp
-		a.log.Info("fast path attached", "enrolled_cgroups", len(fp.Enrolled()))
 	} else if err := dataplane.DisableFastPath(dpCfg); err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/sockmesh/sockmesh/bpf/pins"
 	"github.com/sockmesh/sockmesh/bpf/verifier"
 )
 
@@ -84,9 +85,12 @@ type LoadOptions struct {
 	// nothing.
 	PinDir string
 	// MaxServices and MaxSlots override the capacity of sm_services and
-	// sm_slots (0: the compiled-in 65536 and 262144). Pinned maps of
-	// another capacity are not adopted: loading fails.
+	// sm_slots (0: the compiled-in 65536 and 262144). A pinned map of
+	// another layout (another capacity, an older release) is replaced,
+	// its entries carried over where they fit (see package pins).
 	MaxServices, MaxSlots uint32
+	// Migrated, if set, hears of every pinned map replaced.
+	Migrated func(pins.Migration)
 }
 
 // Load loads the programs and maps.
@@ -107,6 +111,17 @@ func Load(o LoadOptions) (*Objects, error) {
 	}
 	if o.MaxSlots > 0 {
 		spec.Maps[MapSlots].MaxEntries = o.MaxSlots
+	}
+	if o.PinDir != "" {
+		done, err := pins.Migrate(spec, o.PinDir)
+		for _, m := range done {
+			if o.Migrated != nil {
+				o.Migrated(m)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("sockaddr: %w", err)
+		}
 	}
 	if err := spec.LoadAndAssign(&objs, opts); err != nil {
 		return nil, verifier.Explain("sockaddr programs", err)

@@ -6,6 +6,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 
+	"github.com/sockmesh/sockmesh/bpf/pins"
 	"github.com/sockmesh/sockmesh/bpf/verifier"
 )
 
@@ -104,8 +105,11 @@ func AttachMsg(o *Objects) error {
 }
 
 // Load loads the programs and maps, pinning the maps in pinDir (or adopting
-// the ones pinned there); an empty pinDir pins nothing.
-func Load(pinDir string) (*Objects, error) {
+// the ones pinned there); an empty pinDir pins nothing. A pinned map of
+// another layout (an older release) is replaced, its entries carried over
+// where they fit, and migrated hears of it; one that holds sockets makes
+// Load fail with pins.ErrHeld.
+func Load(pinDir string, migrated func(pins.Migration)) (*Objects, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load sockmap spec: %w", err)
@@ -113,6 +117,17 @@ func Load(pinDir string) (*Objects, error) {
 	if pinDir == "" {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
+		}
+	}
+	if pinDir != "" {
+		done, err := pins.Migrate(spec, pinDir)
+		for _, m := range done {
+			if migrated != nil {
+				migrated(m)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("fast path: %w", err)
 		}
 	}
 	var objs Objects

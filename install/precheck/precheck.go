@@ -69,7 +69,7 @@ func Checks() []Check {
 		{"socket local storage", false, "5.2", "no same-node fast path", mapT(ebpf.SkStorage)},
 		{"raw tracepoints", false, "4.17", "no same-node fast path (splice, exec and cgroup-move watches)", prog(ebpf.RawTracepoint)},
 		{"fast path programs pass the verifier", false, "5.10", "no same-node fast path", func() error {
-			objs, err := sockmap.Load("")
+			objs, err := sockmap.Load("", nil)
 			if err != nil {
 				return err
 			}

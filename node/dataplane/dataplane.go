@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/sockmesh/sockmesh/bpf/pins"
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/node/host"
 )
@@ -94,7 +95,7 @@ func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
 	if err := cfg.prepare(); err != nil {
 		return nil, err
 	}
-	objs, err := sockaddr.Load(sockaddr.LoadOptions{PinDir: cfg.mapDir(), MaxServices: cfg.MaxServices, MaxSlots: cfg.MaxSlots})
+	objs, err := sockaddr.Load(sockaddr.LoadOptions{PinDir: cfg.mapDir(), MaxServices: cfg.MaxServices, MaxSlots: cfg.MaxSlots, Migrated: logMigration(log)})
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
@@ -344,6 +345,18 @@ func (d *Dataplane) Close() error {
 	}
 	d.links = nil
 	return d.objs.Close()
+}
+
+// logMigration reports a pinned map an earlier release left in another
+// layout and that was replaced.
+func logMigration(log *slog.Logger) func(pins.Migration) {
+	return func(m pins.Migration) {
+		if m.Dropped {
+			log.Warn("pinned map replaced: another layout, its entries start again", "map", m.Map, "reason", m.Reason)
+			return
+		}
+		log.Info("pinned map replaced: another layout, entries carried over", "map", m.Map, "entries", m.Copied, "reason", m.Reason)
+	}
 }
 
 // detachPinned detaches the link pinned at pin and removes the pin. Only

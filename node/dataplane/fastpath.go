@@ -48,7 +48,7 @@ func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
 	if err := cfg.prepare(); err != nil {
 		return nil, err
 	}
-	objs, err := sockmap.Load(cfg.mapDir())
+	objs, err := sockmap.Load(cfg.mapDir(), logMigration(log))
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
