@@ -194,29 +194,7 @@ func TestFastPathLoopback(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer echo.Close()
-		go func() {
-			for {
-				c, err := echo.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					buf := make([]byte, 64<<10)
-					for {
-						n, err := c.Read(buf)
-						if n > 0 {
-							if _, werr := c.Write(buf[:n]); werr != nil {
-								return
-							}
-						}
-						if err != nil {
-							return
-						}
-					}
-				}()
-			}
-		}()
+		go echoServer(echo)
 
 		conn, err := net.Dial("tcp", echo.Addr().String())
 		if err != nil {

@@ -15,10 +15,11 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sockmesh/sockmesh/tests/workload"
 )
 
 func main() {
@@ -274,14 +275,6 @@ func netipUnmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// RRResult is what rr prints: request/response over one TCP connection.
-type RRResult struct {
-	Ops     int     `json:"ops"`
-	OpsPerS float64 `json:"opsPerS"`
-	P50us   float64 `json:"p50us"`
-	P99us   float64 `json:"p99us"`
-}
-
 // requestResponse connects once, then sends size bytes and waits for the
 // echo n times, timing each round trip.
 func requestResponse(args []string) error {
@@ -299,26 +292,11 @@ func requestResponse(args []string) error {
 	if _, err := r.ReadString('\n'); err != nil {
 		return err
 	}
-	req, resp := make([]byte, *size), make([]byte, *size)
-	lat := make([]time.Duration, *n)
-	start := time.Now()
-	for i := range lat {
-		t0 := time.Now()
-		if _, err := c.Write(req); err != nil {
-			return err
-		}
-		if _, err := io.ReadFull(r, resp); err != nil {
-			return err
-		}
-		lat[i] = time.Since(t0)
+	res, err := workload.RoundTrips(c, r, *n, *size)
+	if err != nil {
+		return err
 	}
-	total := time.Since(start)
-	slices.Sort(lat)
-	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-	return json.NewEncoder(os.Stdout).Encode(RRResult{
-		Ops: *n, OpsPerS: float64(*n) / total.Seconds(),
-		P50us: us(lat[len(lat)/2]), P99us: us(lat[len(lat)*99/100]),
-	})
+	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
 // ConnectResult is what connect prints.

@@ -20,9 +20,10 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
 	"time"
+
+	"github.com/sockmesh/sockmesh/tests/workload"
 )
 
 func main() {
@@ -111,14 +112,6 @@ func dial(addr string) (net.Conn, error) {
 	return c, nil
 }
 
-// RRResult is what rr prints (the same as podbin rr).
-type RRResult struct {
-	Ops     int     `json:"ops"`
-	OpsPerS float64 `json:"opsPerS"`
-	P50us   float64 `json:"p50us"`
-	P99us   float64 `json:"p99us"`
-}
-
 // requestResponse sends size bytes and waits for their echo n times on one
 // connection, timing each round trip.
 func requestResponse(args []string) error {
@@ -132,26 +125,11 @@ func requestResponse(args []string) error {
 		return err
 	}
 	defer c.Close()
-	req, resp := make([]byte, *size), make([]byte, *size)
-	lat := make([]time.Duration, *n)
-	start := time.Now()
-	for i := range lat {
-		t0 := time.Now()
-		if _, err := c.Write(req); err != nil {
-			return err
-		}
-		if err := readFull(c, resp); err != nil {
-			return err
-		}
-		lat[i] = time.Since(t0)
+	res, err := workload.RoundTrips(c, c, *n, *size)
+	if err != nil {
+		return err
 	}
-	total := time.Since(start)
-	slices.Sort(lat)
-	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-	return json.NewEncoder(os.Stdout).Encode(RRResult{
-		Ops: *n, OpsPerS: float64(*n) / total.Seconds(),
-		P50us: us(lat[len(lat)/2]), P99us: us(lat[len(lat)*99/100]),
-	})
+	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
 // BulkResult is what bulk prints.
@@ -218,16 +196,4 @@ func bulk(args []string) error {
 		Bytes: n, MBPerS: float64(n) / secs / 1e6, SHA256: sum,
 		Identical: n == *total && sum == fmt.Sprintf("%x", sent.Sum(nil)),
 	})
-}
-
-// readFull reads exactly len(b) bytes.
-func readFull(c net.Conn, b []byte) error {
-	for len(b) > 0 {
-		n, err := c.Read(b)
-		if err != nil {
-			return err
-		}
-		b = b[n:]
-	}
-	return nil
 }
