@@ -711,20 +711,6 @@ int sm_fp_sockops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
-/* current_exe names the current process's executable. */
-static __always_inline int current_exe(struct exe_key *k)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
-
-	if (!inode)
-		return -1;
-	k->ino = BPF_CORE_READ(inode, i_ino);
-	k->dev = BPF_CORE_READ(inode, i_sb, s_dev);
-	k->pad = 0;
-	return 0;
-}
-
 /* publish runs on an eligible receiver's sends while its peer has not
  * handed over: it renews the sequence number the socket has read up to,
  * if it has read everything (rule 2). The first was published at
@@ -848,15 +834,16 @@ static __always_inline void mark_dirty(__u64 cg)
 	count(dirty_marks);
 }
 
-/* task_exe names a task's executable; it returns the verdict on it, or 0
- * when there is none (or no executable: a kernel thread). */
+/* task_exe names a task's executable in k and returns the verdict on it,
+ * 0 when there is none yet, or -1 when the task has no executable (a
+ * kernel thread). */
 static __always_inline int task_exe(struct task_struct *task, struct exe_key *k)
 {
 	struct inode *inode = BPF_CORE_READ(task, mm, exe_file, f_inode);
 	enum exe_verdict *v;
 
 	if (!inode)
-		return 0;
+		return -1;
 	k->ino = BPF_CORE_READ(inode, i_ino);
 	k->dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	k->pad = 0;
@@ -872,7 +859,7 @@ static __always_inline void judge_now(__u64 cg, struct task_struct *task, const 
 	struct exe_key k = {};
 	int v = task_exe(task, &k);
 
-	if (v == EXE_SAFE)
+	if (v == EXE_SAFE || v < 0)
 		return;
 	mark_dirty(cg);
 	if (v)
@@ -946,7 +933,7 @@ static __always_inline int spliced(unsigned long fd)
 		return 0;
 	/* A target spliced: its program was misjudged. */
 	count(splice_exits);
-	if (!current_exe(&exe))
+	if (task_exe((struct task_struct *)bpf_get_current_task(), &exe) >= 0)
 		bpf_map_update_elem(&sm_fp_exes, &exe, &unsafe, BPF_ANY);
 	mark_dirty(bpf_get_current_cgroup_id());
 	/* sk_user_data carries flag bits below the psock pointer
