@@ -21,8 +21,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/types/known/structpb"
 
-	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/bpf/pins"
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/node/dataplane"
 	"github.com/sockmesh/sockmesh/node/dns"
 	"github.com/sockmesh/sockmesh/node/host"
