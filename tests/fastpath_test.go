@@ -56,6 +56,10 @@ func TestFastPathAcrossPods(t *testing.T) {
 	client := tp.Pod("client", true)
 	spliced := tp.Pod("spliced", true)
 	plain := tp.Pod("plain", true)
+	// podbin listens before the agent starts (the agent finds its
+	// listener in /proc), rrbin after (sockops sees its listen()): either
+	// way a client knows whether its server may receive.
+	spliced.Serve("spliced", []int{8080}, nil)
 	const vipFast = "10.96.7.11"
 	meshFile := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeMesh(t, meshFile, docs(
@@ -64,9 +68,6 @@ func TestFastPathAcrossPods(t *testing.T) {
 		svc("fast", []string{vipFast}, "http:80/TCP"),
 		slice("fast-v4", "fast", "IPv4", 0, []string{plain.IP4.String()}, "http:8080/TCP")))
 	sm := tp.StartSockmesh("-f", meshFile, "--fast-path")
-	// Servers started after the agent: their listeners are known, so a
-	// client knows at once whether its server may receive.
-	spliced.Serve("spliced", []int{8080}, nil)
 	plain.StartRR("serve", "-addr", ":8080")
 	deadline := time.Now().Add(10 * time.Second)
 	for readFastPathMaps(t, sm).Executables < 2 {

@@ -28,6 +28,10 @@ type SockKey = bpfSockKey
 // number of its device (MAJOR << 20 | MINOR).
 type ExeKey = bpfExeKey
 
+// ListenerKey is the key of sm_fp_listeners: a listening port in a
+// network namespace (by cookie).
+type ListenerKey = bpfListenerKey
+
 // ExecEvent is what sm_fp_events carries: an executable to judge now.
 type ExecEvent = bpfExecEvent
 

@@ -200,8 +200,8 @@ func DisableFastPath(cfg Config) error {
 // their cgroup leaves.
 func (f *FastPath) Enroll(ids map[uint64]string) error {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	var errs []error
+	fresh := map[uint64]string{}
 	for id, path := range ids {
 		if _, ok := f.enrolled[id]; ok {
 			f.enrolled[id] = path
@@ -212,7 +212,15 @@ func (f *FastPath) Enroll(ids map[uint64]string) error {
 			continue
 		}
 		f.enrolled[id] = path
+		fresh[id] = path
 	}
+	defer func() {
+		// Servers that listened before: outside the lock, it reads /proc.
+		if err := f.seedListeners(fresh); err != nil {
+			f.log.Warn("fast path: listeners from before", "err", err)
+		}
+	}()
+	defer f.mu.Unlock()
 	for id, path := range f.enrolled {
 		if _, ok := ids[id]; ok {
 			continue

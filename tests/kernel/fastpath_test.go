@@ -137,6 +137,28 @@ func TestFastPathLoopback(t *testing.T) {
 		if c := fpCounters(t, fp); c.Executables != 1 {
 			t.Fatalf("%d executables classified, want 1 (this test)", c.Executables)
 		}
+		// The listener from before is known as if the fast path had seen
+		// its listen(2), with this test's cgroup.
+		func() {
+			m, err := ebpf.LoadPinnedMap(filepath.Join(pin, "maps", "sm_fp_listeners"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Close()
+			var st unix.Stat_t
+			unix.Stat(cg, &st)
+			port := uint16(early.Addr().(*net.TCPAddr).Port)
+			var k sockmap.ListenerKey
+			var cgid uint64
+			it := m.Iterate()
+			found := false
+			for it.Next(&k, &cgid) {
+				found = found || (k.Port == port && cgid == st.Ino)
+			}
+			if !found {
+				t.Errorf("the listener from before the fast path (port %d) is not in sm_fp_listeners", port)
+			}
+		}()
 		setSafe(t, pin, cg, true)
 		go func() {
 			c, err := early.Accept()
