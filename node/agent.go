@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,9 @@ type Config struct {
 	// Telemetry probes the Go HTTP servers running in the cgroup with
 	// uprobes and exports Istio's request metrics on MetricsAddress.
 	Telemetry bool
+	// AccessLog, with Telemetry, is a file that gets one JSON line per
+	// request ("-": standard output; empty: none).
+	AccessLog string
 	// FastPath turns on the same-node fast path: TCP connections between
 	// processes of the cgroup tree on this node exchange data socket to
 	// socket (bpf/sockmap). Off: new connections take the normal path,
@@ -256,13 +260,28 @@ func (a *Agent) Run(ctx context.Context) error {
 		g.Go(func() error { return a.serveAdmin(ctx) })
 	}
 	var requestMetrics *telemetry.Metrics
+	if a.cfg.AccessLog != "" && !a.cfg.Telemetry {
+		return errors.New("agent: an access log needs --telemetry")
+	}
 	if a.cfg.Telemetry {
 		mnt, err := host.Cgroup2Mount()
 		if err != nil {
 			return fmt.Errorf("agent: telemetry: %w", err)
 		}
-		w := telemetry.NewWatcher(telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify},
-			a.log.With("subsystem", "telemetry"))
+		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify}
+		switch a.cfg.AccessLog {
+		case "":
+		case "-":
+			wc.AccessLog = os.Stdout
+		default:
+			f, err := os.OpenFile(a.cfg.AccessLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+			if err != nil {
+				return fmt.Errorf("agent: access log: %w", err)
+			}
+			defer f.Close()
+			wc.AccessLog = f
+		}
+		w := telemetry.NewWatcher(wc, a.log.With("subsystem", "telemetry"))
 		requestMetrics = w.Metrics()
 		g.Go(func() error { return w.Run(ctx) })
 	}

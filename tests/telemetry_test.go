@@ -1,6 +1,10 @@
 package tests
 
 import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -8,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sockmesh/sockmesh/internal/testutil"
+	"github.com/sockmesh/sockmesh/node/telemetry"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -22,7 +27,8 @@ func TestIstioRequestMetrics(t *testing.T) {
 	srv := web.Start("http-serve", "-addr", ":8080")
 	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeMesh(t, mesh, docs(svc("web", []string{vip4}, "http:80/TCP"), slice("web", "web", "IPv4", 0, []string{web.IP4.String()}, "http:8080/TCP")))
-	sm := tp.StartSockmesh("-f", mesh, "--telemetry")
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--access-log", accessLog)
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing HTTP server") })
 
 	url := "http://" + web.IP4.String() + ":8080"
@@ -50,6 +56,29 @@ func TestIstioRequestMetrics(t *testing.T) {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
+	}
+	// The access log has a JSON line for each of the six requests.
+	var lines []telemetry.AccessEntry
+	waitFor(t, 5*time.Second, func() bool {
+		data, _ := os.ReadFile(accessLog)
+		lines = lines[:0]
+		for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			var e telemetry.AccessEntry
+			if json.Unmarshal([]byte(l), &e) == nil {
+				lines = append(lines, e)
+			}
+		}
+		return len(lines) == 6
+	})
+	byPath := map[string]int{}
+	for _, e := range lines {
+		byPath[fmt.Sprintf("%s %s %d", e.Method, e.Path, e.ResponseCode)]++
+		if e.DestinationService != "web.default.svc.cluster.local" || e.Reporter != "destination" || e.StartTime.IsZero() || e.DurationMs <= 0 {
+			t.Errorf("access log line %+v", e)
+		}
+	}
+	if want := map[string]int{"GET /ok 200": 3, "GET /missing 404": 2, "GET /fail 500": 1}; !maps.Equal(byPath, want) {
+		t.Errorf("access log: %v, want %v", byPath, want)
 	}
 	srv.Stop()
 	waitFor(t, 5*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: process exited, probes removed") })

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -29,6 +30,9 @@ type WatchConfig struct {
 	// Identify says who a server is from its pod's addresses (the agent
 	// answers from the endpoints it got over xDS); nil leaves it unknown.
 	Identify func(addrs []netip.Addr) (Destination, bool)
+	// AccessLog, if set, receives one JSON line per request. The probes
+	// then also send an event per request, which costs the servers more.
+	AccessLog io.Writer
 }
 
 // Watcher finds Go HTTP servers among the processes of a cgroup, probes
@@ -120,6 +124,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 			delete(w.traced, pid)
 		}
 	}()
+	if w.cfg.AccessLog != nil {
+		var drained sync.WaitGroup
+		drained.Add(1)
+		go func() { defer drained.Done(); w.drainAccessLog(ctx, 100*time.Millisecond) }()
+		defer drained.Wait()
+	}
 	for {
 		w.scan()
 		select {
@@ -154,7 +164,7 @@ func (w *Watcher) scan() {
 			continue
 		}
 		exe := "/proc/" + e.Name() + "/exe"
-		tr, err := TraceHTTP(exe, pid, false)
+		tr, err := TraceHTTP(exe, pid, w.cfg.AccessLog != nil)
 		switch {
 		case err == nil:
 			w.traced[pid] = tr
