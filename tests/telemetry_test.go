@@ -47,7 +47,14 @@ func TestIstioRequestMetrics(t *testing.T) {
 		}
 		return m[1]
 	}
-	waitFor(t, 5*time.Second, func() bool { return count("200") == "3" && count("404") == "2" && count("500") == "1" })
+	// And a POST with a 1,234-byte body: istio_request_bytes.
+	if out, err := client.Exec("curl", "-s", "-o", "/dev/null", "-m", "2", "--data-binary", strings.Repeat("x", 1234), url+"/ok"); err != nil {
+		t.Fatalf("curl POST: %v %s", err, out)
+	}
+	waitFor(t, 5*time.Second, func() bool { return count("200") == "4" && count("404") == "2" && count("500") == "1" })
+	if !regexp.MustCompile(`(?m)^istio_request_bytes_sum\{[^}]*response_code="200"[^}]*\} 1234$`).MatchString(sm.Get("/metrics")) {
+		t.Errorf("istio_request_bytes_sum for the 200s is not 1234")
+	}
 	m := sm.Get("/metrics")
 	for _, want := range []string{`request_protocol="http"`, `destination_cluster="Kubernetes"`, `source_workload="unknown"`,
 		// The server's pod IP is an endpoint of web: the agent names it.
@@ -57,7 +64,7 @@ func TestIstioRequestMetrics(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	// The access log has a JSON line for each of the six requests.
+	// The access log has a JSON line for each of the seven requests.
 	var lines []telemetry.AccessEntry
 	waitFor(t, 5*time.Second, func() bool {
 		data, _ := os.ReadFile(accessLog)
@@ -68,7 +75,7 @@ func TestIstioRequestMetrics(t *testing.T) {
 				lines = append(lines, e)
 			}
 		}
-		return len(lines) == 6
+		return len(lines) == 7
 	})
 	byPath := map[string]int{}
 	for _, e := range lines {
@@ -77,7 +84,7 @@ func TestIstioRequestMetrics(t *testing.T) {
 			t.Errorf("access log line %+v", e)
 		}
 	}
-	if want := map[string]int{"GET /ok 200": 3, "GET /missing 404": 2, "GET /fail 500": 1}; !maps.Equal(byPath, want) {
+	if want := map[string]int{"GET /ok 200": 3, "POST /ok 200": 1, "GET /missing 404": 2, "GET /fail 500": 1}; !maps.Equal(byPath, want) {
 		t.Errorf("access log: %v, want %v", byPath, want)
 	}
 	srv.Stop()

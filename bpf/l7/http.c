@@ -35,6 +35,7 @@ struct regs {
 struct http_event {
 	__u64 duration_ns;
 	__u64 bytes;
+	__u64 req_bytes; /* the request's Content-Length (0 if unknown) */
 	__u32 pid;
 	__u32 status;
 	__u8 method[METHOD_LEN];
@@ -64,6 +65,8 @@ struct http_stats {
 	__u64 duration_buckets[DURATION_BUCKETS];
 	__u64 bytes_sum;
 	__u64 bytes_buckets[BYTES_BUCKETS];
+	__u64 req_bytes_sum;
+	__u64 req_bytes_buckets[BYTES_BUCKETS];
 };
 
 struct http_stats_key {
@@ -97,6 +100,7 @@ volatile const __u64 off_url_path = 56;
 volatile const __u64 off_response_req = 8;
 volatile const __u64 off_response_status = 120;
 volatile const __u64 off_response_written = 104;
+volatile const __u64 off_request_content_length = 88;
 
 /* sm_http_start: goroutine (g pointer + pid) -> request start. Written at
  * ServeHTTP entry, deleted at finishRequest. LRU, 16384 entries: a handler
@@ -165,11 +169,26 @@ static __always_inline void count_drop(void)
 		*d += 1;
 }
 
-static __always_inline void aggregate(__u32 pid, __u32 status, __u64 duration, __u64 bytes)
+/* bytes_bucket counts n in the first of buckets whose bound (1, 10, 100,
+ * ...) it does not exceed. */
+static __always_inline void bytes_bucket(__u64 *buckets, __u64 n)
+{
+	__u64 bound = 1;
+
+#pragma unroll
+	for (int i = 0; i < BYTES_BUCKETS; i++) {
+		if (n <= bound) {
+			buckets[i]++;
+			return;
+		}
+		bound *= 10;
+	}
+}
+
+static __always_inline void aggregate(__u32 pid, __u32 status, __u64 duration, __u64 bytes, __u64 req_bytes)
 {
 	struct http_stats_key k = {.pid = pid, .status = status};
 	struct http_stats *st = bpf_map_lookup_elem(&sm_http_stats, &k);
-	__u64 bound = 1;
 
 	if (!st) {
 		struct http_stats zero = {};
@@ -192,14 +211,9 @@ static __always_inline void aggregate(__u32 pid, __u32 status, __u64 duration, _
 			break;
 		}
 	}
-#pragma unroll
-	for (int i = 0; i < BYTES_BUCKETS; i++) {
-		if (bytes <= bound) {
-			st->bytes_buckets[i]++;
-			break;
-		}
-		bound *= 10;
-	}
+	bytes_bucket(st->bytes_buckets, bytes);
+	st->req_bytes_sum += req_bytes;
+	bytes_bucket(st->req_bytes_buckets, req_bytes);
 }
 
 SEC("uprobe/finish_request")
@@ -208,7 +222,7 @@ int sm_http_finish(struct regs *r)
 	__u64 key = goroutine_key(r), w = GO_ARG1(r), req = 0, url = 0, duration;
 	struct start *s = bpf_map_lookup_elem(&sm_http_start, &key);
 	struct http_event *e;
-	__s64 status = 0, written = 0;
+	__s64 status = 0, written = 0, clen = 0;
 	__u32 pid = bpf_get_current_pid_tgid() >> 32, code;
 
 	if (!s)
@@ -222,7 +236,14 @@ int sm_http_finish(struct regs *r)
 	code = status ? (__u32)status : 200;
 	if (written < 0)
 		written = 0;
-	aggregate(pid, code, duration, written);
+	/* Istio's request size is the body's; Content-Length gives it unless
+	 * the body was chunked (-1), which counts as 0 here. */
+	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
+	if (req)
+		bpf_probe_read_user(&clen, sizeof(clen), (void *)(req + off_request_content_length));
+	if (clen < 0)
+		clen = 0;
+	aggregate(pid, code, duration, written, clen);
 	if (!emit_events)
 		return 0;
 	e = bpf_ringbuf_reserve(&sm_http_events, sizeof(*e), 0);
@@ -235,7 +256,7 @@ int sm_http_finish(struct regs *r)
 	e->pid = pid;
 	e->status = code;
 	e->bytes = written;
-	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
+	e->req_bytes = clen;
 	if (req) {
 		read_gostring(e->method, METHOD_LEN, req + off_request_method);
 		bpf_probe_read_user(&url, sizeof(url), (void *)(req + off_request_url));

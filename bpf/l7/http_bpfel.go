@@ -17,6 +17,7 @@ type bpfHttpEvent struct {
 	_          structs.HostLayout
 	DurationNs uint64
 	Bytes      uint64
+	ReqBytes   uint64
 	Pid        uint32
 	Status     uint32
 	Method     [8]uint8
@@ -30,6 +31,8 @@ type bpfHttpStats struct {
 	DurationBuckets [19]uint64
 	BytesSum        uint64
 	BytesBuckets    [9]uint64
+	ReqBytesSum     uint64
+	ReqBytesBuckets [9]uint64
 }
 
 type bpfHttpStatsKey struct {
@@ -47,20 +50,21 @@ type bpfStart struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	bpfMapSmHttpDrops        = "sm_http_drops"
-	bpfMapSmHttpEvents       = "sm_http_events"
-	bpfMapSmHttpStart        = "sm_http_start"
-	bpfMapSmHttpStats        = "sm_http_stats"
-	bpfProgSmHttpFinish      = "sm_http_finish"
-	bpfProgSmHttpServe       = "sm_http_serve"
-	bpfVarEmitEvents         = "emit_events"
-	bpfVarOffRequestMethod   = "off_request_method"
-	bpfVarOffRequestUrl      = "off_request_url"
-	bpfVarOffResponseReq     = "off_response_req"
-	bpfVarOffResponseStatus  = "off_response_status"
-	bpfVarOffResponseWritten = "off_response_written"
-	bpfVarOffUrlPath         = "off_url_path"
-	bpfVarUnusedHttpEvent    = "unused_http_event"
+	bpfMapSmHttpDrops             = "sm_http_drops"
+	bpfMapSmHttpEvents            = "sm_http_events"
+	bpfMapSmHttpStart             = "sm_http_start"
+	bpfMapSmHttpStats             = "sm_http_stats"
+	bpfProgSmHttpFinish           = "sm_http_finish"
+	bpfProgSmHttpServe            = "sm_http_serve"
+	bpfVarEmitEvents              = "emit_events"
+	bpfVarOffRequestContentLength = "off_request_content_length"
+	bpfVarOffRequestMethod        = "off_request_method"
+	bpfVarOffRequestUrl           = "off_request_url"
+	bpfVarOffResponseReq          = "off_response_req"
+	bpfVarOffResponseStatus       = "off_response_status"
+	bpfVarOffResponseWritten      = "off_response_written"
+	bpfVarOffUrlPath              = "off_url_path"
+	bpfVarUnusedHttpEvent         = "unused_http_event"
 )
 
 // loadBpf returns the embedded CollectionSpec for bpf.
@@ -123,14 +127,15 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
-	EmitEvents         *ebpf.VariableSpec `ebpf:"emit_events"`
-	OffRequestMethod   *ebpf.VariableSpec `ebpf:"off_request_method"`
-	OffRequestUrl      *ebpf.VariableSpec `ebpf:"off_request_url"`
-	OffResponseReq     *ebpf.VariableSpec `ebpf:"off_response_req"`
-	OffResponseStatus  *ebpf.VariableSpec `ebpf:"off_response_status"`
-	OffResponseWritten *ebpf.VariableSpec `ebpf:"off_response_written"`
-	OffUrlPath         *ebpf.VariableSpec `ebpf:"off_url_path"`
-	UnusedHttpEvent    *ebpf.VariableSpec `ebpf:"unused_http_event"`
+	EmitEvents              *ebpf.VariableSpec `ebpf:"emit_events"`
+	OffRequestContentLength *ebpf.VariableSpec `ebpf:"off_request_content_length"`
+	OffRequestMethod        *ebpf.VariableSpec `ebpf:"off_request_method"`
+	OffRequestUrl           *ebpf.VariableSpec `ebpf:"off_request_url"`
+	OffResponseReq          *ebpf.VariableSpec `ebpf:"off_response_req"`
+	OffResponseStatus       *ebpf.VariableSpec `ebpf:"off_response_status"`
+	OffResponseWritten      *ebpf.VariableSpec `ebpf:"off_response_written"`
+	OffUrlPath              *ebpf.VariableSpec `ebpf:"off_url_path"`
+	UnusedHttpEvent         *ebpf.VariableSpec `ebpf:"unused_http_event"`
 }
 
 // bpfObjects contains all objects after they have been loaded into the kernel.
@@ -172,14 +177,15 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
-	EmitEvents         *ebpf.Variable `ebpf:"emit_events"`
-	OffRequestMethod   *ebpf.Variable `ebpf:"off_request_method"`
-	OffRequestUrl      *ebpf.Variable `ebpf:"off_request_url"`
-	OffResponseReq     *ebpf.Variable `ebpf:"off_response_req"`
-	OffResponseStatus  *ebpf.Variable `ebpf:"off_response_status"`
-	OffResponseWritten *ebpf.Variable `ebpf:"off_response_written"`
-	OffUrlPath         *ebpf.Variable `ebpf:"off_url_path"`
-	UnusedHttpEvent    *ebpf.Variable `ebpf:"unused_http_event"`
+	EmitEvents              *ebpf.Variable `ebpf:"emit_events"`
+	OffRequestContentLength *ebpf.Variable `ebpf:"off_request_content_length"`
+	OffRequestMethod        *ebpf.Variable `ebpf:"off_request_method"`
+	OffRequestUrl           *ebpf.Variable `ebpf:"off_request_url"`
+	OffResponseReq          *ebpf.Variable `ebpf:"off_response_req"`
+	OffResponseStatus       *ebpf.Variable `ebpf:"off_response_status"`
+	OffResponseWritten      *ebpf.Variable `ebpf:"off_response_written"`
+	OffUrlPath              *ebpf.Variable `ebpf:"off_url_path"`
+	UnusedHttpEvent         *ebpf.Variable `ebpf:"unused_http_event"`
 }
 
 // bpfPrograms contains all programs after they have been loaded into the kernel.

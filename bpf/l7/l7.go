@@ -42,12 +42,13 @@ func Load(off Offsets, events bool) (*Objects, error) {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
 	}
 	for variable, field := range map[string]string{
-		"off_request_method":   "net/http.Request.Method",
-		"off_request_url":      "net/http.Request.URL",
-		"off_url_path":         "net/url.URL.Path",
-		"off_response_req":     "net/http.response.req",
-		"off_response_status":  "net/http.response.status",
-		"off_response_written": "net/http.response.written",
+		"off_request_method":         "net/http.Request.Method",
+		"off_request_url":            "net/http.Request.URL",
+		"off_url_path":               "net/url.URL.Path",
+		"off_response_req":           "net/http.response.req",
+		"off_response_status":        "net/http.response.status",
+		"off_response_written":       "net/http.response.written",
+		"off_request_content_length": "net/http.Request.ContentLength",
 	} {
 		v, ok := off[field]
 		if !ok {

@@ -17,6 +17,7 @@ type AccessEntry struct {
 	Path                 string    `json:"path"`
 	Protocol             string    `json:"protocol"`
 	ResponseCode         int       `json:"response_code"`
+	BytesReceived        uint64    `json:"bytes_received"`
 	BytesSent            uint64    `json:"bytes_sent"`
 	DurationMs           float64   `json:"duration"`
 	Reporter             string    `json:"reporter"`
@@ -61,7 +62,7 @@ func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
 			for _, r := range reqs {
 				enc.Encode(AccessEntry{
 					StartTime: now.Add(-r.Duration).UTC(), Method: r.Method, Path: r.Path, Protocol: "HTTP/1.1",
-					ResponseCode: r.Status, BytesSent: r.Bytes, DurationMs: float64(r.Duration) / 1e6,
+					ResponseCode: r.Status, BytesReceived: r.ReqBytes, BytesSent: r.Bytes, DurationMs: float64(r.Duration) / 1e6,
 					Reporter: "destination", DestinationWorkload: orUnknown(dst.Workload),
 					DestinationNamespace: orUnknown(dst.Namespace), DestinationService: orUnknown(dst.Service), PID: r.PID,
 				})

@@ -23,6 +23,7 @@ type Request struct {
 	Path     string
 	Status   int
 	Bytes    uint64
+	ReqBytes uint64 // the request's Content-Length (0 when chunked)
 	Duration time.Duration
 }
 
@@ -100,17 +101,21 @@ type Totals struct {
 	DurationBuckets [19]uint64
 	BytesSum        uint64
 	BytesBuckets    [9]uint64
+	ReqBytesSum     uint64
+	ReqBytesBuckets [9]uint64
 }
 
 func (t *Totals) add(o Totals) {
 	t.Count += o.Count
 	t.DurationSumNs += o.DurationSumNs
 	t.BytesSum += o.BytesSum
+	t.ReqBytesSum += o.ReqBytesSum
 	for i := range t.DurationBuckets {
 		t.DurationBuckets[i] += o.DurationBuckets[i]
 	}
 	for i := range t.BytesBuckets {
 		t.BytesBuckets[i] += o.BytesBuckets[i]
+		t.ReqBytesBuckets[i] += o.ReqBytesBuckets[i]
 	}
 }
 
@@ -141,7 +146,8 @@ func (t *HTTPTracer) Stats() (map[int]Totals, error) {
 	for it.Next(&k, &per) {
 		tot := out[int(k.Status)]
 		for _, s := range per {
-			tot.add(Totals{Count: s.Count, DurationSumNs: s.DurationSumNs, DurationBuckets: s.DurationBuckets, BytesSum: s.BytesSum, BytesBuckets: s.BytesBuckets})
+			tot.add(Totals{Count: s.Count, DurationSumNs: s.DurationSumNs, DurationBuckets: s.DurationBuckets, BytesSum: s.BytesSum, BytesBuckets: s.BytesBuckets,
+				ReqBytesSum: s.ReqBytesSum, ReqBytesBuckets: s.ReqBytesBuckets})
 		}
 		out[int(k.Status)] = tot
 	}
@@ -174,7 +180,7 @@ func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
 			return out, fmt.Errorf("decode event: %w", err)
 		}
 		out = append(out, Request{PID: e.Pid, Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
-			Status: int(e.Status), Bytes: e.Bytes, Duration: time.Duration(e.DurationNs)})
+			Status: int(e.Status), Bytes: e.Bytes, ReqBytes: e.ReqBytes, Duration: time.Duration(e.DurationNs)})
 	}
 }
 

@@ -43,10 +43,12 @@ func TestHTTPServerRequests(t *testing.T) {
 			}
 			defer tr.Close()
 
-			want := []string{"GET /ok 200 5", "POST /missing 404 19", "GET /fail 500 5"}
+			// method, path, status, response bytes, request bytes
+			want := []string{"GET /ok 200 5 0", "POST /missing 404 19 123", "GET /fail 500 5 0"}
 			for _, w := range want {
 				f := strings.Fields(w)
-				req, _ := http.NewRequest(f[0], "http://"+addr+f[1], nil)
+				n, _ := strconv.Atoi(f[4])
+				req, _ := http.NewRequest(f[0], "http://"+addr+f[1], strings.NewReader(strings.Repeat("x", n)))
 				resp, err := http.DefaultClient.Do(req)
 				if err != nil {
 					t.Fatal(err)
@@ -64,7 +66,7 @@ func TestHTTPServerRequests(t *testing.T) {
 					if r.PID != uint32(srv.Process.Pid) || r.Duration <= 0 {
 						t.Errorf("event %+v: wrong pid or duration", r)
 					}
-					got = append(got, strings.Join([]string{r.Method, r.Path, strconv.Itoa(r.Status), strconv.FormatUint(r.Bytes, 10)}, " "))
+					got = append(got, strings.Join([]string{r.Method, r.Path, strconv.Itoa(r.Status), strconv.FormatUint(r.Bytes, 10), strconv.FormatUint(r.ReqBytes, 10)}, " "))
 				}
 			}
 			if !slices.Equal(got, want) {
@@ -78,7 +80,8 @@ func TestHTTPServerRequests(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if stats[200].Count != 1 || stats[404].Count != 1 || stats[500].Count != 1 || stats[200].BytesSum != 5 || stats[404].BytesSum != 19 {
+			if stats[200].Count != 1 || stats[404].Count != 1 || stats[500].Count != 1 || stats[200].BytesSum != 5 || stats[404].BytesSum != 19 ||
+				stats[404].ReqBytesSum != 123 || stats[404].ReqBytesBuckets[3] != 1 || stats[200].ReqBytesBuckets[0] != 1 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64

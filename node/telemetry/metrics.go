@@ -26,6 +26,7 @@ type Metrics struct {
 	totals   func() map[Series]Totals
 	requests *prometheus.Desc
 	duration *prometheus.Desc
+	reqSize  *prometheus.Desc
 	respSize *prometheus.Desc
 }
 
@@ -42,6 +43,7 @@ func NewMetrics(totals func() map[Series]Totals) *Metrics {
 		totals:   totals,
 		requests: prometheus.NewDesc("istio_requests_total", "Requests, as Istio counts them.", istioLabels, nil),
 		duration: prometheus.NewDesc("istio_request_duration_milliseconds", "Request duration in milliseconds.", istioLabels, nil),
+		reqSize:  prometheus.NewDesc("istio_request_bytes", "Request body size in bytes (Content-Length; 0 when chunked).", istioLabels, nil),
 		respSize: prometheus.NewDesc("istio_response_bytes", "Response body size in bytes.", istioLabels, nil),
 	}
 }
@@ -50,6 +52,7 @@ func NewMetrics(totals func() map[Series]Totals) *Metrics {
 func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.requests
 	ch <- m.duration
+	ch <- m.reqSize
 	ch <- m.respSize
 }
 
@@ -59,6 +62,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		labels := serverLabels(s)
 		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(t.Count), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.duration, t.Count, float64(t.DurationSumNs)/1e6, cumulative(t.DurationBuckets[:], l7.DurationBoundsMs), labels...)
+		ch <- prometheus.MustNewConstHistogram(m.reqSize, t.Count, float64(t.ReqBytesSum), cumulative(t.ReqBytesBuckets[:], l7.BytesBounds), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.respSize, t.Count, float64(t.BytesSum), cumulative(t.BytesBuckets[:], l7.BytesBounds), labels...)
 	}
 }
