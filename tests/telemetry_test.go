@@ -26,7 +26,15 @@ func TestIstioRequestMetrics(t *testing.T) {
 	client, web := tp.Pod("client", true), tp.Pod("web", true)
 	srv := web.Start("http-serve", "-addr", ":8080")
 	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
-	writeMesh(t, mesh, docs(svc("web", []string{vip4}, "http:80/TCP"), slice("web", "web", "IPv4", 0, []string{web.IP4.String()}, "http:8080/TCP")))
+	// The endpoint names its pod, and the pod is in the file: the agent
+	// knows the server's workload as Istio would (its Deployment).
+	endpoints := slice("web", "web", "IPv4", 0, []string{web.IP4.String()}, "http:8080/TCP") +
+		"  targetRef: {kind: Pod, name: web-5f7c9d6b8-abcde, namespace: default}\n"
+	pod := "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web-5f7c9d6b8-abcde\n  namespace: default\n" +
+		"  labels: {app: web, version: v1, pod-template-hash: 5f7c9d6b8}\n" +
+		"  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-5f7c9d6b8, uid: u, controller: true}]\n" +
+		"spec: {containers: [{name: web, image: web}]}\n"
+	writeMesh(t, mesh, docs(svc("web", []string{vip4}, "http:80/TCP"), endpoints, pod))
 	accessLog := filepath.Join(t.TempDir(), "access.log")
 	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--access-log", accessLog)
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing HTTP server") })
@@ -59,6 +67,8 @@ func TestIstioRequestMetrics(t *testing.T) {
 	for _, want := range []string{`request_protocol="http"`, `destination_cluster="Kubernetes"`, `source_workload="unknown"`,
 		// The server's pod IP is an endpoint of web: the agent names it.
 		`destination_service="web.default.svc.cluster.local"`, `destination_service_name="web"`, `destination_service_namespace="default"`,
+		`destination_workload="web"`, `destination_workload_namespace="default"`, `destination_app="web"`, `destination_version="v1"`,
+		`destination_principal="spiffe://cluster.local/ns/default/sa/default"`,
 		"istio_request_duration_milliseconds_bucket", "istio_response_bytes_bucket"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)
@@ -80,7 +90,7 @@ func TestIstioRequestMetrics(t *testing.T) {
 	byPath := map[string]int{}
 	for _, e := range lines {
 		byPath[fmt.Sprintf("%s %s %d", e.Method, e.Path, e.ResponseCode)]++
-		if e.DestinationService != "web.default.svc.cluster.local" || e.Reporter != "destination" || e.StartTime.IsZero() || e.DurationMs <= 0 {
+		if e.DestinationService != "web.default.svc.cluster.local" || e.DestinationWorkload != "web" || e.Reporter != "destination" || e.StartTime.IsZero() || e.DurationMs <= 0 {
 			t.Errorf("access log line %+v", e)
 		}
 	}

@@ -91,6 +91,7 @@ func stripComments(b []byte) []byte {
 type parsed struct {
 	services []*mesh.Service
 	slices   []sliceDoc
+	pods     map[string]*corev1.Pod // "namespace/name"
 }
 
 type sliceDoc struct {
@@ -115,6 +116,7 @@ func Parse(files map[string][]byte) ([]*mesh.Service, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
+	p.identify()
 	slices.SortFunc(p.services, func(a, b *mesh.Service) int { return strings.Compare(a.Key(), b.Key()) })
 	return p.services, nil
 }
@@ -144,12 +146,46 @@ func (p *parsed) add(doc document) error {
 			es.Namespace = "default"
 		}
 		p.slices = append(p.slices, sliceDoc{doc: doc, slice: &es})
+	case tm.APIVersion == "v1" && tm.Kind == "Pod":
+		var pod corev1.Pod
+		if err := decodeStrict(doc.data, &pod); err != nil {
+			return &Error{File: doc.file, Line: doc.line, Object: "Pod", Msg: err.Error()}
+		}
+		if pod.Name == "" {
+			return &Error{File: doc.file, Line: doc.line, Object: "Pod", Field: "metadata.name", Msg: "required"}
+		}
+		if pod.Namespace == "" {
+			pod.Namespace = "default"
+		}
+		key := pod.Namespace + "/" + pod.Name
+		if p.pods[key] != nil {
+			return &Error{File: doc.file, Line: doc.line, Object: "Pod " + key, Msg: "defined more than once"}
+		}
+		if p.pods == nil {
+			p.pods = map[string]*corev1.Pod{}
+		}
+		p.pods[key] = &pod
 	case tm.Kind == "" || tm.APIVersion == "":
 		return &Error{File: doc.file, Line: doc.line, Field: "apiVersion/kind", Msg: "missing; every document needs both"}
 	default:
-		return &Error{File: doc.file, Line: doc.line, Field: "kind", Msg: fmt.Sprintf("unsupported kind %s %s (supported: v1 Service, discovery.k8s.io/v1 EndpointSlice)", tm.APIVersion, tm.Kind)}
+		return &Error{File: doc.file, Line: doc.line, Field: "kind", Msg: fmt.Sprintf("unsupported kind %s %s (supported: v1 Service, discovery.k8s.io/v1 EndpointSlice, v1 Pod)", tm.APIVersion, tm.Kind)}
 	}
 	return nil
+}
+
+// identify names the workload behind each endpoint whose EndpointSlice
+// targetRef points at a Pod given in the files, as Istio would from the
+// pod (its controller, labels and service account). An endpoint whose pod
+// is not given keeps an unknown workload, as in Istio's metrics.
+func (p *parsed) identify() {
+	for _, svc := range p.services {
+		for i := range svc.Endpoints {
+			e := &svc.Endpoints[i]
+			if pod := p.pods[svc.Namespace+"/"+e.Pod]; e.Pod != "" && pod != nil {
+				e.Workload = convert.WorkloadOf(pod, nil)
+			}
+		}
+	}
 }
 
 // decodeStrict decodes a YAML document into v the way the API server does:

@@ -34,8 +34,22 @@ endpoints:
 - addresses: [10.0.0.1]
   zone: z1
   nodeName: n1
+  targetRef: {kind: Pod, name: web-7d4b9c8f6d-x2x9z, namespace: shop}
 - addresses: [10.0.0.2]
   conditions: {ready: false, serving: true, terminating: true}
+  targetRef: {kind: Pod, name: not-in-the-files, namespace: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7d4b9c8f6d-x2x9z
+  namespace: shop
+  labels: {app: web, version: v2, pod-template-hash: 7d4b9c8f6d}
+  ownerReferences:
+  - {apiVersion: apps/v1, kind: ReplicaSet, name: web-7d4b9c8f6d, uid: u1, controller: true}
+spec:
+  serviceAccountName: web-sa
+  containers: [{name: web, image: web}]
 `
 
 func TestParseGood(t *testing.T) {
@@ -63,6 +77,15 @@ func TestParseGood(t *testing.T) {
 	if e1.Ready || !e1.Serving || !e1.Terminating {
 		t.Fatalf("endpoint 1 %+v", e1)
 	}
+	// The pod given in the files names endpoint 0's workload, as Istio
+	// would; endpoint 1's pod is not given: unknown.
+	if w := e0.Workload; w == nil || w.Name != "web" || w.Namespace != "shop" || w.ServiceAccount != "web-sa" ||
+		w.CanonicalService != "web" || w.CanonicalRevision != "v2" {
+		t.Fatalf("endpoint 0 workload %+v", w)
+	}
+	if e1.Workload != nil {
+		t.Fatalf("endpoint 1 workload %+v, want none", e1.Workload)
+	}
 	if p, ok := e0.TargetFor(s.Ports[0]); !ok || p != 8080 {
 		t.Fatalf("target for http: %d %v", p, ok)
 	}
@@ -78,7 +101,8 @@ func TestParseErrors(t *testing.T) {
 		want       []string // substrings of the error
 	}{
 		{"syntax", "apiVersion: v1\nkind: [Service\n", []string{"m.yaml:1", "invalid YAML"}},
-		{"unknown kind", "apiVersion: v1\nkind: Pod\nmetadata: {name: x}\n", []string{"kind", "unsupported kind v1 Pod"}},
+		{"unknown kind", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n", []string{"kind", "unsupported kind v1 ConfigMap"}},
+		{"pod without name", "apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n", []string{"Pod", "metadata.name", "required"}},
 		{"missing kind", "metadata: {name: x}\n", []string{"apiVersion/kind", "missing"}},
 		{"unknown field", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.10, portz: []}\n", []string{"Service", `unknown field "spec.portz"`}},
 		{"missing VIP", "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  ports: [{port: 80}]\n", []string{"Service default/web", "spec.clusterIP", "required"}},

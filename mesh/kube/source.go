@@ -194,7 +194,7 @@ func identify(list []*mesh.Service, lookup func(ns, name string) (*corev1.Pod, *
 				continue
 			}
 			if pod, ns := lookup(svc.Namespace, e.Pod); pod != nil {
-				e.Workload = WorkloadOf(pod, ns)
+				e.Workload = convert.WorkloadOf(pod, ns)
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/sockmesh/sockmesh/mesh"
+	"github.com/sockmesh/sockmesh/mesh/convert"
 )
 
 // The real API server test is tests.TestKubernetesSource; this one checks
@@ -39,7 +40,7 @@ func TestSourceConvertsClusterObjects(t *testing.T) {
 				TargetRef: &corev1.ObjectReference{Kind: "Pod", Name: "web-1", Namespace: "shop"}}},
 		},
 		&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Namespace: "shop", Labels: map[string]string{"app": "web", "version": "v3"}}},
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{EnrollLabel: "enabled"}}},
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{convert.EnrollLabel: "enabled"}}},
 		// A slice whose Service is not (yet) known is ignored, not fatal.
 		&discoveryv1.EndpointSlice{
 			ObjectMeta:  metav1.ObjectMeta{Name: "orphan", Namespace: "shop", Labels: map[string]string{discoveryv1.LabelServiceName: "nope"}},
