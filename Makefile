@@ -31,10 +31,10 @@ test-kernels: ## kernel tests on the host kernel and, in qemu (TCG), on Debian 6
 	bash tests/kernel/matrix.sh
 
 # Programs the end-to-end tests and benchmarks drive (dig, musl-gcc,
-# dnsmasq, wrk, sockperf, iperf3); installed when running as root.
-APT_TEST := bind9-dnsutils musl-tools dnsmasq-base wrk sockperf iperf3
+# dnsmasq, wrk, sockperf, iperf3, prometheus); installed when running as root.
+APT_TEST := bind9-dnsutils musl-tools dnsmasq-base wrk sockperf iperf3 prometheus
 deps-test: ## install the peer programs the tests use, from apt (as root; others skip kernel tests anyway)
-	@if [ "$$(id -u)" = 0 ] && ! { command -v dig && command -v musl-gcc && command -v dnsmasq && command -v wrk && command -v sockperf && command -v iperf3; } >/dev/null; then \
+	@if [ "$$(id -u)" = 0 ] && ! { command -v dig && command -v musl-gcc && command -v dnsmasq && command -v wrk && command -v sockperf && command -v iperf3 && command -v prometheus; } >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_TEST) >/dev/null; fi
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory kube-assets; fi
 

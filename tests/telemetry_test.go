@@ -1,12 +1,17 @@
 package tests
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
+	neturl "net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -97,6 +102,77 @@ func TestIstioRequestMetrics(t *testing.T) {
 	if want := map[string]int{"GET /ok 200": 3, "POST /ok 200": 1, "GET /missing 404": 2, "GET /fail 500": 1}; !maps.Equal(byPath, want) {
 		t.Errorf("access log: %v, want %v", byPath, want)
 	}
+	// A real Prometheus scrapes the agent, and a rate query by workload,
+	// as Kiali and the Istio dashboards make, answers for "web".
+	promRateByWorkload(t, sm.Metrics, func() {
+		client.Exec("curl", "-s", "-o", "/dev/null", "-m", "2", url+"/ok")
+	})
 	srv.Stop()
 	waitFor(t, 5*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: process exited, probes removed") })
+}
+
+// promRateByWorkload starts Prometheus (Debian's package) on loopback,
+// scraping target every second, calls traffic repeatedly while it does, and
+// checks that sum by (destination_workload) (rate(istio_requests_total))
+// has a positive rate for "web".
+func promRateByWorkload(t *testing.T, target string, traffic func()) {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatalf("prometheus not installed (make deps-test installs it): %v", err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	os.WriteFile(cfg, []byte("global: {scrape_interval: 1s, evaluation_interval: 1s}\n"+
+		"scrape_configs:\n- job_name: sockmesh\n  static_configs: [{targets: [\""+target+"\"]}]\n"), 0o644)
+	addr := harness.FreePort(t)
+	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"),
+		"--web.listen-address="+addr, "--log.level=warn")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	waitFor(t, 20*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/-/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	query := `sum by (destination_workload) (rate(istio_requests_total{reporter="destination"}[15s]))`
+	var rate float64
+	deadline := time.Now().Add(30 * time.Second)
+	for rate <= 0 && time.Now().Before(deadline) {
+		for range 5 {
+			traffic()
+			time.Sleep(100 * time.Millisecond)
+		}
+		resp, err := http.Get("http://" + addr + "/api/v1/query?query=" + neturl.QueryEscape(query))
+		if err != nil {
+			continue
+		}
+		var r struct {
+			Data struct {
+				Result []struct {
+					Metric map[string]string `json:"metric"`
+					Value  [2]any            `json:"value"`
+				} `json:"result"`
+			} `json:"data"`
+		}
+		json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		for _, res := range r.Data.Result {
+			if res.Metric["destination_workload"] == "web" {
+				v, _ := res.Value[1].(string)
+				rate, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+	}
+	if rate <= 0 {
+		t.Fatalf("Prometheus has no rate for workload web: %s\n%s", query, out.String())
+	}
+	t.Logf("Prometheus: %s = %.2f req/s for web", query, rate)
 }
