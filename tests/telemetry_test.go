@@ -102,6 +102,19 @@ func TestIstioRequestMetrics(t *testing.T) {
 	if want := map[string]int{"GET /ok 200": 3, "POST /ok 200": 1, "GET /missing 404": 2, "GET /fail 500": 1}; !maps.Equal(byPath, want) {
 		t.Errorf("access log: %v, want %v", byPath, want)
 	}
+	// A server started after the agent is found and probed as well; it
+	// is no endpoint of the mesh, so its series names no service.
+	late := tp.Pod("late", true)
+	late.Start("http-serve", "-addr", ":8080")
+	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing HTTP server") >= 2 })
+	for range 2 {
+		if out, err := client.Exec("curl", "-s", "-o", "/dev/null", "-m", "2", "http://"+late.IP4.String()+":8080/ok"); err != nil {
+			t.Fatalf("curl the late server: %v %s", err, out)
+		}
+	}
+	lateRe := regexp.MustCompile(`(?m)^istio_requests_total\{[^}]*destination_service="unknown"[^}]*response_code="200"[^}]*\} 2$`)
+	waitFor(t, 5*time.Second, func() bool { return lateRe.MatchString(sm.Get("/metrics")) })
+
 	// A real Prometheus scrapes the agent, and a rate query by workload,
 	// as Kiali and the Istio dashboards make, answers for "web".
 	promRateByWorkload(t, sm.Metrics, func() {
