@@ -46,6 +46,7 @@ struct http_event {
 const struct http_event *unused_http_event __attribute__((unused));
 
 struct start {
+	__u64 key; /* the goroutine whose request holds the slot; 0: free */
 	__u64 ns;
 };
 
@@ -102,14 +103,21 @@ volatile const __u64 off_response_status = 120;
 volatile const __u64 off_response_written = 104;
 volatile const __u64 off_request_content_length = 88;
 
-/* sm_http_start: goroutine (g pointer + pid) -> request start. Written at
- * ServeHTTP entry, deleted at finishRequest. LRU, 16384 entries: a handler
- * that panics or a hijacked connection never reaches finishRequest, and its
- * entry ages out instead of leaking. */
+/* sm_http_start: request starts, in slots chosen by a hash of the
+ * goroutine key (g pointer + pid), claimed with compare-and-swap and freed
+ * at finishRequest; a request looks at START_PROBES slots from its own. An
+ * array, not a hash: no bucket lock, no allocation, which cost most of the
+ * probes' run time here. A handler that panics or a hijacked connection
+ * never reaches finishRequest: its slot counts as free once older than
+ * START_STALE_NS, so nothing leaks. When every probed slot is taken the
+ * request is not measured, and sm_http_drops counts it. */
+#define START_SLOTS 16384
+#define START_PROBES 4
+#define START_STALE_NS (600ULL * 1000000000ULL)
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, START_SLOTS);
+	__type(key, __u32);
 	__type(value, struct start);
 } sm_http_start SEC(".maps");
 
@@ -135,13 +143,62 @@ static __always_inline __u64 goroutine_key(struct regs *r)
 	return GO_G(r) ^ ((__u64)(bpf_get_current_pid_tgid() >> 32) << 48);
 }
 
+static __always_inline __u32 start_slot(__u64 key)
+{
+	key ^= key >> 29;
+	key *= 0xbf58476d1ce4e5b9ULL;
+	key ^= key >> 32;
+	return (__u32)key;
+}
+
+static __always_inline void count_drop(void);
+
 SEC("uprobe/serve_http")
 int sm_http_serve(struct regs *r)
 {
-	__u64 key = goroutine_key(r);
-	struct start s = {.ns = bpf_ktime_get_ns()};
+	__u64 key = goroutine_key(r), now = bpf_ktime_get_ns();
+	__u32 base = start_slot(key);
 
-	bpf_map_update_elem(&sm_http_start, &key, &s, BPF_ANY);
+#pragma unroll
+	for (int i = 0; i < START_PROBES; i++) {
+		__u32 idx = (base + i) & (START_SLOTS - 1);
+		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
+		__u64 old;
+
+		if (!s)
+			return 0;
+		old = s->key;
+		if (old && old != key && now - s->ns < START_STALE_NS)
+			continue;
+		if (__sync_val_compare_and_swap(&s->key, old, key) != old)
+			continue;
+		s->ns = now;
+		return 0;
+	}
+	count_drop();
+	return 0;
+}
+
+/* take_start returns and frees the start of key's request, or 0. */
+static __always_inline __u64 take_start(__u64 key)
+{
+	__u32 base = start_slot(key);
+
+#pragma unroll
+	for (int i = 0; i < START_PROBES; i++) {
+		__u32 idx = (base + i) & (START_SLOTS - 1);
+		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
+		__u64 ns;
+
+		if (!s)
+			return 0;
+		if (s->key != key)
+			continue;
+		ns = s->ns;
+		if (__sync_val_compare_and_swap(&s->key, key, 0) != key)
+			return 0;
+		return ns;
+	}
 	return 0;
 }
 
@@ -220,15 +277,14 @@ SEC("uprobe/finish_request")
 int sm_http_finish(struct regs *r)
 {
 	__u64 key = goroutine_key(r), w = GO_ARG1(r), req = 0, url = 0, duration;
-	struct start *s = bpf_map_lookup_elem(&sm_http_start, &key);
+	__u64 start = take_start(key);
 	struct http_event *e;
 	__s64 status = 0, written = 0, clen = 0;
 	__u32 pid = bpf_get_current_pid_tgid() >> 32, code;
 
-	if (!s)
+	if (!start)
 		return 0;
-	duration = bpf_ktime_get_ns() - s->ns;
-	bpf_map_delete_elem(&sm_http_start, &key);
+	duration = bpf_ktime_get_ns() - start;
 	bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status));
 	bpf_probe_read_user(&written, sizeof(written), (void *)(w + off_response_written));
 	/* finishRequest writes an implicit 200 itself when the handler wrote

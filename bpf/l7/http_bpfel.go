@@ -42,8 +42,9 @@ type bpfHttpStatsKey struct {
 }
 
 type bpfStart struct {
-	_  structs.HostLayout
-	Ns uint64
+	_   structs.HostLayout
+	Key uint64
+	Ns  uint64
 }
 
 // Names of all BPF objects in the ELF.
