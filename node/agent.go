@@ -65,6 +65,9 @@ type Config struct {
 	// AccessLog, with Telemetry, is a file that gets one JSON line per
 	// request ("-": standard output; empty: none).
 	AccessLog string
+	// TelemetryRescan is how often telemetry scans /proc for processes it
+	// was not told about by exec/exit events (0: every second).
+	TelemetryRescan time.Duration
 	// FastPath turns on the same-node fast path: TCP connections between
 	// processes of the cgroup tree on this node exchange data socket to
 	// socket (bpf/sockmap). Off: new connections take the normal path,
@@ -268,7 +271,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: telemetry: %w", err)
 		}
-		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify}
+		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify, Interval: a.cfg.TelemetryRescan}
 		switch a.cfg.AccessLog {
 		case "":
 		case "-":

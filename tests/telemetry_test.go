@@ -41,7 +41,9 @@ func TestIstioRequestMetrics(t *testing.T) {
 		"spec: {containers: [{name: web, image: web}]}\n"
 	writeMesh(t, mesh, docs(svc("web", []string{vip4}, "http:80/TCP"), endpoints, pod))
 	accessLog := filepath.Join(t.TempDir(), "access.log")
-	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--access-log", accessLog)
+	// Rescans are rare: a server started later is found through the exec
+	// event, and one that ends is dropped through the exit event.
+	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--access-log", accessLog, "--telemetry-rescan", "10m")
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing HTTP server") })
 
 	url := "http://" + web.IP4.String() + ":8080"
@@ -102,8 +104,9 @@ func TestIstioRequestMetrics(t *testing.T) {
 	if want := map[string]int{"GET /ok 200": 3, "POST /ok 200": 1, "GET /missing 404": 2, "GET /fail 500": 1}; !maps.Equal(byPath, want) {
 		t.Errorf("access log: %v, want %v", byPath, want)
 	}
-	// A server started after the agent is found and probed as well; it
-	// is no endpoint of the mesh, so its series names no service.
+	// A server started after the agent is found through its exec and
+	// probed as well; it is no endpoint of the mesh, so its series names
+	// no service.
 	late := tp.Pod("late", true)
 	late.Start("http-serve", "-addr", ":8080")
 	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing HTTP server") >= 2 })

@@ -11,8 +11,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/sockmesh/sockmesh/bpf/l7"
 	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
 )
 
@@ -44,6 +46,7 @@ type Watcher struct {
 
 	mu      sync.Mutex
 	traced  map[int]*HTTPTracer
+	exes    map[int]uint64 // inode of what a traced process runs
 	addrs   map[int][]netip.Addr
 	skipped map[int]bool
 	// retired keeps the totals of processes that exited, so counters
@@ -56,7 +59,7 @@ func NewWatcher(cfg WatchConfig, log *slog.Logger) *Watcher {
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
 	}
-	return &Watcher{cfg: cfg, log: log, traced: map[int]*HTTPTracer{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
+	return &Watcher{cfg: cfg, log: log, traced: map[int]*HTTPTracer{}, exes: map[int]uint64{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
 }
 
 // Metrics returns the Prometheus collector of the watcher's requests.
@@ -124,6 +127,15 @@ func (w *Watcher) Run(ctx context.Context) error {
 			delete(w.traced, pid)
 		}
 	}()
+	if pw, err := l7.WatchProcs(w.cfg.Cgroup); err != nil {
+		w.log.Warn("telemetry: no process events, scanning only", "err", err)
+	} else {
+		var followed sync.WaitGroup
+		followed.Add(1)
+		go func() { defer followed.Done(); w.follow(pw) }()
+		defer followed.Wait()
+		defer pw.Close()
+	}
 	if w.cfg.AccessLog != nil {
 		var drained sync.WaitGroup
 		drained.Add(1)
@@ -160,36 +172,92 @@ func (w *Watcher) scan() {
 			continue
 		}
 		alive[pid] = true
-		if w.traced[pid] != nil || w.skipped[pid] {
-			continue
-		}
-		exe := "/proc/" + e.Name() + "/exe"
-		tr, err := TraceHTTP(exe, pid, w.cfg.AccessLog != nil)
-		switch {
-		case err == nil:
-			w.traced[pid] = tr
-			w.addrs[pid] = localAddrs(pid)
-			w.log.Info("telemetry: probing HTTP server", "pid", pid)
-		case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
-			w.skipped[pid] = true // not a Go HTTP server: look no further
-		default:
-			w.skipped[pid] = true
-			w.log.Warn("telemetry: cannot probe", "pid", pid, "err", err)
-		}
+		w.consider(pid)
 	}
-	for pid, tr := range w.traced {
+	for pid := range w.traced {
 		if !alive[pid] {
-			w.foldInto(w.retired, tr, pid)
-			tr.Close()
-			delete(w.traced, pid)
-			delete(w.addrs, pid)
-			w.log.Info("telemetry: process exited, probes removed", "pid", pid)
+			w.retire(pid, "exited")
 		}
 	}
 	for pid := range w.skipped {
 		if !alive[pid] {
 			delete(w.skipped, pid)
 		}
+	}
+}
+
+// consider probes process pid if it is a Go HTTP server not probed yet.
+// w.mu is held.
+func (w *Watcher) consider(pid int) {
+	if w.traced[pid] != nil || w.skipped[pid] {
+		return
+	}
+	exe := "/proc/" + strconv.Itoa(pid) + "/exe"
+	tr, err := TraceHTTP(exe, pid, w.cfg.AccessLog != nil)
+	switch {
+	case err == nil:
+		w.traced[pid] = tr
+		w.exes[pid] = exeInode(pid)
+		w.addrs[pid] = localAddrs(pid)
+		w.log.Info("telemetry: probing HTTP server", "pid", pid)
+	case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
+		w.skipped[pid] = true // not a Go HTTP server: look no further
+	default:
+		w.skipped[pid] = true
+		w.log.Warn("telemetry: cannot probe", "pid", pid, "err", err)
+	}
+}
+
+// retire removes the probes of process pid, keeping its totals. w.mu is
+// held.
+func (w *Watcher) retire(pid int, why string) {
+	tr := w.traced[pid]
+	if tr == nil {
+		return
+	}
+	w.foldInto(w.retired, tr, pid)
+	tr.Close()
+	delete(w.traced, pid)
+	delete(w.exes, pid)
+	delete(w.addrs, pid)
+	w.log.Info("telemetry: process "+why+", probes removed", "pid", pid)
+}
+
+// exeInode is the inode of the file process pid runs (0 if unknown).
+func exeInode(pid int) uint64 {
+	info, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/exe")
+	if err != nil {
+		return 0
+	}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok {
+		return st.Ino
+	}
+	return 0
+}
+
+// follow reacts to process events as they come: an exec is considered at
+// once (probed before it serves), an exit retired at once. A process that
+// exec'd another program is looked at anew.
+func (w *Watcher) follow(pw *l7.ProcWatch) {
+	for {
+		e, err := pw.Read()
+		if err != nil {
+			return // closed
+		}
+		pid := int(e.Pid)
+		w.mu.Lock()
+		switch {
+		case e.Exited == 1:
+			w.retire(pid, "exited")
+			delete(w.skipped, pid)
+		case w.traced[pid] != nil && w.exes[pid] == exeInode(pid):
+			// Probed already, on what it runs now (the event came late).
+		default:
+			w.retire(pid, "ran another program") // the old program's probes, if any
+			delete(w.skipped, pid)
+			w.consider(pid)
+		}
+		w.mu.Unlock()
 	}
 }
 
