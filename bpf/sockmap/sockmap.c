@@ -84,15 +84,13 @@ enum sock_flags {
 	SOCK_F_ELIGIBLE = 1,
 	/* Sender side: this socket's sends go to its peer (rule 2). */
 	SOCK_F_HANDED_OVER = 2,
-	/* Receiver side: the peer hands its sends over; nothing more to
-	 * publish. */
-	SOCK_F_RECEIVING = 4,
 	/* Receiver side: the splice tracepoint took it out; never again. */
 	SOCK_F_SPLICED = 8,
 };
 
 /* sock_state is the per-socket record: the peer's key for sk_msg, the
- * flags above, and the sequence number last published as ready. */
+ * flags above, and the sequence number last published as ready (so a send
+ * looks at sm_fp_targets only when there is something new to publish). */
 struct sock_state {
 	struct sock_key peer;
 	enum sock_flags flags;
@@ -628,7 +626,7 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 		goto fail;
 	swap_key(&st->peer, &k);
 	st->flags = self == CG_SAFE ? SOCK_F_ELIGIBLE : 0;
-	st->ready_seq = 0;
+	st->ready_seq = k.rseq; /* what is published below, if eligible */
 
 	cookie = bpf_get_socket_cookie(ops);
 	if (bpf_map_update_elem(&sm_fp_keys, &cookie, &k, BPF_NOEXIST))
@@ -711,16 +709,24 @@ int sm_fp_sockops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
-/* publish runs on an eligible receiver's sends while its peer has not
- * handed over: it renews the sequence number the socket has read up to,
- * if it has read everything (rule 2). The first was published at
- * ESTABLISHED; this catches up when the peer sent through TCP first. */
+/* publish runs on an eligible receiver's sends: it renews the sequence
+ * number the socket has read up to, if it has read everything (rule 2).
+ * The first was published at ESTABLISHED; this catches up when the peer
+ * sent through TCP first. Only TCP data moves rcv_nxt (handed-over data
+ * does not), so once published nothing is looked up again until the peer
+ * sends through TCP: a one-way sender, or a receiver whose peer has handed
+ * over, costs two field reads a send. */
 static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp)
 {
+	__u32 rcv_nxt = tp->rcv_nxt;
 	struct sock_key own;
 	struct target *cur;
 
-	if (!(st->flags & SOCK_F_ELIGIBLE) || (st->flags & (SOCK_F_RECEIVING | SOCK_F_SPLICED)))
+	if (!(st->flags & SOCK_F_ELIGIBLE) || (st->flags & SOCK_F_SPLICED))
+		return;
+	/* Only with nothing unread: a byte the application has not read yet
+	 * must not be overtaken by one handed over later. */
+	if (tp->copied_seq != rcv_nxt || st->ready_seq == rcv_nxt)
 		return;
 	swap_key(&own, &st->peer);
 	cur = bpf_map_lookup_elem(&sm_fp_targets, &own);
@@ -730,14 +736,8 @@ static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp)
 		st->flags |= SOCK_F_SPLICED;
 		return;
 	}
-	if (cur->handed_over) {
-		st->flags |= SOCK_F_RECEIVING;
-		return;
-	}
-	/* Only with nothing unread: a byte the application has not read yet
-	 * must not be overtaken by one handed over later. */
-	if (tp->copied_seq == tp->rcv_nxt && cur->ready_seq != tp->rcv_nxt)
-		cur->ready_seq = tp->rcv_nxt;
+	cur->ready_seq = rcv_nxt;
+	st->ready_seq = rcv_nxt;
 }
 
 /* hand_over says whether this send may go to the peer socket (rule 2):

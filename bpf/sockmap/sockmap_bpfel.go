@@ -76,7 +76,6 @@ type bpfSockFlags uint32
 const (
 	bpfSockFlagsSOCK_F_ELIGIBLE    bpfSockFlags = 1
 	bpfSockFlagsSOCK_F_HANDED_OVER bpfSockFlags = 2
-	bpfSockFlagsSOCK_F_RECEIVING   bpfSockFlags = 4
 	bpfSockFlagsSOCK_F_SPLICED     bpfSockFlags = 8
 )
 
