@@ -164,7 +164,13 @@ func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		t.reader.SetDeadline(time.Now().Add(10 * time.Millisecond))
+		// Poll in 10 ms steps (no wake-ups come); with no wait, do not
+		// wait at all: return what is there.
+		next := time.Now().Add(10 * time.Millisecond)
+		if next.After(deadline) {
+			next = deadline
+		}
+		t.reader.SetDeadline(next)
 		rec, err := t.reader.Read()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			if len(out) > 0 || time.Now().After(deadline) {
