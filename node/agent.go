@@ -11,11 +11,14 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -29,6 +32,7 @@ import (
 	"github.com/sockmesh/sockmesh/node/host"
 	"github.com/sockmesh/sockmesh/node/telemetry"
 	"github.com/sockmesh/sockmesh/node/xdsclient"
+	"github.com/sockmesh/sockmesh/xds"
 )
 
 // Version is the agent's version, reported to the control plane.
@@ -271,7 +275,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: telemetry: %w", err)
 		}
-		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify, Interval: a.cfg.TelemetryRescan}
+		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify, Service: a.service, Interval: a.cfg.TelemetryRescan}
 		switch a.cfg.AccessLog {
 		case "":
 		case "-":
@@ -374,30 +378,97 @@ func (a *Agent) identify(addrs []netip.Addr) (telemetry.Destination, bool) {
 				if err != nil || !slices.Contains(addrs, ep.Unmap()) {
 					continue
 				}
-				svc := st.Clusters[name].GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
-				wl := lbe.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
-				str := func(m map[string]*structpb.Value, k string) string { return m[k].GetStringValue() }
-				d := telemetry.Destination{
-					Service:          str(svc, "hostname"),
-					ServiceName:      str(svc, "service"),
-					ServiceNamespace: str(svc, "namespace"),
-					Peer: telemetry.Peer{
-						Workload:          str(wl, "workload"),
-						Namespace:         str(wl, "workloadNamespace"),
-						CanonicalService:  str(wl, "canonicalService"),
-						CanonicalRevision: str(wl, "canonicalRevision"),
-						App:               str(wl, "canonicalService"),
-						Version:           str(wl, "canonicalRevision"),
-					},
-				}
-				if sa := str(wl, "serviceAccount"); sa != "" && d.Namespace != "" {
-					d.Principal = "spiffe://cluster.local/ns/" + d.Namespace + "/sa/" + sa
-				}
+				d := serviceOf(st.Clusters[name])
+				d.Peer = workloadOf(lbe)
 				return d, true
 			}
 		}
 	}
 	return telemetry.Destination{}, false
+}
+
+// service says which service a client in namespace ns reached by host: a
+// VIP (the cluster its listener routes to), an endpoint's address, or the
+// service's name as Kubernetes DNS resolves it ("web", "web.ns",
+// "web.ns.svc", the FQDN). The destination workload is named when every
+// endpoint of the service belongs to one workload; else, as the client
+// cannot tell which one answered, it stays unknown.
+func (a *Agent) service(host, ns string) (telemetry.Destination, bool) {
+	if a.client == nil || host == "" {
+		return telemetry.Destination{}, false
+	}
+	st := a.client.State()
+	cluster := ""
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		for _, name := range slices.Sorted(maps.Keys(st.Listeners)) {
+			l := st.Listeners[name]
+			if vip, err := netip.ParseAddr(l.GetAddress().GetSocketAddress().GetAddress()); err == nil && vip.Unmap() == ip {
+				if c, err := xds.ListenerCluster(l); err == nil && c != "" {
+					cluster = c
+					break
+				}
+			}
+		}
+		if cluster == "" {
+			return a.identify([]netip.Addr{ip}) // a pod, dialled directly
+		}
+	} else {
+		host = strings.TrimSuffix(host, ".")
+		for _, name := range slices.Sorted(maps.Keys(st.Clusters)) {
+			svc := st.Clusters[name].GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
+			fqdn, sname, sns := svc["hostname"].GetStringValue(), svc["service"].GetStringValue(), svc["namespace"].GetStringValue()
+			if fqdn != "" && (host == fqdn || host == sname+"."+sns || host == sname+"."+sns+".svc" || (host == sname && ns == sns)) {
+				cluster = name
+				break
+			}
+		}
+	}
+	c, ok := st.Clusters[cluster]
+	if !ok {
+		return telemetry.Destination{}, false
+	}
+	d := serviceOf(c)
+	var workloads []telemetry.Peer
+	for _, loc := range st.Assignments[cluster].GetEndpoints() {
+		for _, lbe := range loc.GetLbEndpoints() {
+			if w := workloadOf(lbe); !slices.Contains(workloads, w) {
+				workloads = append(workloads, w)
+			}
+		}
+	}
+	if len(workloads) == 1 {
+		d.Peer = workloads[0]
+	}
+	return d, true
+}
+
+// serviceOf reads the service a cluster stands for from its metadata.
+func serviceOf(c *clusterv3.Cluster) telemetry.Destination {
+	svc := c.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
+	return telemetry.Destination{
+		Service:          svc["hostname"].GetStringValue(),
+		ServiceName:      svc["service"].GetStringValue(),
+		ServiceNamespace: svc["namespace"].GetStringValue(),
+	}
+}
+
+// workloadOf reads the workload an endpoint belongs to from its metadata.
+func workloadOf(lbe *endpointv3.LbEndpoint) telemetry.Peer {
+	wl := lbe.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
+	str := func(k string) string { return wl[k].GetStringValue() }
+	p := telemetry.Peer{
+		Workload:          str("workload"),
+		Namespace:         str("workloadNamespace"),
+		CanonicalService:  str("canonicalService"),
+		CanonicalRevision: str("canonicalRevision"),
+		App:               str("canonicalService"),
+		Version:           str("canonicalRevision"),
+	}
+	if sa := str("serviceAccount"); sa != "" && p.Namespace != "" {
+		p.Principal = "spiffe://cluster.local/ns/" + p.Namespace + "/sa/" + sa
+	}
+	return p
 }
 
 // Ready reports whether the first complete configuration is in the maps.

@@ -44,7 +44,7 @@ func TestIstioRequestMetrics(t *testing.T) {
 	// Rescans are rare: a server started later is found through the exec
 	// event, and one that ends is dropped through the exit event.
 	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--access-log", accessLog, "--telemetry-rescan", "10m")
-	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing HTTP server") })
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing") })
 
 	url := "http://" + web.IP4.String() + ":8080"
 	for path, n := range map[string]int{"/ok": 3, "/missing": 2, "/fail": 1} {
@@ -109,7 +109,7 @@ func TestIstioRequestMetrics(t *testing.T) {
 	// no service.
 	late := tp.Pod("late", true)
 	late.Start("http-serve", "-addr", ":8080")
-	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing HTTP server") >= 2 })
+	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing") >= 2 })
 	for range 2 {
 		if out, err := client.Exec("curl", "-s", "-o", "/dev/null", "-m", "2", "http://"+late.IP4.String()+":8080/ok"); err != nil {
 			t.Fatalf("curl the late server: %v %s", err, out)

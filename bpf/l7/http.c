@@ -1,12 +1,23 @@
 //go:build ignore
 
-/* Per-request telemetry for Go's net/http server (HTTP/1.x), from uprobes.
+/* Per-request telemetry for Go programs, from uprobes: servers and clients
+ * of net/http (HTTP/1.x and the HTTP/2 bundled in net/http) and of gRPC.
  *
- * Two probes, both on instructions the kernel emulates (the stack-check
- * jump right after each function's entry), none on returns:
- *   serverHandler.ServeHTTP entry:  remember the start time, per goroutine;
- *   (*response).finishRequest entry: the handler has returned; read method,
- *                                    path, status and bytes, emit an event.
+ * Every request has a start probe and an end probe, keyed by the goroutine
+ * (start and end run on the same one):
+ *
+ *   what          start                            end
+ *   HTTP server   serverHandler.ServeHTTP          (*response).finishRequest (HTTP/1)
+ *                                                  (*http2responseWriter).handlerDone (HTTP/2)
+ *   HTTP client   (*Transport).roundTrip           RETs of (*Transport).roundTrip
+ *   gRPC server   (*Server).handleStream           (*http2Server).writeStatus
+ *   gRPC client   (*ClientConn).Invoke             RETs of (*ClientConn).Invoke
+ *
+ * Server probes sit on instructions the kernel emulates (the stack-check
+ * jump after each function's entry). The client ends are RET instructions,
+ * never uretprobes (they break Go's stack unwinding); the kernel
+ * single-steps a RET, which costs the client ~20 us a request here: no
+ * emulated instruction is reached with the response in hand on every path.
  * Struct offsets are constants the loader sets from DWARF or the table.
  */
 
@@ -23,23 +34,50 @@ struct regs {
 	__u64 orig_ax, ip, cs, flags, sp, ss;
 };
 
-/* Go's internal ABI on amd64: arguments in AX, BX, CX, DI, SI, R8..R11;
- * the current goroutine (g) in R14. */
-#define GO_ARG1(r) ((r)->ax)
-#define GO_ARG4(r) ((r)->di)
+/* Go's internal ABI on amd64: arguments and results in AX, BX, CX, DI, SI,
+ * R8..R11; the current goroutine (g) in R14. */
+#define GO_R1(r) ((r)->ax)
+#define GO_R2(r) ((r)->bx)
+#define GO_R3(r) ((r)->cx)
+#define GO_R4(r) ((r)->di)
+#define GO_R5(r) ((r)->si)
 #define GO_G(r) ((r)->r14)
 
 #define METHOD_LEN 8
 #define PATH_LEN 64
+#define PEER_LEN 64
+
+/* Who reports a request, and in which protocol (Istio's reporter and
+ * request_protocol labels). */
+enum kind {
+	KIND_HTTP_SERVER = 0,
+	KIND_HTTP_CLIENT = 1,
+	KIND_GRPC_SERVER = 2,
+	KIND_GRPC_CLIENT = 3,
+};
+
+/* grpc_status when a request is not gRPC. */
+#define GRPC_NONE 255
+
+/* peer says who is on the other side, as the program found it: empty
+ * (peer[0] == 0), text (a server's view: the client's address without its
+ * port; a client's: the host or target it asked for, port kept), or an
+ * address in binary (peer[0] == PEER_BINARY, peer[1] its length, 4 or 16,
+ * from peer[2]). */
+#define PEER_BINARY 0xff
 
 struct http_event {
 	__u64 duration_ns;
 	__u64 bytes;
 	__u64 req_bytes; /* the request's Content-Length (0 if unknown) */
 	__u32 pid;
-	__u32 status;
+	__u16 status;
+	__u8 grpc_status;
+	__u8 kind;
 	__u8 method[METHOD_LEN];
-	__u8 path[PATH_LEN];
+	__u8 path[PATH_LEN]; /* gRPC: the full method, /package.Service/Method */
+	__u8 peer[PEER_LEN];
+	__u8 proto_major; /* HTTP/1 or 2; 0 if unknown */
 };
 
 /* Referenced so the type is in BTF for bpf2go -type. */
@@ -48,6 +86,7 @@ const struct http_event *unused_http_event __attribute__((unused));
 struct start {
 	__u64 key; /* the goroutine whose request holds the slot; 0: free */
 	__u64 ns;
+	__u64 arg[3]; /* what the end probe needs of the start's arguments */
 };
 
 /* Whether to emit one ring-buffer event per request (access logs, tests).
@@ -72,7 +111,10 @@ struct http_stats {
 
 struct http_stats_key {
 	__u32 pid;
-	__u32 status;
+	__u16 status; /* HTTP status; 0: no response (a client's error) */
+	__u8 grpc_status;
+	__u8 kind;
+	__u8 peer[PEER_LEN];
 };
 
 /* Envoy's default duration buckets (Istio's), in nanoseconds. */
@@ -83,10 +125,11 @@ static const __u64 duration_bounds_ns[DURATION_BUCKETS] = {
 	3600000000000ULL,
 };
 
-/* sm_http_stats: {pid, status} -> http_stats, per CPU (no atomics on the
- * hot path). Written by the finishRequest probe, read by the agent when
- * Prometheus scrapes. 4096 entries; when full, new pid/status pairs are
- * not counted (sm_http_drops counts them). */
+/* sm_http_stats: {pid, status, grpc status, kind, peer} -> http_stats, per
+ * CPU (no atomics on the hot path). Written by the end probes, read by the
+ * agent when Prometheus scrapes. 4096 entries (peers are addresses without
+ * ports and hosts a program asks for, so few per process); when full, new
+ * keys are not counted (sm_http_drops counts them). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
@@ -94,21 +137,37 @@ struct {
 	__type(value, struct http_stats);
 } sm_http_stats SEC(".maps");
 
-/* Offsets into Go structs, set at load time. */
+/* Offsets into Go structs, set at load time (node/telemetry/gobin). */
 volatile const __u64 off_request_method = 0;
 volatile const __u64 off_request_url = 16;
+volatile const __u64 off_request_content_length = 88;
+volatile const __u64 off_request_remote_addr = 176;
+volatile const __u64 off_url_host = 40;
 volatile const __u64 off_url_path = 56;
 volatile const __u64 off_response_req = 8;
 volatile const __u64 off_response_status = 120;
 volatile const __u64 off_response_written = 104;
-volatile const __u64 off_request_content_length = 88;
+volatile const __u64 off_h2rw_rws = 0;
+volatile const __u64 off_h2rws_req = 8;
+volatile const __u64 off_h2rws_status = 72;
+volatile const __u64 off_h2rws_wrote = 96;
+volatile const __u64 off_resp_status_code = 16;
+volatile const __u64 off_resp_content_length = 80;
+volatile const __u64 off_resp_proto_major = 40;
+volatile const __u64 off_grpc_stream_method = 16;
+volatile const __u64 off_grpc_server_peer_addr = 56;
+volatile const __u64 off_tcpaddr_ip = 0;
+volatile const __u64 off_status_s = 0;
+volatile const __u64 off_spb_status_code = 40;
+volatile const __u64 off_status_error_s = 0;
+volatile const __u64 off_grpc_cc_target = 24;
 
 /* sm_http_start: request starts, in slots chosen by a hash of the
  * goroutine key (g pointer + pid), claimed with compare-and-swap and freed
- * at finishRequest; a request looks at START_PROBES slots from its own. An
+ * by the end probe; a request looks at START_PROBES slots from its own. An
  * array, not a hash: no bucket lock, no allocation, which cost most of the
  * probes' run time here. A handler that panics or a hijacked connection
- * never reaches finishRequest: its slot counts as free once older than
+ * never reaches its end probe: its slot counts as free once older than
  * START_STALE_NS, so nothing leaks. When every probed slot is taken the
  * request is not measured, and sm_http_drops counts it. */
 #define START_SLOTS 16384
@@ -130,7 +189,8 @@ struct {
 	__uint(max_entries, 1 << 20);
 } sm_http_events SEC(".maps");
 
-/* sm_http_drops: events the ring buffer had no room for. */
+/* sm_http_drops: requests not counted or not reported (no start slot, a
+ * full stats map, a full ring buffer). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -138,9 +198,32 @@ struct {
 	__type(value, __u64);
 } sm_http_drops SEC(".maps");
 
-static __always_inline __u64 goroutine_key(struct regs *r)
+/* Scratch for building a key (big for the 512-byte stack). */
+struct scratch {
+	struct http_stats_key key;
+	__u8 proto_major;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} sm_http_scratch SEC(".maps");
+
+static __always_inline void count_drop(void)
 {
-	return GO_G(r) ^ ((__u64)(bpf_get_current_pid_tgid() >> 32) << 48);
+	__u32 zero = 0;
+	__u64 *d = bpf_map_lookup_elem(&sm_http_drops, &zero);
+
+	if (d)
+		*d += 1;
+}
+
+/* goroutine_key names a goroutine's request of one kind: a handler that
+ * calls another service has a server and a client request open at once. */
+static __always_inline __u64 goroutine_key(struct regs *r, enum kind kind)
+{
+	return GO_G(r) ^ ((__u64)(bpf_get_current_pid_tgid() >> 32) << 48) ^ ((__u64)(kind + 1) << 44);
 }
 
 static __always_inline __u32 start_slot(__u64 key)
@@ -151,12 +234,10 @@ static __always_inline __u32 start_slot(__u64 key)
 	return (__u32)key;
 }
 
-static __always_inline void count_drop(void);
-
-SEC("uprobe/serve_http")
-int sm_http_serve(struct regs *r)
+/* begin claims a start slot for the goroutine's request. */
+static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u64 a1, __u64 a2)
 {
-	__u64 key = goroutine_key(r), now = bpf_ktime_get_ns();
+	__u64 key = goroutine_key(r, kind), now = bpf_ktime_get_ns();
 	__u32 base = start_slot(key);
 
 #pragma unroll
@@ -166,64 +247,97 @@ int sm_http_serve(struct regs *r)
 		__u64 old;
 
 		if (!s)
-			return 0;
+			return;
 		old = s->key;
 		if (old && old != key && now - s->ns < START_STALE_NS)
 			continue;
 		if (__sync_val_compare_and_swap(&s->key, old, key) != old)
 			continue;
 		s->ns = now;
-		return 0;
+		s->arg[0] = a0;
+		s->arg[1] = a1;
+		s->arg[2] = a2;
+		return;
 	}
 	count_drop();
-	return 0;
 }
 
-/* take_start returns and frees the start of key's request, or 0. */
-static __always_inline __u64 take_start(__u64 key)
+/* take_start copies and frees the start of the goroutine's request; 0 if
+ * it has none. */
+static __always_inline int take_start(struct regs *r, enum kind kind, struct start *out)
 {
+	__u64 key = goroutine_key(r, kind);
 	__u32 base = start_slot(key);
 
 #pragma unroll
 	for (int i = 0; i < START_PROBES; i++) {
 		__u32 idx = (base + i) & (START_SLOTS - 1);
 		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
-		__u64 ns;
 
 		if (!s)
 			return 0;
 		if (s->key != key)
 			continue;
-		ns = s->ns;
+		out->ns = s->ns;
+		out->arg[0] = s->arg[0];
+		out->arg[1] = s->arg[1];
+		out->arg[2] = s->arg[2];
 		if (__sync_val_compare_and_swap(&s->key, key, 0) != key)
 			return 0;
-		return ns;
+		return 1;
 	}
 	return 0;
 }
 
-/* read_gostring copies a Go string (pointer, length) at addr into dst. */
-static __always_inline void read_gostring(__u8 *dst, __u32 size, __u64 addr)
+static __always_inline __u64 read_u64(__u64 addr)
+{
+	__u64 v = 0;
+
+	if (addr)
+		bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+	return v;
+}
+
+/* copy_str copies len bytes of a Go string's data at ptr into dst (NUL
+ * padded, truncated to size-1). size is a power of two. */
+static __always_inline __u32 copy_str(__u8 *dst, __u32 size, __u64 ptr, __s64 len)
+{
+	__u32 n;
+
+	if (!ptr || len <= 0)
+		return 0;
+	n = len < size - 1 ? len : size - 1;
+	if (bpf_probe_read_user(dst, n & (size - 1), (void *)ptr))
+		return 0;
+	return n;
+}
+
+/* read_gostring copies the Go string (pointer, length) at addr into dst. */
+static __always_inline __u32 read_gostring(__u8 *dst, __u32 size, __u64 addr)
 {
 	struct {
 		__u64 ptr;
 		__s64 len;
 	} s = {};
-	__u32 n;
 
-	if (bpf_probe_read_user(&s, sizeof(s), (void *)addr) || s.len <= 0)
-		return;
-	n = s.len < size - 1 ? s.len : size - 1;
-	bpf_probe_read_user(dst, n & (size - 1), (void *)s.ptr);
+	if (!addr || bpf_probe_read_user(&s, sizeof(s), (void *)addr))
+		return 0;
+	return copy_str(dst, size, s.ptr, s.len);
 }
 
-static __always_inline void count_drop(void)
+/* cut_port ends a "host:port" text at its last colon: a server keys its
+ * clients by address, not by connection. It zeroes from the end up to and
+ * including the colon (a text without one ends up empty: unknown). One
+ * variable in the loop, so the verifier walks it once. */
+static __always_inline void cut_port(__u8 *peer)
 {
-	__u32 zero = 0;
-	__u64 *d = bpf_map_lookup_elem(&sm_http_drops, &zero);
+	for (int i = PEER_LEN - 1; i >= 0; i--) {
+		__u8 c = peer[i];
 
-	if (d)
-		*d += 1;
+		peer[i] = 0;
+		if (c == ':')
+			return;
+	}
 }
 
 /* bytes_bucket counts n in the first of buckets whose bound (1, 10, 100,
@@ -242,17 +356,16 @@ static __always_inline void bytes_bucket(__u64 *buckets, __u64 n)
 	}
 }
 
-static __always_inline void aggregate(__u32 pid, __u32 status, __u64 duration, __u64 bytes, __u64 req_bytes)
+static __always_inline void aggregate(struct http_stats_key *k, __u64 duration, __u64 bytes, __u64 req_bytes)
 {
-	struct http_stats_key k = {.pid = pid, .status = status};
-	struct http_stats *st = bpf_map_lookup_elem(&sm_http_stats, &k);
+	struct http_stats *st = bpf_map_lookup_elem(&sm_http_stats, k);
 
 	if (!st) {
 		struct http_stats zero = {};
 
 		/* EEXIST from a racing CPU is fine: look up again. */
-		bpf_map_update_elem(&sm_http_stats, &k, &zero, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&sm_http_stats, &k);
+		bpf_map_update_elem(&sm_http_stats, k, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&sm_http_stats, k);
 		if (!st) {
 			count_drop(); /* the map is full */
 			return;
@@ -273,52 +386,246 @@ static __always_inline void aggregate(__u32 pid, __u32 status, __u64 duration, _
 	bytes_bucket(st->req_bytes_buckets, req_bytes);
 }
 
-SEC("uprobe/finish_request")
-int sm_http_finish(struct regs *r)
+static __always_inline struct scratch *scratch(__u32 pid, __u32 status, __u8 grpc_status, __u8 kind)
 {
-	__u64 key = goroutine_key(r), w = GO_ARG1(r), req = 0, url = 0, duration;
-	__u64 start = take_start(key);
-	struct http_event *e;
-	__s64 status = 0, written = 0, clen = 0;
-	__u32 pid = bpf_get_current_pid_tgid() >> 32, code;
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&sm_http_scratch, &zero);
 
-	if (!start)
+	if (!s)
 		return 0;
-	duration = bpf_ktime_get_ns() - start;
-	bpf_probe_read_user(&status, sizeof(status), (void *)(w + off_response_status));
-	bpf_probe_read_user(&written, sizeof(written), (void *)(w + off_response_written));
-	/* finishRequest writes an implicit 200 itself when the handler wrote
-	 * no header. */
-	code = status ? (__u32)status : 200;
-	if (written < 0)
-		written = 0;
-	/* Istio's request size is the body's; Content-Length gives it unless
-	 * the body was chunked (-1), which counts as 0 here. */
-	bpf_probe_read_user(&req, sizeof(req), (void *)(w + off_response_req));
-	if (req)
-		bpf_probe_read_user(&clen, sizeof(clen), (void *)(req + off_request_content_length));
-	if (clen < 0)
-		clen = 0;
-	aggregate(pid, code, duration, written, clen);
+	__builtin_memset(s, 0, sizeof(*s));
+	s->key.pid = pid;
+	s->key.status = status;
+	s->key.grpc_status = grpc_status;
+	s->key.kind = kind;
+	return s;
+}
+
+/* finish counts the request whose key is in s, and reports it in an event
+ * if events are on: the method and path are Go strings at method and path
+ * (addresses of their headers, 0 if unknown), or the path is the string
+ * (path_ptr, path_len) when path is 0. */
+static __always_inline void finish(struct scratch *s, __u64 duration, __u64 bytes, __u64 req_bytes, __u64 method,
+				   __u64 path, __u64 path_ptr, __s64 path_len)
+{
+	struct http_event *e;
+
+	aggregate(&s->key, duration, bytes, req_bytes);
 	if (!emit_events)
-		return 0;
+		return;
 	e = bpf_ringbuf_reserve(&sm_http_events, sizeof(*e), 0);
 	if (!e) {
 		count_drop();
-		return 0;
+		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
 	e->duration_ns = duration;
-	e->pid = pid;
-	e->status = code;
-	e->bytes = written;
-	e->req_bytes = clen;
-	if (req) {
-		read_gostring(e->method, METHOD_LEN, req + off_request_method);
-		bpf_probe_read_user(&url, sizeof(url), (void *)(req + off_request_url));
-		if (url)
-			read_gostring(e->path, PATH_LEN, url + off_url_path);
-	}
+	e->pid = s->key.pid;
+	e->status = s->key.status;
+	e->grpc_status = s->key.grpc_status;
+	e->kind = s->key.kind;
+	e->bytes = bytes;
+	e->req_bytes = req_bytes;
+	e->proto_major = s->proto_major;
+	__builtin_memcpy(e->peer, s->key.peer, PEER_LEN);
+	if (method)
+		read_gostring(e->method, METHOD_LEN, method);
+	if (path)
+		read_gostring(e->path, PATH_LEN, path);
+	else
+		copy_str(e->path, PATH_LEN, path_ptr, path_len);
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
+static __always_inline __u64 nonneg(__s64 v)
+{
+	return v < 0 ? 0 : v;
+}
+
+/* server_done reports an HTTP request a server finished: req is its
+ * *http.Request, code the status written (0: none, an implicit 200). */
+static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major)
+{
+	struct start st;
+	struct scratch *s;
+	__u64 url;
+
+	if (!take_start(r, KIND_HTTP_SERVER, &st))
+		return;
+	s = scratch(bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
+	if (!s)
+		return;
+	s->proto_major = proto_major;
+	read_gostring(s->key.peer, PEER_LEN, req + off_request_remote_addr);
+	cut_port(s->key.peer);
+	url = read_u64(req + off_request_url);
+	/* Istio's request size is the body's; Content-Length gives it unless
+	 * the body was chunked (-1), which counts as 0 here. */
+	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(read_u64(req + off_request_content_length)),
+	       req + off_request_method, url ? url + off_url_path : 0, 0, 0);
+}
+
+SEC("uprobe/serve_http")
+int sm_http_serve(struct regs *r)
+{
+	begin(r, KIND_HTTP_SERVER, 0, 0, 0);
+	return 0;
+}
+
+/* (*response).finishRequest(w): HTTP/1 handler returned. */
+SEC("uprobe/finish_request")
+int sm_http_finish(struct regs *r)
+{
+	__u64 w = GO_R1(r), req;
+
+	if (!w)
+		return 0;
+	req = read_u64(w + off_response_req);
+	if (!req)
+		return 0;
+	server_done(r, req, read_u64(w + off_response_status), read_u64(w + off_response_written), 1);
+	return 0;
+}
+
+/* (*http2responseWriter).handlerDone(w): HTTP/2 handler returned. */
+SEC("uprobe/h2_handler_done")
+int sm_h2_done(struct regs *r)
+{
+	__u64 rws = read_u64(GO_R1(r) + off_h2rw_rws), req;
+
+	if (!rws)
+		return 0;
+	req = read_u64(rws + off_h2rws_req);
+	if (!req)
+		return 0;
+	server_done(r, req, read_u64(rws + off_h2rws_status), read_u64(rws + off_h2rws_wrote), 2);
+	return 0;
+}
+
+/* (*Transport).roundTrip(t, req): a client sends a request. */
+SEC("uprobe/round_trip")
+int sm_http_client_start(struct regs *r)
+{
+	begin(r, KIND_HTTP_CLIENT, GO_R2(r), 0, 0);
+	return 0;
+}
+
+/* A RET of (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0
+ * when there is no response (the error's). */
+SEC("uprobe/round_trip_ret")
+int sm_http_client_end(struct regs *r)
+{
+	__u64 resp = GO_R1(r), req, url, code = 0, bytes = 0;
+	struct scratch *s;
+	struct start st;
+
+	if (!take_start(r, KIND_HTTP_CLIENT, &st))
+		return 0;
+	req = st.arg[0];
+	if (resp) {
+		code = read_u64(resp + off_resp_status_code);
+		bytes = nonneg(read_u64(resp + off_resp_content_length));
+	}
+	s = scratch(bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
+	if (!s || !req)
+		return 0;
+	if (resp)
+		s->proto_major = read_u64(resp + off_resp_proto_major);
+	url = read_u64(req + off_request_url);
+	if (url)
+		read_gostring(s->key.peer, PEER_LEN, url + off_url_host);
+	finish(s, bpf_ktime_get_ns() - st.ns, bytes, nonneg(read_u64(req + off_request_content_length)),
+	       req + off_request_method, url ? url + off_url_path : 0, 0, 0);
+	return 0;
+}
+
+/* grpc_code reads the code of a *status.Status (nil: OK). Codes beyond
+ * the 17 gRPC has count as Unknown (2). */
+static __always_inline __u8 grpc_code(__u64 status)
+{
+	__u64 pb;
+	__s32 code = 0;
+
+	if (!status)
+		return 0;
+	pb = read_u64(status + off_status_s);
+	if (!pb)
+		return 0;
+	bpf_probe_read_user(&code, sizeof(code), (void *)(pb + off_spb_status_code));
+	return code >= 0 && code <= 16 ? code : 2;
+}
+
+/* (*Server).handleStream(s, t, stream): a gRPC server starts a call. */
+SEC("uprobe/grpc_handle_stream")
+int sm_grpc_serve(struct regs *r)
+{
+	begin(r, KIND_GRPC_SERVER, 0, 0, 0);
+	return 0;
+}
+
+/* (*http2Server).writeStatus(t, stream, st): the call's status goes out.
+ * The peer is t.peer.Addr, a *net.TCPAddr. */
+SEC("uprobe/grpc_write_status")
+int sm_grpc_serve_end(struct regs *r)
+{
+	__u64 t = GO_R1(r), stream = GO_R2(r), addr;
+	struct { __u64 ptr; __s64 len; } ip = {};
+	struct scratch *s;
+	struct start st;
+
+	if (!take_start(r, KIND_GRPC_SERVER, &st))
+		return 0;
+	s = scratch(bpf_get_current_pid_tgid() >> 32, 200, grpc_code(GO_R3(r)), KIND_GRPC_SERVER);
+	if (!s)
+		return 0;
+	s->proto_major = 2;
+	/* An interface: {itab, data}; the data is the *net.TCPAddr. */
+	addr = read_u64(t + off_grpc_server_peer_addr + 8);
+	if (addr && !bpf_probe_read_user(&ip, sizeof(ip), (void *)(addr + off_tcpaddr_ip)) && ip.ptr &&
+	    (ip.len == 4 || ip.len == 16)) {
+		s->key.peer[0] = PEER_BINARY;
+		s->key.peer[1] = ip.len;
+		bpf_probe_read_user(&s->key.peer[2], ip.len & 16 ? 16 : 4, (void *)ip.ptr);
+	}
+	finish(s, bpf_ktime_get_ns() - st.ns, 0, 0, 0, stream + off_grpc_stream_method, 0, 0);
+	return 0;
+}
+
+/* (*ClientConn).Invoke(cc, ctx, method, ...): a unary gRPC call starts. */
+SEC("uprobe/grpc_invoke")
+int sm_grpc_call(struct regs *r)
+{
+	begin(r, KIND_GRPC_CLIENT, GO_R1(r), GO_R4(r), GO_R5(r));
+	return 0;
+}
+
+/* A RET of (*ClientConn).Invoke: the error in AX (itab), BX (data). A
+ * non-nil error from Invoke is a *status.Error (grpc makes every error it
+ * returns one; an interceptor's other errors may read as Unknown). */
+SEC("uprobe/grpc_invoke_ret")
+int sm_grpc_call_end(struct regs *r)
+{
+	__u64 err = GO_R2(r), cc;
+	struct scratch *s;
+	struct start st;
+	__u8 code = 0;
+
+	if (!take_start(r, KIND_GRPC_CLIENT, &st))
+		return 0;
+	if (GO_R1(r)) {
+		code = 2;
+		if (err)
+			code = grpc_code(read_u64(err + off_status_error_s));
+		if (code == 0)
+			code = 2;
+	}
+	s = scratch(bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
+	if (!s)
+		return 0;
+	s->proto_major = 2;
+	cc = st.arg[0];
+	if (cc)
+		read_gostring(s->key.peer, PEER_LEN, cc + off_grpc_cc_target);
+	finish(s, bpf_ktime_get_ns() - st.ns, 0, 0, 0, 0, st.arg[1], st.arg[2]);
 	return 0;
 }

@@ -19,9 +19,14 @@ type bpfHttpEvent struct {
 	Bytes      uint64
 	ReqBytes   uint64
 	Pid        uint32
-	Status     uint32
+	Status     uint16
+	GrpcStatus uint8
+	Kind       uint8
 	Method     [8]uint8
 	Path       [64]uint8
+	Peer       [64]uint8
+	ProtoMajor uint8
+	_          [7]byte
 }
 
 type bpfHttpStats struct {
@@ -36,15 +41,26 @@ type bpfHttpStats struct {
 }
 
 type bpfHttpStatsKey struct {
-	_      structs.HostLayout
-	Pid    uint32
-	Status uint32
+	_          structs.HostLayout
+	Pid        uint32
+	Status     uint16
+	GrpcStatus uint8
+	Kind       uint8
+	Peer       [64]uint8
+}
+
+type bpfScratch struct {
+	_          structs.HostLayout
+	Key        bpfHttpStatsKey
+	ProtoMajor uint8
+	_          [3]byte
 }
 
 type bpfStart struct {
 	_   structs.HostLayout
 	Key uint64
 	Ns  uint64
+	Arg [3]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -53,17 +69,41 @@ type bpfStart struct {
 const (
 	bpfMapSmHttpDrops             = "sm_http_drops"
 	bpfMapSmHttpEvents            = "sm_http_events"
+	bpfMapSmHttpScratch           = "sm_http_scratch"
 	bpfMapSmHttpStart             = "sm_http_start"
 	bpfMapSmHttpStats             = "sm_http_stats"
+	bpfProgSmGrpcCall             = "sm_grpc_call"
+	bpfProgSmGrpcCallEnd          = "sm_grpc_call_end"
+	bpfProgSmGrpcServe            = "sm_grpc_serve"
+	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
+	bpfProgSmH2Done               = "sm_h2_done"
+	bpfProgSmHttpClientEnd        = "sm_http_client_end"
+	bpfProgSmHttpClientStart      = "sm_http_client_start"
 	bpfProgSmHttpFinish           = "sm_http_finish"
 	bpfProgSmHttpServe            = "sm_http_serve"
 	bpfVarEmitEvents              = "emit_events"
+	bpfVarOffGrpcCcTarget         = "off_grpc_cc_target"
+	bpfVarOffGrpcServerPeerAddr   = "off_grpc_server_peer_addr"
+	bpfVarOffGrpcStreamMethod     = "off_grpc_stream_method"
+	bpfVarOffH2rwRws              = "off_h2rw_rws"
+	bpfVarOffH2rwsReq             = "off_h2rws_req"
+	bpfVarOffH2rwsStatus          = "off_h2rws_status"
+	bpfVarOffH2rwsWrote           = "off_h2rws_wrote"
 	bpfVarOffRequestContentLength = "off_request_content_length"
 	bpfVarOffRequestMethod        = "off_request_method"
+	bpfVarOffRequestRemoteAddr    = "off_request_remote_addr"
 	bpfVarOffRequestUrl           = "off_request_url"
+	bpfVarOffRespContentLength    = "off_resp_content_length"
+	bpfVarOffRespProtoMajor       = "off_resp_proto_major"
+	bpfVarOffRespStatusCode       = "off_resp_status_code"
 	bpfVarOffResponseReq          = "off_response_req"
 	bpfVarOffResponseStatus       = "off_response_status"
 	bpfVarOffResponseWritten      = "off_response_written"
+	bpfVarOffSpbStatusCode        = "off_spb_status_code"
+	bpfVarOffStatusErrorS         = "off_status_error_s"
+	bpfVarOffStatusS              = "off_status_s"
+	bpfVarOffTcpaddrIp            = "off_tcpaddr_ip"
+	bpfVarOffUrlHost              = "off_url_host"
 	bpfVarOffUrlPath              = "off_url_path"
 	bpfVarUnusedHttpEvent         = "unused_http_event"
 )
@@ -110,18 +150,26 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
-	SmHttpFinish *ebpf.ProgramSpec `ebpf:"sm_http_finish"`
-	SmHttpServe  *ebpf.ProgramSpec `ebpf:"sm_http_serve"`
+	SmGrpcCall        *ebpf.ProgramSpec `ebpf:"sm_grpc_call"`
+	SmGrpcCallEnd     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_end"`
+	SmGrpcServe       *ebpf.ProgramSpec `ebpf:"sm_grpc_serve"`
+	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
+	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
+	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
+	SmHttpClientStart *ebpf.ProgramSpec `ebpf:"sm_http_client_start"`
+	SmHttpFinish      *ebpf.ProgramSpec `ebpf:"sm_http_finish"`
+	SmHttpServe       *ebpf.ProgramSpec `ebpf:"sm_http_serve"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	SmHttpDrops  *ebpf.MapSpec `ebpf:"sm_http_drops"`
-	SmHttpEvents *ebpf.MapSpec `ebpf:"sm_http_events"`
-	SmHttpStart  *ebpf.MapSpec `ebpf:"sm_http_start"`
-	SmHttpStats  *ebpf.MapSpec `ebpf:"sm_http_stats"`
+	SmHttpDrops   *ebpf.MapSpec `ebpf:"sm_http_drops"`
+	SmHttpEvents  *ebpf.MapSpec `ebpf:"sm_http_events"`
+	SmHttpScratch *ebpf.MapSpec `ebpf:"sm_http_scratch"`
+	SmHttpStart   *ebpf.MapSpec `ebpf:"sm_http_start"`
+	SmHttpStats   *ebpf.MapSpec `ebpf:"sm_http_stats"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -129,12 +177,28 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	EmitEvents              *ebpf.VariableSpec `ebpf:"emit_events"`
+	OffGrpcCcTarget         *ebpf.VariableSpec `ebpf:"off_grpc_cc_target"`
+	OffGrpcServerPeerAddr   *ebpf.VariableSpec `ebpf:"off_grpc_server_peer_addr"`
+	OffGrpcStreamMethod     *ebpf.VariableSpec `ebpf:"off_grpc_stream_method"`
+	OffH2rwRws              *ebpf.VariableSpec `ebpf:"off_h2rw_rws"`
+	OffH2rwsReq             *ebpf.VariableSpec `ebpf:"off_h2rws_req"`
+	OffH2rwsStatus          *ebpf.VariableSpec `ebpf:"off_h2rws_status"`
+	OffH2rwsWrote           *ebpf.VariableSpec `ebpf:"off_h2rws_wrote"`
 	OffRequestContentLength *ebpf.VariableSpec `ebpf:"off_request_content_length"`
 	OffRequestMethod        *ebpf.VariableSpec `ebpf:"off_request_method"`
+	OffRequestRemoteAddr    *ebpf.VariableSpec `ebpf:"off_request_remote_addr"`
 	OffRequestUrl           *ebpf.VariableSpec `ebpf:"off_request_url"`
+	OffRespContentLength    *ebpf.VariableSpec `ebpf:"off_resp_content_length"`
+	OffRespProtoMajor       *ebpf.VariableSpec `ebpf:"off_resp_proto_major"`
+	OffRespStatusCode       *ebpf.VariableSpec `ebpf:"off_resp_status_code"`
 	OffResponseReq          *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus       *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.VariableSpec `ebpf:"off_response_written"`
+	OffSpbStatusCode        *ebpf.VariableSpec `ebpf:"off_spb_status_code"`
+	OffStatusErrorS         *ebpf.VariableSpec `ebpf:"off_status_error_s"`
+	OffStatusS              *ebpf.VariableSpec `ebpf:"off_status_s"`
+	OffTcpaddrIp            *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
+	OffUrlHost              *ebpf.VariableSpec `ebpf:"off_url_host"`
 	OffUrlPath              *ebpf.VariableSpec `ebpf:"off_url_path"`
 	UnusedHttpEvent         *ebpf.VariableSpec `ebpf:"unused_http_event"`
 }
@@ -159,16 +223,18 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	SmHttpDrops  *ebpf.Map `ebpf:"sm_http_drops"`
-	SmHttpEvents *ebpf.Map `ebpf:"sm_http_events"`
-	SmHttpStart  *ebpf.Map `ebpf:"sm_http_start"`
-	SmHttpStats  *ebpf.Map `ebpf:"sm_http_stats"`
+	SmHttpDrops   *ebpf.Map `ebpf:"sm_http_drops"`
+	SmHttpEvents  *ebpf.Map `ebpf:"sm_http_events"`
+	SmHttpScratch *ebpf.Map `ebpf:"sm_http_scratch"`
+	SmHttpStart   *ebpf.Map `ebpf:"sm_http_start"`
+	SmHttpStats   *ebpf.Map `ebpf:"sm_http_stats"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.SmHttpDrops,
 		m.SmHttpEvents,
+		m.SmHttpScratch,
 		m.SmHttpStart,
 		m.SmHttpStats,
 	)
@@ -179,12 +245,28 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	EmitEvents              *ebpf.Variable `ebpf:"emit_events"`
+	OffGrpcCcTarget         *ebpf.Variable `ebpf:"off_grpc_cc_target"`
+	OffGrpcServerPeerAddr   *ebpf.Variable `ebpf:"off_grpc_server_peer_addr"`
+	OffGrpcStreamMethod     *ebpf.Variable `ebpf:"off_grpc_stream_method"`
+	OffH2rwRws              *ebpf.Variable `ebpf:"off_h2rw_rws"`
+	OffH2rwsReq             *ebpf.Variable `ebpf:"off_h2rws_req"`
+	OffH2rwsStatus          *ebpf.Variable `ebpf:"off_h2rws_status"`
+	OffH2rwsWrote           *ebpf.Variable `ebpf:"off_h2rws_wrote"`
 	OffRequestContentLength *ebpf.Variable `ebpf:"off_request_content_length"`
 	OffRequestMethod        *ebpf.Variable `ebpf:"off_request_method"`
+	OffRequestRemoteAddr    *ebpf.Variable `ebpf:"off_request_remote_addr"`
 	OffRequestUrl           *ebpf.Variable `ebpf:"off_request_url"`
+	OffRespContentLength    *ebpf.Variable `ebpf:"off_resp_content_length"`
+	OffRespProtoMajor       *ebpf.Variable `ebpf:"off_resp_proto_major"`
+	OffRespStatusCode       *ebpf.Variable `ebpf:"off_resp_status_code"`
 	OffResponseReq          *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus       *ebpf.Variable `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.Variable `ebpf:"off_response_written"`
+	OffSpbStatusCode        *ebpf.Variable `ebpf:"off_spb_status_code"`
+	OffStatusErrorS         *ebpf.Variable `ebpf:"off_status_error_s"`
+	OffStatusS              *ebpf.Variable `ebpf:"off_status_s"`
+	OffTcpaddrIp            *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
+	OffUrlHost              *ebpf.Variable `ebpf:"off_url_host"`
 	OffUrlPath              *ebpf.Variable `ebpf:"off_url_path"`
 	UnusedHttpEvent         *ebpf.Variable `ebpf:"unused_http_event"`
 }
@@ -193,12 +275,26 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
-	SmHttpFinish *ebpf.Program `ebpf:"sm_http_finish"`
-	SmHttpServe  *ebpf.Program `ebpf:"sm_http_serve"`
+	SmGrpcCall        *ebpf.Program `ebpf:"sm_grpc_call"`
+	SmGrpcCallEnd     *ebpf.Program `ebpf:"sm_grpc_call_end"`
+	SmGrpcServe       *ebpf.Program `ebpf:"sm_grpc_serve"`
+	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
+	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
+	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
+	SmHttpClientStart *ebpf.Program `ebpf:"sm_http_client_start"`
+	SmHttpFinish      *ebpf.Program `ebpf:"sm_http_finish"`
+	SmHttpServe       *ebpf.Program `ebpf:"sm_http_serve"`
 }
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.SmGrpcCall,
+		p.SmGrpcCallEnd,
+		p.SmGrpcServe,
+		p.SmGrpcServeEnd,
+		p.SmH2Done,
+		p.SmHttpClientEnd,
+		p.SmHttpClientStart,
 		p.SmHttpFinish,
 		p.SmHttpServe,
 	)

@@ -1,5 +1,6 @@
 // Package l7 holds the uprobe programs that observe requests inside
-// applications (Go's net/http server so far) and their Go bindings.
+// applications (Go's net/http and gRPC, servers and clients) and their Go
+// bindings.
 package l7
 
 import (
@@ -20,7 +21,22 @@ type Objects = bpfObjects
 // node/telemetry/gobin names them ("net/http.Request.Method", ...).
 type Offsets map[string]uint64
 
-// HTTPStats are the in-kernel aggregates of one {pid, status}.
+// Kinds of requests: who reports them, in which protocol.
+const (
+	KindHTTPServer = 0
+	KindHTTPClient = 1
+	KindGRPCServer = 2
+	KindGRPCClient = 3
+)
+
+// GRPCNone is the gRPC status of a request that is not gRPC.
+const GRPCNone = 255
+
+// PeerBinary marks a peer given as an address in binary: its length (4 or
+// 16) follows, then the address.
+const PeerBinary = 0xff
+
+// HTTPStats are the in-kernel aggregates of one key.
 type HTTPStats = bpfHttpStats
 
 // HTTPStatsKey keys HTTPStats.
@@ -33,28 +49,81 @@ var DurationBoundsMs = []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 250
 // BytesBounds are the upper bounds of HTTPStats.BytesBuckets.
 var BytesBounds = []float64{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8}
 
-// Load loads the HTTP programs with the offsets of one binary's Go
-// version. events turns on one ring-buffer event per request (access logs
-// and tests); the aggregates in sm_http_stats are always kept.
+// variables maps each offset constant of the programs to the struct
+// fields (node/telemetry/gobin's names) whose offsets add up to it.
+var variables = map[string][]string{
+	"off_request_method":         {"net/http.Request.Method"},
+	"off_request_url":            {"net/http.Request.URL"},
+	"off_request_content_length": {"net/http.Request.ContentLength"},
+	"off_request_remote_addr":    {"net/http.Request.RemoteAddr"},
+	"off_url_host":               {"net/url.URL.Host"},
+	"off_url_path":               {"net/url.URL.Path"},
+	"off_response_req":           {"net/http.response.req"},
+	"off_response_status":        {"net/http.response.status"},
+	"off_response_written":       {"net/http.response.written"},
+	"off_h2rw_rws":               {"net/http.http2responseWriter.rws"},
+	"off_h2rws_req":              {"net/http.http2responseWriterState.req"},
+	"off_h2rws_status":           {"net/http.http2responseWriterState.status"},
+	"off_h2rws_wrote":            {"net/http.http2responseWriterState.wroteBytes"},
+	"off_resp_status_code":       {"net/http.Response.StatusCode"},
+	"off_resp_content_length":    {"net/http.Response.ContentLength"},
+	"off_resp_proto_major":       {"net/http.Response.ProtoMajor"},
+	"off_tcpaddr_ip":             {"net.TCPAddr.IP"},
+	"off_grpc_stream_method": {"google.golang.org/grpc/internal/transport.ServerStream.Stream",
+		"google.golang.org/grpc/internal/transport.Stream.method"},
+	"off_grpc_server_peer_addr": {"google.golang.org/grpc/internal/transport.http2Server.peer",
+		"google.golang.org/grpc/peer.Peer.Addr"},
+	"off_status_s":        {"google.golang.org/grpc/internal/status.Status.s"},
+	"off_spb_status_code": {"google.golang.org/genproto/googleapis/rpc/status.Status.Code"},
+	"off_status_error_s":  {"google.golang.org/grpc/internal/status.Error.s"},
+	"off_grpc_cc_target":  {"google.golang.org/grpc.ClientConn.target"},
+}
+
+// Fields lists the struct fields whose offsets a program needs.
+var Fields = map[string][]string{}
+
+func init() {
+	uses := map[string][]string{
+		"sm_http_serve":        nil,
+		"sm_http_finish":       {"off_response_req", "off_response_status", "off_response_written", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_h2_done":           {"off_h2rw_rws", "off_h2rws_req", "off_h2rws_status", "off_h2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_http_client_start": nil,
+		"sm_http_client_end":   {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_grpc_serve":        nil,
+		"sm_grpc_serve_end":    {"off_status_s", "off_spb_status_code", "off_grpc_server_peer_addr", "off_tcpaddr_ip", "off_grpc_stream_method"},
+		"sm_grpc_call":         nil,
+		"sm_grpc_call_end":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
+	}
+	for prog, vars := range uses {
+		Fields[prog] = []string{}
+		for _, v := range vars {
+			Fields[prog] = append(Fields[prog], variables[v]...)
+		}
+	}
+}
+
+// Load loads the request programs with the offsets of one binary's Go
+// and module versions. A constant whose fields are not in off keeps its
+// default, and the programs that need it must not be attached (Fields
+// says which). events turns on one ring-buffer event per request (access
+// logs and tests); the aggregates in sm_http_stats are always kept.
 func Load(off Offsets, events bool) (*Objects, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
 	}
-	for variable, field := range map[string]string{
-		"off_request_method":         "net/http.Request.Method",
-		"off_request_url":            "net/http.Request.URL",
-		"off_url_path":               "net/url.URL.Path",
-		"off_response_req":           "net/http.response.req",
-		"off_response_status":        "net/http.response.status",
-		"off_response_written":       "net/http.response.written",
-		"off_request_content_length": "net/http.Request.ContentLength",
-	} {
-		v, ok := off[field]
-		if !ok {
-			return nil, fmt.Errorf("no offset for %s", field)
+	for variable, fields := range variables {
+		var sum uint64
+		known := true
+		for _, f := range fields {
+			v, ok := off[f]
+			known = known && ok
+			sum += v
 		}
-		if err := spec.Variables[variable].Set(v); err != nil {
+		if !known {
+			continue
+		}
+		if err := spec.Variables[variable].Set(sum); err != nil {
 			return nil, fmt.Errorf("set %s: %w", variable, err)
 		}
 	}
@@ -63,7 +132,7 @@ func Load(off Offsets, events bool) (*Objects, error) {
 	}
 	var objs Objects
 	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{}); err != nil {
-		return nil, verifier.Explain("l7 http programs", err)
+		return nil, verifier.Explain("l7 request programs", err)
 	}
 	return &objs, nil
 }

@@ -5,26 +5,68 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"strconv"
 	"time"
 )
 
 // AccessEntry is one line of the access log: a request a probed server
-// finished, with what the agent knows of the server. Field names follow
-// Envoy's access log where it has one.
+// or client finished, with what the agent knows of both sides. Field
+// names follow Envoy's access log where it has one.
 type AccessEntry struct {
-	StartTime            time.Time `json:"start_time"`
-	Method               string    `json:"method"`
-	Path                 string    `json:"path"`
-	Protocol             string    `json:"protocol"`
-	ResponseCode         int       `json:"response_code"`
-	BytesReceived        uint64    `json:"bytes_received"`
-	BytesSent            uint64    `json:"bytes_sent"`
-	DurationMs           float64   `json:"duration"`
-	Reporter             string    `json:"reporter"`
-	DestinationWorkload  string    `json:"destination_workload"`
-	DestinationNamespace string    `json:"destination_namespace"`
-	DestinationService   string    `json:"destination_service"`
-	PID                  uint32    `json:"pid"`
+	StartTime    time.Time `json:"start_time"`
+	Method       string    `json:"method"`
+	Path         string    `json:"path"` // gRPC: /package.Service/Method
+	Protocol     string    `json:"protocol"`
+	ResponseCode int       `json:"response_code"`
+	// GRPCStatus is the gRPC status code; absent for HTTP.
+	GRPCStatus    *int    `json:"grpc_status,omitempty"`
+	BytesReceived uint64  `json:"bytes_received"`
+	BytesSent     uint64  `json:"bytes_sent"`
+	DurationMs    float64 `json:"duration"`
+	Reporter      string  `json:"reporter"`
+	// Authority is the host a client asked for (reporter source).
+	Authority string `json:"authority,omitempty"`
+	// DownstreamRemoteAddress is the client's address, as a server saw it
+	// (reporter destination; without port).
+	DownstreamRemoteAddress string `json:"downstream_remote_address,omitempty"`
+	SourceWorkload          string `json:"source_workload"`
+	SourceNamespace         string `json:"source_namespace"`
+	DestinationWorkload     string `json:"destination_workload"`
+	DestinationNamespace    string `json:"destination_namespace"`
+	DestinationService      string `json:"destination_service"`
+	PID                     uint32 `json:"pid"`
+}
+
+// entry turns a request of a process that is self into its access log
+// line; now is when it was read.
+func (w *Watcher) entry(self Destination, r Request, now time.Time) AccessEntry {
+	src, dst := w.peers(self, StatsKey{Kind: r.Kind, Status: r.Status, GRPCStatus: r.GRPCStatus, Peer: r.Peer})
+	e := AccessEntry{
+		StartTime: now.Add(-r.Duration).UTC(), Method: r.Method, Path: r.Path, Protocol: "HTTP/" + strconv.Itoa(r.ProtoMajor),
+		ResponseCode: r.Status, BytesReceived: r.ReqBytes, BytesSent: r.Bytes, DurationMs: float64(r.Duration) / 1e6,
+		Reporter: "source", SourceWorkload: orUnknown(src.Workload), SourceNamespace: orUnknown(src.Namespace),
+		DestinationWorkload: orUnknown(dst.Workload), DestinationNamespace: orUnknown(dst.Namespace),
+		DestinationService: orUnknown(dst.Service), PID: r.PID,
+	}
+	switch r.ProtoMajor {
+	case 1:
+		e.Protocol = "HTTP/1.1"
+	case 0:
+		e.Protocol = "-"
+	}
+	if r.GRPCStatus >= 0 {
+		g := r.GRPCStatus
+		e.GRPCStatus = &g
+	}
+	if r.Kind.Server() {
+		e.Reporter, e.DownstreamRemoteAddress = "destination", r.Peer
+		// A server's response is what it sent, its request what it got.
+	} else {
+		e.Authority = r.Peer
+		// A client sent the request and received the response.
+		e.BytesReceived, e.BytesSent = r.Bytes, r.ReqBytes
+	}
+	return e
 }
 
 // drainAccessLog writes every request the probes report to the access log,
@@ -56,16 +98,11 @@ func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
 				continue
 			}
 			w.mu.Lock()
-			dst := w.destination(pid)
+			self := w.self(pid)
 			w.mu.Unlock()
 			now := time.Now()
 			for _, r := range reqs {
-				enc.Encode(AccessEntry{
-					StartTime: now.Add(-r.Duration).UTC(), Method: r.Method, Path: r.Path, Protocol: "HTTP/1.1",
-					ResponseCode: r.Status, BytesReceived: r.ReqBytes, BytesSent: r.Bytes, DurationMs: float64(r.Duration) / 1e6,
-					Reporter: "destination", DestinationWorkload: orUnknown(dst.Workload),
-					DestinationNamespace: orUnknown(dst.Namespace), DestinationService: orUnknown(dst.Service), PID: r.PID,
-				})
+				enc.Encode(w.entry(self, r, now))
 			}
 		}
 	}

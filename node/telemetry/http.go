@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -16,35 +18,106 @@ import (
 	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
 )
 
-// Request is one finished HTTP request seen by the probes.
+// Request is one finished request seen by the probes.
 type Request struct {
-	PID      uint32
-	Method   string
-	Path     string
-	Status   int
-	Bytes    uint64
+	PID    uint32
+	Kind   Kind
+	Method string
+	Path   string // gRPC: the full method, /package.Service/Method
+	Status int    // HTTP status; 0 when a client got no response
+	// GRPCStatus is the gRPC status code, -1 when the request is not gRPC.
+	GRPCStatus int
+	// Peer is the other side: for a server, its client's address; for a
+	// client, the host (HTTP) or target (gRPC) it asked for.
+	Peer     string
+	Bytes    uint64 // the response body's size
 	ReqBytes uint64 // the request's Content-Length (0 when chunked)
 	Duration time.Duration
+	// ProtoMajor is the HTTP version, 1 or 2 (0 when a client got no
+	// response).
+	ProtoMajor int
 }
 
-// Functions the HTTP server probes sit in.
+// Kind says who reported a request and in which protocol.
+type Kind uint8
+
+// Kinds of requests.
 const (
-	fnServeHTTP     = "net/http.serverHandler.ServeHTTP"
-	fnFinishRequest = "net/http.(*response).finishRequest"
+	HTTPServer Kind = l7.KindHTTPServer
+	HTTPClient Kind = l7.KindHTTPClient
+	GRPCServer Kind = l7.KindGRPCServer
+	GRPCClient Kind = l7.KindGRPCClient
 )
 
-// HTTPTracer probes one Go executable's net/http server.
+// Server reports whether the request was seen at the server (Istio's
+// reporter "destination").
+func (k Kind) Server() bool { return k == HTTPServer || k == GRPCServer }
+
+// Protocol is Istio's request_protocol.
+func (k Kind) Protocol() string {
+	if k == GRPCServer || k == GRPCClient {
+		return "grpc"
+	}
+	return "http"
+}
+
+func (k Kind) String() string {
+	return [...]string{"http-server", "http-client", "grpc-server", "grpc-client"}[k&3]
+}
+
+// probe is one uprobe: a function, a program, and whether it goes on the
+// function's entry or on each of its RET instructions.
+type probe struct {
+	fn      string
+	prog    string
+	returns bool
+	// optional probes are attached when their function is linked; the
+	// group works without them.
+	optional bool
+}
+
+// groups are the probes that must all attach for one Kind to be seen.
+var groups = []struct {
+	kind   Kind
+	probes []probe
+}{
+	{HTTPServer, []probe{
+		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
+		{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
+		// HTTP/2 (TLS or h2c) requests reach the handler through
+		// serverHandler as well, and end here.
+		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
+	}},
+	{HTTPClient, []probe{
+		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
+		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true},
+	}},
+	{GRPCServer, []probe{
+		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
+		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
+	}},
+	{GRPCClient, []probe{
+		{fn: "google.golang.org/grpc.(*ClientConn).Invoke", prog: "sm_grpc_call"},
+		{fn: "google.golang.org/grpc.(*ClientConn).Invoke", prog: "sm_grpc_call_end", returns: true},
+	}},
+}
+
+// HTTPTracer probes one Go executable's HTTP and gRPC servers and clients.
 type HTTPTracer struct {
 	objs   *l7.Objects
 	links  []link.Link
 	reader *ringbuf.Reader
+	// Kinds are the kinds of requests the tracer sees (whose probes all
+	// attached).
+	Kinds []Kind
 }
 
-// TraceHTTP attaches the server probes to the executable at path (for
-// every process running it when pid is 0, else for that process only).
-// Both probes sit on emulated instructions near the functions' entries.
-// Requests are always aggregated in the kernel (Stats); events adds one
-// ring-buffer event per request (Read), for access logs and tests.
+// TraceHTTP attaches the probes to the executable at path (for every
+// process running it when pid is 0, else for that process only): for each
+// kind of request whose functions the binary links. It fails with
+// gobin.ErrNoFunc when there is none. Requests are always aggregated in
+// the kernel (Stats); events adds one ring-buffer event per request
+// (Read), for access logs and tests.
 func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 	bin, err := gobin.Open(path)
 	if err != nil {
@@ -69,20 +142,40 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 	if err != nil {
 		return nil, err
 	}
-	for fn, prog := range map[string]*ebpf.Program{fnServeHTTP: objs.SmHttpServe, fnFinishRequest: objs.SmHttpFinish} {
-		f, err := bin.Func(fn)
-		if err != nil {
-			return nil, err
+	progs := map[string]*ebpf.Program{
+		"sm_http_serve": objs.SmHttpServe, "sm_http_finish": objs.SmHttpFinish, "sm_h2_done": objs.SmH2Done,
+		"sm_http_client_start": objs.SmHttpClientStart, "sm_http_client_end": objs.SmHttpClientEnd,
+		"sm_grpc_serve": objs.SmGrpcServe, "sm_grpc_serve_end": objs.SmGrpcServeEnd,
+		"sm_grpc_call": objs.SmGrpcCall, "sm_grpc_call_end": objs.SmGrpcCallEnd,
+	}
+	var missing []string
+	for _, g := range groups {
+		addrs, why := probeAddrs(bin, g.probes, off)
+		if why != "" {
+			missing = append(missing, g.kind.String()+": "+why)
+			continue
 		}
-		at, err := bin.EntryProbe(f)
-		if err != nil {
-			return nil, err
+		// Attach the end probes first: a start without its end would
+		// hold a slot until it goes stale.
+		var ls []link.Link
+		for i := len(g.probes) - 1; i >= 0; i-- {
+			p := g.probes[i]
+			for _, at := range addrs[i] {
+				l, err := ex.Uprobe(p.fn, progs[p.prog], &link.UprobeOptions{Address: at, PID: pid})
+				if err != nil {
+					for _, l := range ls {
+						l.Close()
+					}
+					return nil, fmt.Errorf("uprobe %s at %#x: %w", p.fn, at, err)
+				}
+				ls = append(ls, l)
+			}
 		}
-		l, err := ex.Uprobe(fn, prog, &link.UprobeOptions{Address: at, PID: pid})
-		if err != nil {
-			return nil, fmt.Errorf("uprobe %s at %#x: %w", fn, at, err)
-		}
-		t.links = append(t.links, l)
+		t.links = append(t.links, ls...)
+		t.Kinds = append(t.Kinds, g.kind)
+	}
+	if len(t.Kinds) == 0 {
+		return nil, fmt.Errorf("%s: %w: %s", path, gobin.ErrNoFunc, strings.Join(missing, "; "))
 	}
 	if events {
 		if t.reader, err = ringbuf.NewReader(objs.SmHttpEvents); err != nil {
@@ -90,6 +183,39 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 		}
 	}
 	return t, nil
+}
+
+// probeAddrs finds where each probe of a group goes (none for an optional
+// probe whose function is not linked), or says why the group cannot be
+// attached.
+func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]uint64, string) {
+	out := make([][]uint64, len(probes))
+	for i, p := range probes {
+		for _, field := range l7.Fields[p.prog] {
+			if _, ok := off[field]; !ok {
+				return nil, "no offset for " + field
+			}
+		}
+		f, err := bin.Func(p.fn)
+		if err != nil {
+			if p.optional {
+				continue
+			}
+			return nil, err.Error()
+		}
+		if p.returns {
+			if out[i], err = bin.Returns(f); err != nil {
+				return nil, err.Error()
+			}
+			continue
+		}
+		at, err := bin.EntryProbe(f)
+		if err != nil {
+			return nil, err.Error()
+		}
+		out[i] = []uint64{at}
+	}
+	return out, ""
 }
 
 // Totals are aggregated requests of one status code: counts and
@@ -126,7 +252,8 @@ func (t *Totals) add(o Totals) {
 func (t *HTTPTracer) RunTime() (time.Duration, uint64, error) {
 	var d time.Duration
 	var n uint64
-	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish} {
+	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish, t.objs.SmH2Done, t.objs.SmHttpClientStart,
+		t.objs.SmHttpClientEnd, t.objs.SmGrpcServe, t.objs.SmGrpcServeEnd, t.objs.SmGrpcCall, t.objs.SmGrpcCallEnd} {
 		st, err := p.Stats()
 		if err != nil {
 			return 0, 0, err
@@ -137,21 +264,54 @@ func (t *HTTPTracer) RunTime() (time.Duration, uint64, error) {
 	return d, n, nil
 }
 
-// Stats reads the in-kernel aggregates, by status code, summed over CPUs.
-func (t *HTTPTracer) Stats() (map[int]Totals, error) {
-	out := map[int]Totals{}
+// StatsKey is what requests are aggregated by, besides the process.
+type StatsKey struct {
+	Kind       Kind
+	Status     int
+	GRPCStatus int // -1: not gRPC
+	Peer       string
+}
+
+// Stats reads the in-kernel aggregates, summed over CPUs.
+func (t *HTTPTracer) Stats() (map[StatsKey]Totals, error) {
+	out := map[StatsKey]Totals{}
 	var k l7.HTTPStatsKey
 	var per []l7.HTTPStats
 	it := t.objs.SmHttpStats.Iterate()
 	for it.Next(&k, &per) {
-		tot := out[int(k.Status)]
+		key := StatsKey{Kind: Kind(k.Kind), Status: int(k.Status), GRPCStatus: grpcStatus(k.GrpcStatus), Peer: peerString(k.Peer[:])}
+		tot := out[key]
 		for _, s := range per {
 			tot.add(Totals{Count: s.Count, DurationSumNs: s.DurationSumNs, DurationBuckets: s.DurationBuckets, BytesSum: s.BytesSum, BytesBuckets: s.BytesBuckets,
 				ReqBytesSum: s.ReqBytesSum, ReqBytesBuckets: s.ReqBytesBuckets})
 		}
-		out[int(k.Status)] = tot
+		out[key] = tot
 	}
 	return out, it.Err()
+}
+
+func grpcStatus(v uint8) int {
+	if v == l7.GRPCNone {
+		return -1
+	}
+	return int(v)
+}
+
+// peerString decodes a peer as the programs write it: text, or an address
+// in binary. A bracketed IPv6 address ("[fd00::1]", from "host:port" with
+// the port cut) loses its brackets.
+func peerString(b []byte) string {
+	if len(b) >= 2 && b[0] == l7.PeerBinary {
+		if a, ok := netip.AddrFromSlice(b[2 : 2+min(int(b[1]), len(b)-2)]); ok && (b[1] == 4 || b[1] == 16) {
+			return a.Unmap().String()
+		}
+		return ""
+	}
+	s := l7.CString(b)
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		s = s[1 : len(s)-1]
+	}
+	return s
 }
 
 // Read returns the requests that finished since the last call, waiting up
@@ -185,8 +345,9 @@ func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
 		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
 			return out, fmt.Errorf("decode event: %w", err)
 		}
-		out = append(out, Request{PID: e.Pid, Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
-			Status: int(e.Status), Bytes: e.Bytes, ReqBytes: e.ReqBytes, Duration: time.Duration(e.DurationNs)})
+		out = append(out, Request{PID: e.Pid, Kind: Kind(e.Kind), Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
+			Status: int(e.Status), GRPCStatus: grpcStatus(e.GrpcStatus), Peer: peerString(e.Peer[:]),
+			Bytes: e.Bytes, ReqBytes: e.ReqBytes, Duration: time.Duration(e.DurationNs), ProtoMajor: int(e.ProtoMajor)})
 	}
 }
 

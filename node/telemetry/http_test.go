@@ -2,22 +2,30 @@ package telemetry
 
 import (
 	"bufio"
+	"context"
+	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/types/known/emptypb"
+
 	"github.com/sockmesh/sockmesh/internal/testutil"
 )
 
-// TestHTTPServerRequests probes a real Go HTTP server (built plain and with
-// -s -w, so offsets come from DWARF and from the table) and checks every
-// request is reported with its method, path, status and size.
-func TestHTTPServerRequests(t *testing.T) {
+// TestRequests probes a real Go program serving HTTP/1.1, h2c and gRPC
+// and calling HTTP and gRPC servers itself (built plain and with -s -w, so
+// offsets come from DWARF and from the table), and checks every request,
+// server and client side, is reported with its method, path, status,
+// sizes and peer, in events and in the in-kernel aggregates.
+func TestRequests(t *testing.T) {
 	testutil.Privileged(t)
 	for _, ldflags := range []string{"", "-s -w"} {
 		t.Run("ldflags="+ldflags, func(t *testing.T) {
@@ -25,72 +33,160 @@ func TestHTTPServerRequests(t *testing.T) {
 			if out, err := exec.Command("go", "build", "-ldflags="+ldflags, "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
 				t.Fatalf("build: %v\n%s", err, out)
 			}
-			srv := exec.Command(bin)
+			srv := exec.Command(bin, "-grpc")
 			stdout, _ := srv.StdoutPipe()
+			stdin, _ := srv.StdinPipe()
 			if err := srv.Start(); err != nil {
 				t.Fatal(err)
 			}
 			defer func() { srv.Process.Kill(); srv.Wait() }()
-			addr, err := bufio.NewReader(stdout).ReadString('\n')
-			if err != nil {
-				t.Fatal(err)
+			lines := bufio.NewReader(stdout)
+			readLine := func() string {
+				l, err := lines.ReadString('\n')
+				if err != nil {
+					t.Fatal(err)
+				}
+				return strings.TrimSpace(l)
 			}
-			addr = strings.TrimSpace(addr)
+			addr, grpcAddr := readLine(), readLine()
 
 			tr, err := TraceHTTP(bin, srv.Process.Pid, true)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer tr.Close()
+			if want := []Kind{HTTPServer, HTTPClient, GRPCServer, GRPCClient}; !slices.Equal(tr.Kinds, want) {
+				t.Fatalf("probed kinds %v, want %v", tr.Kinds, want)
+			}
 
-			// method, path, status, response bytes, request bytes
-			want := []string{"GET /ok 200 5 0", "POST /missing 404 19 123", "GET /fail 500 5 0"}
-			for _, w := range want {
-				f := strings.Fields(w)
-				n, _ := strconv.Atoi(f[4])
-				req, _ := http.NewRequest(f[0], "http://"+addr+f[1], strings.NewReader(strings.Repeat("x", n)))
-				resp, err := http.DefaultClient.Do(req)
+			// Served: HTTP/1.1 and h2c from this test's clients.
+			h2 := &http.Client{Transport: &http.Transport{Protocols: new(http.Protocols)}}
+			h2.Transport.(*http.Transport).Protocols.SetUnencryptedHTTP2(true)
+			for _, r := range []struct {
+				c            *http.Client
+				method, path string
+				body         int
+			}{
+				{http.DefaultClient, "GET", "/ok", 0}, {http.DefaultClient, "POST", "/missing", 123},
+				{http.DefaultClient, "GET", "/fail", 0}, {h2, "GET", "/ok", 0}, {h2, "POST", "/fail", 7},
+			} {
+				req, _ := http.NewRequest(r.method, "http://"+addr+r.path, strings.NewReader(strings.Repeat("x", r.body)))
+				resp, err := r.c.Do(req)
 				if err != nil {
 					t.Fatal(err)
 				}
+				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
-			var got []string
-			deadline := time.Now().Add(5 * time.Second)
-			for len(got) < len(want) && time.Now().Before(deadline) {
-				reqs, err := tr.Read(time.Second)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, r := range reqs {
-					if r.PID != uint32(srv.Process.Pid) || r.Duration <= 0 {
-						t.Errorf("event %+v: wrong pid or duration", r)
-					}
-					got = append(got, strings.Join([]string{r.Method, r.Path, strconv.Itoa(r.Status), strconv.FormatUint(r.Bytes, 10), strconv.FormatUint(r.ReqBytes, 10)}, " "))
-				}
+			// Served: gRPC, from this test's client.
+			cc, err := grpc.NewClient(grpcAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
 			}
+			defer cc.Close()
+			for _, m := range []string{"/test.Svc/Ok", "/test.Svc/NotFound"} {
+				cc.Invoke(context.Background(), m, &emptypb.Empty{}, &emptypb.Empty{})
+			}
+			want := []string{
+				"http-server 1 GET /ok 200 - 5 0 127.0.0.1",
+				"http-server 1 POST /missing 404 - 19 123 127.0.0.1",
+				"http-server 1 GET /fail 500 - 5 0 127.0.0.1",
+				"http-server 2 GET /ok 200 - 5 0 127.0.0.1",
+				"http-server 2 POST /fail 500 - 5 7 127.0.0.1",
+				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
+				"grpc-server 2  /test.Svc/NotFound 200 5 0 0 127.0.0.1",
+			}
+			got := collect(t, tr, len(want))
 			if !slices.Equal(got, want) {
-				t.Fatalf("requests seen %q, want %q", got, want)
+				t.Fatalf("served requests seen\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+
+			// Called: the program is the client (its own server answers,
+			// so each call is seen at both ends).
+			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok",
+				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok"} {
+				fmt.Fprintln(stdin, cmd)
+				t.Logf("%s: %s", cmd, readLine())
+			}
+			want = []string{
+				"http-server 1 GET /missing 404 - 19 0 127.0.0.1",
+				"http-client 1 GET /missing 404 - 19 0 " + addr,
+				"http-server 2 GET /ok 200 - 5 0 127.0.0.1",
+				"http-client 2 GET /ok 200 - 5 0 " + addr,
+				"http-client 0 GET /refused 0 - 0 0 127.0.0.1:1",
+				"grpc-server 2  /test.Svc/Internal 200 13 0 0 127.0.0.1",
+				"grpc-client 2  /test.Svc/Internal 200 13 0 0 " + grpcAddr,
+				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
+				"grpc-client 2  /test.Svc/Ok 200 0 0 0 " + grpcAddr,
+			}
+			got = collect(t, tr, len(want))
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("requests seen\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
 			if d, _ := tr.Drops(); d != 0 {
 				t.Errorf("%d events dropped", d)
 			}
+
 			// The in-kernel aggregates agree with the events.
 			stats, err := tr.Stats()
 			if err != nil {
 				t.Fatal(err)
 			}
-			if stats[200].Count != 1 || stats[404].Count != 1 || stats[500].Count != 1 || stats[200].BytesSum != 5 || stats[404].BytesSum != 19 ||
-				stats[404].ReqBytesSum != 123 || stats[404].ReqBytesBuckets[3] != 1 || stats[200].ReqBytesBuckets[0] != 1 {
+			srvKey := func(status int) StatsKey {
+				return StatsKey{Kind: HTTPServer, Status: status, GRPCStatus: -1, Peer: "127.0.0.1"}
+			}
+			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
+			if ok.Count != 3 || missing.Count != 2 || fail.Count != 2 || ok.BytesSum != 15 || missing.BytesSum != 38 ||
+				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 3 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64
-			for _, n := range stats[200].DurationBuckets {
+			for _, n := range ok.DurationBuckets {
 				inBuckets += n
 			}
-			if inBuckets != 1 || stats[200].BytesBuckets[1] != 1 { // 5 bytes: the <= 10 bucket
-				t.Fatalf("buckets %+v", stats[200])
+			if inBuckets != 3 || ok.BytesBuckets[1] != 3 { // 5 bytes: the <= 10 bucket
+				t.Fatalf("buckets %+v", ok)
+			}
+			for k, n := range map[StatsKey]uint64{
+				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:        1,
+				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}: 1,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:  2,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:  1,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 13, Peer: "127.0.0.1"}: 1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 13, Peer: grpcAddr}:    1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 0, Peer: grpcAddr}:     1,
+			} {
+				if stats[k].Count != n {
+					t.Errorf("aggregate %+v: %d requests, want %d", k, stats[k].Count, n)
+				}
 			}
 		})
 	}
+}
+
+// collect reads n requests from tr, as "kind proto method path status
+// grpc-status bytes req-bytes peer" lines.
+func collect(t *testing.T, tr *HTTPTracer, n int) []string {
+	t.Helper()
+	var got []string
+	deadline := time.Now().Add(5 * time.Second)
+	for len(got) < n && time.Now().Before(deadline) {
+		reqs, err := tr.Read(time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range reqs {
+			if r.Duration <= 0 {
+				t.Errorf("event %+v: no duration", r)
+			}
+			g := "-"
+			if r.GRPCStatus >= 0 {
+				g = fmt.Sprint(r.GRPCStatus)
+			}
+			got = append(got, fmt.Sprintf("%s %d %s %s %d %s %d %d %s", r.Kind, r.ProtoMajor, r.Method, r.Path, r.Status, g, r.Bytes, r.ReqBytes, r.Peer))
+		}
+	}
+	return got
 }

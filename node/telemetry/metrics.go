@@ -32,9 +32,11 @@ type Metrics struct {
 
 // Series is one label set of the request metrics.
 type Series struct {
+	Kind        Kind // the reporter and protocol
 	Source      Peer
 	Destination Destination
 	Status      int
+	GRPCStatus  int // -1: not gRPC
 }
 
 // NewMetrics makes the collector; totals is called on every scrape.
@@ -59,7 +61,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	for s, t := range m.totals() {
-		labels := serverLabels(s)
+		labels := seriesLabels(s)
 		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(t.Count), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.duration, t.Count, float64(t.DurationSumNs)/1e6, cumulative(t.DurationBuckets[:], l7.DurationBoundsMs), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.reqSize, t.Count, float64(t.ReqBytesSum), cumulative(t.ReqBytesBuckets[:], l7.BytesBounds), labels...)
@@ -97,17 +99,24 @@ func orUnknown(s string) string {
 	return s
 }
 
-// serverLabels are the label values of a series seen at the server
-// (reporter "destination").
-func serverLabels(s Series) []string {
+// seriesLabels are the label values of a series, in istioLabels' order.
+func seriesLabels(s Series) []string {
 	src, dst := s.Source, s.Destination
+	reporter := "source"
+	if s.Kind.Server() {
+		reporter = "destination"
+	}
+	grpcStatus := ""
+	if s.GRPCStatus >= 0 {
+		grpcStatus = strconv.Itoa(s.GRPCStatus)
+	}
 	return []string{
-		"destination",
+		reporter,
 		orUnknown(src.Workload), orUnknown(src.Namespace), orUnknown(src.Principal), orUnknown(src.App), orUnknown(src.Version),
 		orUnknown(src.CanonicalService), orUnknown(src.CanonicalRevision), orUnknown(src.Cluster),
 		orUnknown(dst.Workload), orUnknown(dst.Namespace), orUnknown(dst.Principal), orUnknown(dst.App), orUnknown(dst.Version),
 		orUnknown(dst.Service), orUnknown(dst.ServiceName), orUnknown(dst.ServiceNamespace),
 		orUnknown(dst.CanonicalService), orUnknown(dst.CanonicalRevision), orUnknown(dst.Cluster),
-		"http", strconv.Itoa(s.Status), "", "-", "unknown",
+		s.Kind.Protocol(), strconv.Itoa(s.Status), grpcStatus, "-", "unknown",
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -29,9 +30,14 @@ type WatchConfig struct {
 	Interval time.Duration
 	// Cluster is reported as destination_cluster.
 	Cluster string
-	// Identify says who a server is from its pod's addresses (the agent
-	// answers from the endpoints it got over xDS); nil leaves it unknown.
+	// Identify says who a process is from its pod's addresses (the agent
+	// answers from the endpoints it got over xDS): a server, or a client
+	// seen by its server; nil leaves it unknown.
 	Identify func(addrs []netip.Addr) (Destination, bool)
+	// Service says which service a client in namespace ns asked for by
+	// host (a VIP or a name, from a URL or a gRPC target); nil or false
+	// leaves it unknown.
+	Service func(host, ns string) (Destination, bool)
 	// AccessLog, if set, receives one JSON line per request. The probes
 	// then also send an event per request, which costs the servers more.
 	AccessLog io.Writer
@@ -79,18 +85,71 @@ func (w *Watcher) totals() map[Series]Totals {
 	return out
 }
 
-// destination names the server process pid, as far as it is known.
-func (w *Watcher) destination(pid int) Destination {
-	dst := Destination{Peer: Peer{Cluster: w.cfg.Cluster}}
-	if w.cfg.Identify != nil {
-		if d, ok := w.cfg.Identify(w.addrs[pid]); ok {
+// self names the process pid as a destination, as far as it is known.
+func (w *Watcher) self(pid int) Destination {
+	return w.identify(w.addrs[pid])
+}
+
+func (w *Watcher) identify(addrs []netip.Addr) Destination {
+	d := Destination{Peer: Peer{Cluster: w.cfg.Cluster}}
+	if w.cfg.Identify != nil && len(addrs) > 0 {
+		if found, ok := w.cfg.Identify(addrs); ok {
+			d = found
+			if d.Cluster == "" {
+				d.Cluster = w.cfg.Cluster
+			}
+		}
+	}
+	return d
+}
+
+// peers names both sides of requests of one key made or served by a
+// process that is self.
+func (w *Watcher) peers(self Destination, k StatsKey) (src Peer, dst Destination) {
+	if k.Kind.Server() {
+		// The peer is the client's address.
+		var addrs []netip.Addr
+		if a, err := netip.ParseAddr(k.Peer); err == nil {
+			addrs = append(addrs, a.Unmap())
+		}
+		if len(addrs) > 0 {
+			src = w.identify(addrs).Peer
+		}
+		return src, self
+	}
+	// The peer is what the client asked for.
+	dst = Destination{Peer: Peer{Cluster: w.cfg.Cluster}}
+	if w.cfg.Service != nil {
+		if d, ok := w.cfg.Service(HostOf(k.Peer), self.Namespace); ok {
 			dst = d
 			if dst.Cluster == "" {
 				dst.Cluster = w.cfg.Cluster
 			}
 		}
 	}
-	return dst
+	if dst.Service == "" {
+		// Istio names an unknown destination service by the host asked.
+		dst.Service = HostOf(k.Peer)
+	}
+	return self.Peer, dst
+}
+
+// HostOf is the host in what a client asked for: a URL's host
+// ("name:8080", "[fd00::1]:80") or a gRPC target ("dns:///name:50051",
+// "passthrough:///10.0.0.1:80"), without scheme, port or brackets.
+func HostOf(target string) string {
+	if i := strings.Index(target, ":///"); i >= 0 {
+		target = target[i+4:]
+	} else if i := strings.Index(target, "://"); i >= 0 {
+		target = target[i+3:]
+		if j := strings.Index(target, "/"); j >= 0 {
+			target = target[j+1:] // dns://resolver/name:port
+		}
+	}
+	if h, _, err := net.SplitHostPort(target); err == nil {
+		return h
+	}
+	return strings.TrimSuffix(strings.TrimPrefix(target, "["), "]")
 }
 
 func (w *Watcher) foldInto(out map[Series]Totals, tr *HTTPTracer, pid int) {
@@ -99,9 +158,10 @@ func (w *Watcher) foldInto(out map[Series]Totals, tr *HTTPTracer, pid int) {
 		w.log.Warn("telemetry: read stats", "err", err)
 		return
 	}
-	dst := w.destination(pid)
-	for status, t := range stats {
-		s := Series{Destination: dst, Status: status}
+	self := w.self(pid)
+	for k, t := range stats {
+		s := Series{Kind: k.Kind, Status: k.Status, GRPCStatus: k.GRPCStatus}
+		s.Source, s.Destination = w.peers(self, k)
 		cur := out[s]
 		cur.add(t)
 		out[s] = cur
@@ -186,7 +246,8 @@ func (w *Watcher) scan() {
 	}
 }
 
-// consider probes process pid if it is a Go HTTP server not probed yet.
+// consider probes process pid if it is a Go program with HTTP or gRPC
+// servers or clients, not probed yet.
 // w.mu is held.
 func (w *Watcher) consider(pid int) {
 	if w.traced[pid] != nil || w.skipped[pid] {
@@ -199,9 +260,13 @@ func (w *Watcher) consider(pid int) {
 		w.traced[pid] = tr
 		w.exes[pid] = exeInode(pid)
 		w.addrs[pid] = localAddrs(pid)
-		w.log.Info("telemetry: probing HTTP server", "pid", pid)
+		kinds := make([]string, len(tr.Kinds))
+		for i, k := range tr.Kinds {
+			kinds[i] = k.String()
+		}
+		w.log.Info("telemetry: probing", "pid", pid, "kinds", strings.Join(kinds, ","))
 	case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
-		w.skipped[pid] = true // not a Go HTTP server: look no further
+		w.skipped[pid] = true // nothing to probe: look no further
 	default:
 		w.skipped[pid] = true
 		w.log.Warn("telemetry: cannot probe", "pid", pid, "err", err)

@@ -20,8 +20,9 @@ var ErrNoFunc = errors.New("function not in binary")
 // Binary is an opened Go executable.
 type Binary struct {
 	Path      string
-	GoVersion string // e.g. "go1.26.8"
-	Module    string // main module path
+	GoVersion string            // e.g. "go1.26.8"
+	Module    string            // main module path
+	Deps      map[string]string // module path -> version, of what it links
 	elf       *elf.File
 	table     *gosym.Table
 	text      *elf.Section
@@ -39,7 +40,14 @@ func Open(path string) (*Binary, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Binary{Path: path, GoVersion: info.GoVersion, Module: info.Main.Path, elf: f}
+	b := &Binary{Path: path, GoVersion: info.GoVersion, Module: info.Main.Path, Deps: map[string]string{}, elf: f}
+	for _, d := range info.Deps {
+		v := d.Version
+		if d.Replace != nil {
+			v = d.Replace.Version
+		}
+		b.Deps[d.Path] = v
+	}
 	if f.Machine != elf.EM_X86_64 {
 		f.Close()
 		return nil, fmt.Errorf("%s: %v binaries are not supported (x86-64 only)", path, f.Machine)

@@ -43,7 +43,7 @@ func TestGoBinaries(t *testing.T) {
 			t.Errorf("%s: Go version %q, want %q", name, b.GoVersion, runtime.Version())
 		}
 		// Functions are found through the pclntab, stripped or not.
-		for _, fn := range []string{"net/http.serverHandler.ServeHTTP", "net/http.(*Client).do", "google.golang.org/grpc.(*Server).Stop"} {
+		for _, fn := range []string{"net/http.serverHandler.ServeHTTP", "net/http.(*Client).do", "google.golang.org/grpc.(*Server).Stop", "net/http.(*Transport).roundTrip", "google.golang.org/grpc.(*ClientConn).Invoke"} {
 			f, err := b.Func(fn)
 			if err != nil {
 				t.Fatalf("%s: %v", name, err)
@@ -73,8 +73,17 @@ func TestGoBinaries(t *testing.T) {
 				t.Fatalf("plain: offsets from %q: %v", source, err)
 			}
 			dwarf = offs
+			if len(offs) != len(Fields) {
+				t.Fatalf("plain: %d offsets from DWARF, want all %d", len(offs), len(Fields))
+			}
 			if *update {
-				table[minorVersion(runtime.Version())] = dwarf
+				for _, f := range Fields {
+					key := b.tableKey(f.Module)
+					if table[key] == nil {
+						table[key] = map[string]uint64{}
+					}
+					table[key][f.String()] = offs[f.String()]
+				}
 				b, _ := json.MarshalIndent(table, "", "  ")
 				os.WriteFile("offsets.json", append(b, '\n'), 0o644)
 			}
@@ -95,15 +104,21 @@ func TestGoBinaries(t *testing.T) {
 }
 
 func TestEmbeddedTableMatchesThisGo(t *testing.T) {
-	v := minorVersion(runtime.Version())
-	got, ok := table[v]
-	if !ok {
-		t.Fatalf("offsets.json has no entry for %s: run go test ./node/telemetry/gobin -run TestGoBinaries -update", v)
+	b, err := Open(fixtures(t)["sw"])
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer b.Close()
 	for _, f := range Fields {
-		if _, ok := got[f.String()]; !ok {
-			t.Errorf("offsets.json %s lacks %s", v, f)
+		key := b.tableKey(f.Module)
+		if _, ok := table[key][f.String()]; !ok {
+			t.Errorf("offsets.json %s lacks %s: run go test ./node/telemetry/gobin -run TestGoBinaries -update", key, f)
 		}
+	}
+	// A -s -w binary gets every offset, from the table.
+	offs, source, err := b.Offsets()
+	if err != nil || source != "table" || len(offs) != len(Fields) {
+		t.Errorf("-s -w: %d offsets from %q: %v", len(offs), source, err)
 	}
 }
 

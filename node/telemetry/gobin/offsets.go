@@ -11,25 +11,47 @@ import (
 
 // Field names a struct field telemetry reads, by its Go type's full name.
 type Field struct {
+	// Module is the module the struct's package is in ("" for the
+	// standard library): offsets of a module's structs are looked up in
+	// the table by that module's version, not Go's.
+	Module string
 	Struct string // e.g. "net/http.Request"
 	Name   string // e.g. "Method"
 }
 
 func (f Field) String() string { return f.Struct + "." + f.Name }
 
+const grpcModule = "google.golang.org/grpc"
+
 // Fields are the struct fields the probes read.
 var Fields = []Field{
-	{"net/http.Request", "Method"},
-	{"net/http.Request", "URL"},
-	{"net/http.Request", "Host"},
-	{"net/http.Request", "ContentLength"},
-	{"net/http.Request", "Proto"},
-	{"net/url.URL", "Path"},
-	{"net/http.response", "req"},
-	{"net/http.response", "status"},
-	{"net/http.response", "written"},
-	{"net/http.Response", "StatusCode"},
-	{"net/http.Response", "ContentLength"},
+	{"", "net/http.Request", "Method"},
+	{"", "net/http.Request", "URL"},
+	{"", "net/http.Request", "ContentLength"},
+	{"", "net/http.Request", "RemoteAddr"},
+	{"", "net/url.URL", "Host"},
+	{"", "net/url.URL", "Path"},
+	{"", "net/http.response", "req"},
+	{"", "net/http.response", "status"},
+	{"", "net/http.response", "written"},
+	{"", "net/http.http2responseWriter", "rws"},
+	{"", "net/http.http2responseWriterState", "req"},
+	{"", "net/http.http2responseWriterState", "status"},
+	{"", "net/http.http2responseWriterState", "wroteBytes"},
+	{"", "net/http.Response", "StatusCode"},
+	{"", "net/http.Response", "ContentLength"},
+	{"", "net/http.Response", "ProtoMajor"},
+	{"", "net.TCPAddr", "IP"},
+	{grpcModule, "google.golang.org/grpc/internal/transport.ServerStream", "Stream"},
+	{grpcModule, "google.golang.org/grpc/internal/transport.Stream", "method"},
+	{grpcModule, "google.golang.org/grpc/internal/transport.http2Server", "peer"},
+	{grpcModule, "google.golang.org/grpc/peer.Peer", "Addr"},
+	{grpcModule, "google.golang.org/grpc/internal/status.Status", "s"},
+	{grpcModule, "google.golang.org/grpc/internal/status.Error", "s"},
+	// Generated protobuf code (another module, but its layout follows
+	// protoc-gen-go, not the module's version): read with grpc's.
+	{grpcModule, "google.golang.org/genproto/googleapis/rpc/status.Status", "Code"},
+	{grpcModule, "google.golang.org/grpc.ClientConn", "target"},
 }
 
 // ErrNoOffsets means neither DWARF nor the embedded table knows the
@@ -39,7 +61,9 @@ var ErrNoOffsets = errors.New("no struct offsets for this binary")
 //go:embed offsets.json
 var tableFS embed.FS
 
-// table is offsets.json: Go minor version ("go1.26") -> field -> offset.
+// table is offsets.json: "go1.26" (the standard library's fields, by Go
+// version) or "module@v1.84" (a module's, by its version) -> field ->
+// offset.
 var table = func() map[string]map[string]uint64 {
 	b, err := tableFS.ReadFile("offsets.json")
 	if err != nil {
@@ -52,7 +76,7 @@ var table = func() map[string]map[string]uint64 {
 	return t
 }()
 
-// minorVersion turns "go1.26.8" into "go1.26".
+// minorVersion turns "go1.26.8" into "go1.26", "v1.84.0" into "v1.84".
 func minorVersion(v string) string {
 	parts := strings.SplitN(v, ".", 3)
 	if len(parts) < 2 {
@@ -61,24 +85,65 @@ func minorVersion(v string) string {
 	return parts[0] + "." + parts[1]
 }
 
-// Offsets returns the byte offset of every Field, from the binary's DWARF
-// when it has it, else from the embedded table for its Go version. source
-// says which ("dwarf" or "table").
-func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error) {
-	if b.hasDWARF {
-		if offsets, err = b.dwarfOffsets(); err == nil {
-			return offsets, "dwarf", nil
-		}
+// tableKey is where the table keeps the offsets of module's fields for
+// this binary.
+func (b *Binary) tableKey(module string) string {
+	if module == "" {
+		return minorVersion(b.GoVersion)
 	}
-	if t, ok := table[minorVersion(b.GoVersion)]; ok {
-		return t, "table", nil
-	}
-	if err == nil {
-		err = fmt.Errorf("%w: %s has no DWARF and the table lacks %s", ErrNoOffsets, b.Path, minorVersion(b.GoVersion))
-	}
-	return nil, "", err
+	return module + "@" + minorVersion(b.Deps[module])
 }
 
+// Offsets returns the byte offset of every Field of the standard library
+// and of the modules the binary links, from the binary's DWARF when it
+// has it, else from the embedded table for the Go or module version.
+// source says which ("dwarf", or "table" if any group came from it). The
+// standard library's fields must be found; a module's that are not (a
+// version the table lacks, in a -w binary) are left out, and its probes
+// with them.
+func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error) {
+	var fromDWARF map[string]uint64
+	if b.hasDWARF {
+		fromDWARF, err = b.dwarfOffsets()
+	}
+	offsets, source = map[string]uint64{}, "dwarf"
+	groups := map[string][]Field{}
+	for _, f := range Fields {
+		groups[f.Module] = append(groups[f.Module], f)
+	}
+	for module, fields := range groups {
+		if module != "" && b.Deps[module] == "" {
+			continue // not linked
+		}
+		got, ok := map[string]uint64{}, true
+		for _, f := range fields {
+			v, found := fromDWARF[f.String()]
+			ok = ok && found
+			got[f.String()] = v
+		}
+		if !ok {
+			got, ok = table[b.tableKey(module)]
+			source = "table"
+		}
+		if !ok {
+			if module == "" {
+				if err == nil {
+					err = fmt.Errorf("%s has no DWARF", b.Path)
+				}
+				return nil, "", fmt.Errorf("%w: %v, and the table lacks %s", ErrNoOffsets, err, b.tableKey(module))
+			}
+			continue
+		}
+		for _, f := range fields {
+			if v, found := got[f.String()]; found {
+				offsets[f.String()] = v
+			}
+		}
+	}
+	return offsets, source, nil
+}
+
+// dwarfOffsets reads what it finds of Fields from the DWARF.
 func (b *Binary) dwarfOffsets() (map[string]uint64, error) {
 	d, err := b.elf.DWARF()
 	if err != nil {
@@ -131,15 +196,6 @@ func (b *Binary) dwarfOffsets() (map[string]uint64, error) {
 				out[name+"."+field] = uint64(loc)
 			}
 		}
-	}
-	var missing []string
-	for _, f := range Fields {
-		if _, ok := out[f.String()]; !ok {
-			missing = append(missing, f.String())
-		}
-	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("DWARF of %s lacks %s", b.Path, strings.Join(missing, ", "))
 	}
 	return out, nil
 }

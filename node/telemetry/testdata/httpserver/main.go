@@ -1,22 +1,52 @@
-// Command httpserver is a plain net/http server for telemetry tests: it
-// prints its address, then serves /ok (200, "hello"), /slow (200 after
-// 1 ms), /missing (404) and /fail (500).
+// Command httpserver is a Go server and client for telemetry tests.
+//
+// It serves HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on one
+// address: /ok (200, "hello"), /slow (200 after 1 ms), /missing (404) and
+// /fail (500). With -grpc it also serves gRPC on a second address: any
+// method answers with the status its name asks for (/test.Svc/Ok: OK,
+// /test.Svc/NotFound, /test.Svc/Internal ...). It prints its address(es),
+// one a line.
+//
+// Lines on its standard input make it a client:
+//
+//	GET url        an HTTP/1.1 GET
+//	H2 url         a GET over h2c
+//	GRPC target method   a unary gRPC call
+//
+// and it answers each with one line: the status, or "error: ...".
 package main
 
 import (
+	"bufio"
+	"context"
+	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 func main() {
+	withGRPC := flag.Bool("grpc", false, "serve gRPC too")
+	flag.Parse()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err)
 	}
 	fmt.Println(l.Addr())
-	http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/ok":
 			fmt.Fprint(w, "hello")
@@ -28,5 +58,74 @@ func main() {
 		default:
 			http.NotFound(w, r)
 		}
-	}))
+	})}
+	go srv.Serve(l)
+	if *withGRPC {
+		gl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(gl.Addr())
+		gs := grpc.NewServer(grpc.UnknownServiceHandler(answer))
+		go gs.Serve(gl)
+	}
+	client(os.Stdin, os.Stdout)
+	select {} // serve until killed, even when stdin closes
+}
+
+// answer is every gRPC method: the status is the method's last element.
+func answer(_ any, stream grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(stream)
+	if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+		return err
+	}
+	name := method[strings.LastIndex(method, "/")+1:]
+	for c := codes.OK; c <= codes.Unauthenticated; c++ {
+		if strings.EqualFold(strings.ReplaceAll(c.String(), "_", ""), name) {
+			if c == codes.OK {
+				return stream.SendMsg(&emptypb.Empty{})
+			}
+			return status.Error(c, "asked for "+name)
+		}
+	}
+	return status.Error(codes.InvalidArgument, "no such status "+name)
+}
+
+func client(in io.Reader, out io.Writer) {
+	h1 := &http.Client{Timeout: 5 * time.Second}
+	var protos http.Protocols
+	protos.SetUnencryptedHTTP2(true)
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &protos}}
+	sc := bufio.NewScanner(in)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 2 && (f[0] == "GET" || f[0] == "H2"):
+			c := h1
+			if f[0] == "H2" {
+				c = h2
+			}
+			resp, err := c.Get(f[1])
+			if err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			fmt.Fprintln(out, resp.StatusCode)
+		case len(f) == 3 && f[0] == "GRPC":
+			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = cc.Invoke(ctx, f[2], &emptypb.Empty{}, &emptypb.Empty{})
+			cancel()
+			cc.Close()
+			fmt.Fprintln(out, status.Code(err))
+		default:
+			fmt.Fprintln(out, "error: bad command", sc.Text())
+		}
+	}
 }
