@@ -367,10 +367,21 @@ func (a *Agent) heartbeat(ctx context.Context) error {
 // at one of addrs, and names it for the request metrics: its service (from
 // the cluster's metadata) and its workload (from the endpoint's).
 func (a *Agent) identify(addrs []netip.Addr) (telemetry.Destination, bool) {
-	if a.client == nil || len(addrs) == 0 {
+	if a.client == nil {
 		return telemetry.Destination{}, false
 	}
-	st := a.client.State()
+	return identifyIn(a.client.State(), addrs)
+}
+
+func (a *Agent) service(host, ns string) (telemetry.Destination, bool) {
+	if a.client == nil {
+		return telemetry.Destination{}, false
+	}
+	return serviceIn(a.client.State(), host, ns)
+}
+
+// identifyIn names the endpoint that has one of addrs, and its service.
+func identifyIn(st *xdsclient.State, addrs []netip.Addr) (telemetry.Destination, bool) {
 	for _, name := range slices.Sorted(maps.Keys(st.Assignments)) {
 		for _, loc := range st.Assignments[name].GetEndpoints() {
 			for _, lbe := range loc.GetLbEndpoints() {
@@ -387,17 +398,16 @@ func (a *Agent) identify(addrs []netip.Addr) (telemetry.Destination, bool) {
 	return telemetry.Destination{}, false
 }
 
-// service says which service a client in namespace ns reached by host: a
+// serviceIn says which service a client in namespace ns reached by host: a
 // VIP (the cluster its listener routes to), an endpoint's address, or the
 // service's name as Kubernetes DNS resolves it ("web", "web.ns",
 // "web.ns.svc", the FQDN). The destination workload is named when every
 // endpoint of the service belongs to one workload; else, as the client
 // cannot tell which one answered, it stays unknown.
-func (a *Agent) service(host, ns string) (telemetry.Destination, bool) {
-	if a.client == nil || host == "" {
+func serviceIn(st *xdsclient.State, host, ns string) (telemetry.Destination, bool) {
+	if host == "" {
 		return telemetry.Destination{}, false
 	}
-	st := a.client.State()
 	cluster := ""
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ip = ip.Unmap()
@@ -411,7 +421,7 @@ func (a *Agent) service(host, ns string) (telemetry.Destination, bool) {
 			}
 		}
 		if cluster == "" {
-			return a.identify([]netip.Addr{ip}) // a pod, dialled directly
+			return identifyIn(st, []netip.Addr{ip}) // a pod, dialled directly
 		}
 	} else {
 		host = strings.TrimSuffix(host, ".")

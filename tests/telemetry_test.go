@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"github.com/sockmesh/sockmesh/internal/testutil"
 	"github.com/sockmesh/sockmesh/node/telemetry"
 	"github.com/sockmesh/sockmesh/tests/harness"
@@ -191,4 +194,136 @@ func promRateByWorkload(t *testing.T, target string, traffic func()) {
 		t.Fatalf("Prometheus has no rate for workload web: %s\n%s", query, out.String())
 	}
 	t.Logf("Prometheus: %s = %.2f req/s for web", query, rate)
+}
+
+// podDoc renders a Pod of a Deployment's ReplicaSet, labelled app and
+// version: the workload Istio would name for it is the Deployment.
+func podDoc(name, app, version string) string {
+	return fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata:\n  name: %s-5f7c9d6b8-abcde\n  namespace: default\n"+
+		"  labels: {app: %s, version: %s, pod-template-hash: 5f7c9d6b8}\n"+
+		"  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: %s-5f7c9d6b8, uid: u, controller: true}]\n"+
+		"spec: {serviceAccountName: %s-sa, containers: [{name: %s, image: %s}]}\n", name, app, version, name, name, name, name)
+}
+
+// TestRequestMetricsBothReporters runs Go HTTP (HTTP/1.1 and h2c) and
+// gRPC servers and clients in meshed pods, servers started before and
+// after the agent, drives known traffic through the services' VIPs, and
+// checks istio_requests_total has exactly that traffic, seen by the
+// client (reporter source) and by the server (reporter destination), with
+// both workloads named on both sides.
+func TestRequestMetricsBothReporters(t *testing.T) {
+	testutil.Privileged(t)
+	tp := harness.New(t)
+	client, web, rpc := tp.Pod("client", true), tp.Pod("web", true), tp.Pod("rpc", true)
+	const rpcVIP, clientVIP = "10.96.7.11", "10.96.7.12"
+	web.Start("http-serve", "-addr", ":8080") // before the agent
+	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
+	ref := func(name string) string {
+		return "  targetRef: {kind: Pod, name: " + name + "-5f7c9d6b8-abcde, namespace: default}\n"
+	}
+	writeMesh(t, mesh, docs(
+		svc("web", []string{vip4}, "http:80/TCP"), slice("web", "web", "IPv4", 0, []string{web.IP4.String()}, "http:8080/TCP")+ref("web"), podDoc("web", "web", "v1"),
+		svc("rpc", []string{rpcVIP}, "grpc:50051/TCP"), slice("rpc", "rpc", "IPv4", 0, []string{rpc.IP4.String()}, "grpc:50051/TCP")+ref("rpc"), podDoc("rpc", "rpc", "v2"),
+		// The client is a workload of the mesh too (an endpoint of a
+		// service), so servers can name it.
+		svc("client", []string{clientVIP}, "http:80/TCP"), slice("client", "client", "IPv4", 0, []string{client.IP4.String()}, "http:8080/TCP")+ref("client"), podDoc("client", "client", "v1"),
+	))
+	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--telemetry-rescan", "10m")
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing") })
+	rpc.Start("grpc-serve", "-id", "rpc", "-addr", ":50051") // after the agent
+	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing") >= 2 })
+
+	// Clients start after the agent; they wait a second before calling,
+	// so their probes are in place (an exec is probed within
+	// milliseconds, but a request in those milliseconds is not seen).
+	web80 := "http://" + vip4 + ":80"
+	var codes map[string]int
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-url", web80 + "/ok", "-n", "3"}, "HTTP/1.1 200"},
+		{[]string{"-url", web80 + "/missing", "-n", "2", "-h2"}, "HTTP/2.0 404"},
+		{[]string{"-url", web80 + "/fail", "-method", "POST", "-body", "100"}, "HTTP/1.1 500"},
+	} {
+		codes = nil
+		client.RunJSON(&codes, append([]string{"http-call", "-after", "1s"}, c.args...)...)
+		if len(codes) != 1 || codes[c.want] == 0 {
+			t.Fatalf("http-call %v: %v, want only %q", c.args, codes, c.want)
+		}
+	}
+	var res harness.DialResult
+	client.RunJSON(&res, "grpc-call", "-after", "1s", "-target", rpcVIP+":50051", "-n", "4")
+	if res.Servers["rpc"] != 4 {
+		t.Fatalf("grpc-call: %+v", res)
+	}
+	res = harness.DialResult{}
+	client.RunJSON(&res, "grpc-call", "-after", "1s", "-target", rpcVIP+":50051", "-n", "2", "-code", "5")
+	if res.Errors["NotFound"] != 2 {
+		t.Fatalf("grpc-call -code 5: %+v", res)
+	}
+
+	// reporter protocol response_code grpc_response_status source_workload
+	// destination_workload destination_service -> count
+	websvc, rpcsvc := "web.default.svc.cluster.local", "rpc.default.svc.cluster.local"
+	want := map[string]float64{}
+	for _, reporter := range []string{"source", "destination"} {
+		want[reporter+" http 200  client web "+websvc] = 3
+		want[reporter+" http 404  client web "+websvc] = 2
+		want[reporter+" http 500  client web "+websvc] = 1
+		want[reporter+" grpc 200 0 client rpc "+rpcsvc] = 4
+		want[reporter+" grpc 200 5 client rpc "+rpcsvc] = 2
+	}
+	var got map[string]float64
+	var series []map[string]string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got, series = requestSeries(t, sm.Get("/metrics")); maps.Equal(got, want) {
+			break
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("istio_requests_total:\n%v\nwant\n%v", got, want)
+	}
+	// Every label of both ends, as Istio fills them.
+	for _, s := range series {
+		for k, v := range map[string]string{
+			"source_workload_namespace": "default", "source_app": "client", "source_version": "v1",
+			"source_canonical_service": "client", "source_canonical_revision": "v1",
+			"source_principal": "spiffe://cluster.local/ns/default/sa/client-sa", "source_cluster": "Kubernetes",
+			"destination_workload_namespace": "default", "destination_service_namespace": "default",
+			"destination_cluster": "Kubernetes", "response_flags": "-",
+		} {
+			if s[k] != v {
+				t.Errorf("series %v: %s=%q, want %q", s, k, s[k], v)
+			}
+		}
+		if dst := s["destination_workload"]; s["destination_app"] != dst || s["destination_service_name"] != dst ||
+			s["destination_principal"] != "spiffe://cluster.local/ns/default/sa/"+dst+"-sa" {
+			t.Errorf("series %v: destination labels disagree", s)
+		}
+	}
+}
+
+// requestSeries reads istio_requests_total from a /metrics page: counts by
+// "reporter protocol code grpc-status source-workload destination-workload
+// destination-service", and every series' labels.
+func requestSeries(t *testing.T, page string) (map[string]float64, []map[string]string) {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(page))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	out := map[string]float64{}
+	var all []map[string]string
+	for _, m := range fams["istio_requests_total"].GetMetric() {
+		l := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			l[lp.GetName()] = lp.GetValue()
+		}
+		all = append(all, l)
+		out[strings.Join([]string{l["reporter"], l["request_protocol"], l["response_code"], l["grpc_response_status"],
+			l["source_workload"], l["destination_workload"], l["destination_service"]}, " ")] += m.GetCounter().GetValue()
+	}
+	return out, all
 }

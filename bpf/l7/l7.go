@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/features"
 
 	"github.com/sockmesh/sockmesh/bpf/verifier"
 )
@@ -106,11 +107,18 @@ func init() {
 // and module versions. A constant whose fields are not in off keeps its
 // default, and the programs that need it must not be attached (Fields
 // says which). events turns on one ring-buffer event per request (access
-// logs and tests); the aggregates in sm_http_stats are always kept.
-func Load(off Offsets, events bool) (*Objects, error) {
+// logs and tests); the aggregates in sm_http_stats are always kept. multi
+// loads the programs for uprobe_multi links (MultiUprobes) instead of
+// one uprobe per address.
+func Load(off Offsets, events, multi bool) (*Objects, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
+	}
+	if multi {
+		for _, p := range spec.Programs {
+			p.AttachType = ebpf.AttachTraceUprobeMulti
+		}
 	}
 	for variable, fields := range variables {
 		var sum uint64
@@ -136,6 +144,11 @@ func Load(off Offsets, events bool) (*Objects, error) {
 	}
 	return &objs, nil
 }
+
+// MultiUprobes reports whether this kernel has uprobe_multi links (6.6+):
+// one link attaches a program at many addresses, and detaching it waits
+// for one grace period, not one per address.
+func MultiUprobes() bool { return features.HaveBPFLinkUprobeMulti() == nil }
 
 // CString turns a NUL-padded byte array from an event into a string.
 func CString(b []byte) string {

@@ -58,6 +58,8 @@ type Watcher struct {
 	// retired keeps the totals of processes that exited, so counters
 	// never go backwards.
 	retired map[Series]Totals
+	// closing counts tracers being detached.
+	closing sync.WaitGroup
 }
 
 // NewWatcher returns a watcher; Metrics exposes what it observes.
@@ -181,11 +183,12 @@ func (w *Watcher) Run(ctx context.Context) error {
 	defer t.Stop()
 	defer func() {
 		w.mu.Lock()
-		defer w.mu.Unlock()
 		for pid, tr := range w.traced {
 			tr.Close()
 			delete(w.traced, pid)
 		}
+		w.mu.Unlock()
+		w.closing.Wait()
 	}()
 	if pw, err := l7.WatchProcs(w.cfg.Cgroup); err != nil {
 		w.log.Warn("telemetry: no process events, scanning only", "err", err)
@@ -281,7 +284,10 @@ func (w *Watcher) retire(pid int, why string) {
 		return
 	}
 	w.foldInto(w.retired, tr, pid)
-	tr.Close()
+	// Detaching waits for the kernel (a grace period per link): not while
+	// holding w.mu, which the next process's probing needs.
+	w.closing.Add(1)
+	go func() { defer w.closing.Done(); tr.Close() }()
 	delete(w.traced, pid)
 	delete(w.exes, pid)
 	delete(w.addrs, pid)
@@ -306,9 +312,14 @@ func exeInode(pid int) uint64 {
 func (w *Watcher) follow(pw *l7.ProcWatch) {
 	for {
 		e, err := pw.Read()
-		if err != nil {
-			return // closed
+		if errors.Is(err, os.ErrClosed) {
+			return
 		}
+		if err != nil {
+			w.log.Warn("telemetry: process events", "err", err)
+			continue
+		}
+		w.log.Debug("telemetry: process event", "pid", e.Pid, "exited", e.Exited)
 		pid := int(e.Pid)
 		w.mu.Lock()
 		switch {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
@@ -25,7 +26,10 @@ type testServer struct {
 	id string
 }
 
-func (s *testServer) UnaryCall(context.Context, *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+func (s *testServer) UnaryCall(_ context.Context, req *testgrpc.SimpleRequest) (*testgrpc.SimpleResponse, error) {
+	if st := req.GetResponseStatus(); st.GetCode() != 0 {
+		return nil, status.Error(codes.Code(st.GetCode()), st.GetMessage())
+	}
 	return &testgrpc.SimpleResponse{ServerId: s.id}, nil
 }
 
@@ -59,7 +63,10 @@ func grpcCall(args []string) error {
 	n := fs.Int("n", 10, "calls")
 	timeout := fs.Duration("timeout", 20*time.Second, "overall")
 	until := fs.String("until", "", "keep calling until this server answers")
+	code := fs.Int("code", 0, "gRPC status code the server is asked to answer with")
+	after := fs.Duration("after", 0, "wait before the first call")
 	fs.Parse(args)
+	time.Sleep(*after)
 	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -70,7 +77,11 @@ func grpcCall(args []string) error {
 	client := testgrpc.NewTestServiceClient(conn)
 	res := Result{Servers: map[string]int{}, Peers: map[string]int{}, Errors: map[string]int{}}
 	for i := 0; i < *n || *until != ""; i++ {
-		r, err := client.UnaryCall(ctx, &testgrpc.SimpleRequest{}, grpc.WaitForReady(true))
+		req := &testgrpc.SimpleRequest{}
+		if *code != 0 {
+			req.ResponseStatus = &testgrpc.EchoStatus{Code: int32(*code), Message: "asked"}
+		}
+		r, err := client.UnaryCall(ctx, req, grpc.WaitForReady(true))
 		if err != nil {
 			res.Errors[status.Code(err).String()]++
 			if ctx.Err() != nil {

@@ -45,6 +45,8 @@ func main() {
 		err = grpcCall(os.Args[2:])
 	case "http-serve":
 		err = httpServe(os.Args[2:])
+	case "http-call":
+		err = httpCall(os.Args[2:])
 	case "dns-serve":
 		err = dnsServe(os.Args[2:])
 	case "resolve":
@@ -333,8 +335,8 @@ func connectRate(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
-// httpServe is a net/http server: /ok answers 200 "hello", /fail 500,
-// anything else 404.
+// httpServe is a net/http server (HTTP/1.1 and h2c): /ok answers 200
+// "hello", /fail 500, anything else 404.
 func httpServe(args []string) error {
 	fs := flag.NewFlagSet("http-serve", flag.ExitOnError)
 	addr := fs.String("addr", ":8080", "listen address")
@@ -343,7 +345,11 @@ func httpServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	go http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	// HTTP/1.1 and h2c (HTTP/2 with prior knowledge) on one port.
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/ok":
 			fmt.Fprint(w, "hello")
@@ -352,10 +358,48 @@ func httpServe(args []string) error {
 		default:
 			http.NotFound(w, r)
 		}
-	}))
+	})}
+	go srv.Serve(l)
 	fmt.Println("ready")
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	<-sig
 	return nil
+}
+
+// httpCall makes n requests to url with Go's client (HTTP/1.1, or h2c
+// with -h2), after waiting -after (so the agent probes the process
+// first), and prints the status codes it got as JSON.
+func httpCall(args []string) error {
+	fs := flag.NewFlagSet("http-call", flag.ExitOnError)
+	url := fs.String("url", "", "URL")
+	n := fs.Int("n", 1, "requests")
+	method := fs.String("method", "GET", "method")
+	body := fs.Int("body", 0, "request body bytes")
+	h2 := fs.Bool("h2", false, "HTTP/2 without TLS (prior knowledge)")
+	after := fs.Duration("after", 0, "wait before the first request")
+	fs.Parse(args)
+	time.Sleep(*after)
+	tr := &http.Transport{}
+	if *h2 {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	codes := map[string]int{}
+	for range *n {
+		req, err := http.NewRequest(*method, *url, strings.NewReader(strings.Repeat("x", *body)))
+		if err != nil {
+			return err
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			codes["error"]++
+			continue
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		codes[fmt.Sprintf("%s %d", resp.Proto, resp.StatusCode)]++
+	}
+	return json.NewEncoder(os.Stdout).Encode(codes)
 }

@@ -1,0 +1,52 @@
+package node
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/sockmesh/sockmesh/mesh"
+	"github.com/sockmesh/sockmesh/node/telemetry"
+)
+
+func TestServiceAClientReached(t *testing.T) {
+	wl := func(name string) *mesh.Workload {
+		return &mesh.Workload{Name: name, Namespace: "shop", ServiceAccount: name + "-sa", CanonicalService: name, CanonicalRevision: "v1"}
+	}
+	ep := func(addr string, w *mesh.Workload) mesh.Endpoint {
+		return mesh.Endpoint{Address: netip.MustParseAddr(addr), Ready: true, Serving: true, Workload: w}
+	}
+	port := []mesh.Port{{Name: "http", Port: 80, Protocol: mesh.TCP, TargetPort: 8080}}
+	cart := &mesh.Service{Namespace: "shop", Name: "cart", VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")}, Ports: port,
+		Endpoints: []mesh.Endpoint{ep("10.0.0.1", wl("cart")), ep("10.0.0.2", wl("cart"))}}
+	// Two workloads behind one service: a client cannot tell which answered.
+	pay := &mesh.Service{Namespace: "shop", Name: "pay", VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11")}, Ports: port,
+		Endpoints: []mesh.Endpoint{ep("10.0.1.1", wl("pay-v1")), ep("10.0.1.2", wl("pay-v2"))}}
+	st := stateOf(t, cart, pay)
+	cartDst := telemetry.Destination{Service: "cart.shop.svc.cluster.local", ServiceName: "cart", ServiceNamespace: "shop",
+		Peer: telemetry.Peer{Workload: "cart", Namespace: "shop", App: "cart", Version: "v1", CanonicalService: "cart", CanonicalRevision: "v1",
+			Principal: "spiffe://cluster.local/ns/shop/sa/cart-sa"}}
+	for _, c := range []struct {
+		host, ns string
+		want     telemetry.Destination
+		ok       bool
+	}{
+		{"10.96.0.10", "other", cartDst, true},                  // the VIP
+		{"cart", "shop", cartDst, true},                         // a short name, from its namespace
+		{"cart", "other", telemetry.Destination{}, false},       // ... not from another
+		{"cart.shop", "other", cartDst, true},                   // name.namespace
+		{"cart.shop.svc", "other", cartDst, true},               // name.namespace.svc
+		{"cart.shop.svc.cluster.local.", "", cartDst, true},     // the FQDN, rooted
+		{"10.0.0.2", "", cartDst, true},                         // an endpoint, dialled directly
+		{"example.com", "shop", telemetry.Destination{}, false}, // not in the mesh
+		{"10.96.0.11", "", telemetry.Destination{Service: "pay.shop.svc.cluster.local", ServiceName: "pay", ServiceNamespace: "shop"}, true},
+	} {
+		got, ok := serviceIn(st, c.host, c.ns)
+		if ok != c.ok || got != c.want {
+			t.Errorf("serviceIn(%q, %q) = %+v, %v; want %+v, %v", c.host, c.ns, got, ok, c.want, c.ok)
+		}
+	}
+	// A server names its client by the client's address.
+	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.1.2")}); !ok || got.Workload != "pay-v2" || got.ServiceName != "pay" {
+		t.Errorf("identifyIn(10.0.1.2) = %+v, %v", got, ok)
+	}
+}
