@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -126,8 +127,38 @@ func TestIstioRequestMetrics(t *testing.T) {
 	promRateByWorkload(t, sm.Metrics, func() {
 		client.Exec("curl", "-s", "-o", "/dev/null", "-m", "2", url+"/ok")
 	})
+	// The server's probes are uprobe_multi links filtered to its PID (one
+	// per program; this kernel has them): gone once it exits.
+	pid := uint32(srv.Cmd.Process.Pid)
+	if n := uprobeLinks(t, pid); n == 0 {
+		t.Fatalf("no uprobe links for the server (pid %d) while it runs", pid)
+	}
 	srv.Stop()
 	waitFor(t, 5*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: process exited, probes removed") })
+	waitFor(t, 5*time.Second, func() bool { return uprobeLinks(t, pid) == 0 })
+}
+
+// uprobeLinks counts the uprobe_multi links in the kernel that fire for
+// process pid.
+func uprobeLinks(t *testing.T, pid uint32) int {
+	t.Helper()
+	n := 0
+	it := new(link.Iterator)
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if um := info.UprobeMulti(); um != nil {
+			if p, ok := um.Pid(); ok && p == pid {
+				n++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // promRateByWorkload starts Prometheus (Debian's package) on loopback,

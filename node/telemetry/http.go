@@ -128,7 +128,7 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 	if len(pl.groups) == 0 {
 		return nil, fmt.Errorf("%s: %w: %s", path, gobin.ErrNoFunc, strings.Join(pl.missing, "; "))
 	}
-	multi := l7.MultiUprobes()
+	multi := multiUprobes()
 	objs, err := l7.Load(l7.Offsets(pl.off), events, multi)
 	if err != nil {
 		return nil, err
@@ -188,6 +188,10 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 	}
 	return t, nil
 }
+
+// multiUprobes says whether to attach with uprobe_multi links (tests
+// turn it off to cover kernels before 6.6).
+var multiUprobes = l7.MultiUprobes
 
 // plan is what reading an executable tells: the offsets, and for each
 // kind of request it can see, where the probes go.

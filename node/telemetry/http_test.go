@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/sockmesh/sockmesh/bpf/l7"
 	"github.com/sockmesh/sockmesh/internal/testutil"
 )
 
@@ -27,8 +28,17 @@ import (
 // sizes and peer, in events and in the in-kernel aggregates.
 func TestRequests(t *testing.T) {
 	testutil.Privileged(t)
-	for _, ldflags := range []string{"", "-s -w"} {
-		t.Run("ldflags="+ldflags, func(t *testing.T) {
+	for _, c := range []struct {
+		ldflags string
+		multi   bool
+	}{{"", true}, {"-s -w", true}, {"", false}} {
+		ldflags := c.ldflags
+		t.Run(fmt.Sprintf("ldflags=%s,multi=%v", ldflags, c.multi), func(t *testing.T) {
+			if c.multi && !l7.MultiUprobes() {
+				t.Skip("no uprobe_multi links on this kernel")
+			}
+			defer func(f func() bool) { multiUprobes = f }(multiUprobes)
+			multiUprobes = func() bool { return c.multi }
 			bin := filepath.Join(t.TempDir(), "httpserver")
 			if out, err := exec.Command("go", "build", "-ldflags="+ldflags, "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
 				t.Fatalf("build: %v\n%s", err, out)
