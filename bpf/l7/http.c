@@ -325,19 +325,35 @@ static __always_inline __u32 read_gostring(__u8 *dst, __u32 size, __u64 addr)
 	return copy_str(dst, size, s.ptr, s.len);
 }
 
-/* cut_port ends a "host:port" text at its last colon: a server keys its
- * clients by address, not by connection. It zeroes from the end up to and
- * including the colon (a text without one ends up empty: unknown). One
- * variable in the loop, so the verifier walks it once. */
-static __always_inline void cut_port(__u8 *peer)
+/* cut_port ends the n-byte "host:port" text at its last colon: a server
+ * keys its clients by address, not by connection. A port has at most five
+ * digits, so only the last seven bytes are looked at; a text without a
+ * colon there ends up empty (unknown). */
+static __always_inline void cut_port(__u8 *peer, __u32 n)
 {
-	for (int i = PEER_LEN - 1; i >= 0; i--) {
-		__u8 c = peer[i];
+#pragma unroll
+	for (int i = 1; i <= 7; i++) {
+		__u32 at = n - i;
 
-		peer[i] = 0;
-		if (c == ':')
+		if (i > n)
+			break;
+		/* Keep the mask: clang drops it, knowing i <= n, and the
+		 * verifier does not. */
+		asm volatile("" : "+r"(at));
+		at &= PEER_LEN - 1;
+		if (peer[at] == ':') {
+#pragma unroll
+			for (int j = 0; j < 7; j++) {
+				__u32 k = at + j;
+
+				asm volatile("" : "+r"(k));
+				if (j < i)
+					peer[k & (PEER_LEN - 1)] = 0;
+			}
 			return;
+		}
 	}
+	peer[0] = 0;
 }
 
 /* bytes_bucket counts n in the first of buckets whose bound (1, 10, 100,
@@ -449,6 +465,7 @@ static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, _
 	struct start st;
 	struct scratch *s;
 	__u64 url;
+	__u32 n;
 
 	if (!take_start(r, KIND_HTTP_SERVER, &st))
 		return;
@@ -456,9 +473,9 @@ static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, _
 	if (!s)
 		return;
 	s->proto_major = proto_major;
-	read_gostring(s->key.peer, PEER_LEN, req + off_request_remote_addr);
-	cut_port(s->key.peer);
-	url = read_u64(req + off_request_url);
+	n = read_gostring(s->key.peer, PEER_LEN, req + off_request_remote_addr);
+	cut_port(s->key.peer, n);
+	url = emit_events ? read_u64(req + off_request_url) : 0;
 	/* Istio's request size is the body's; Content-Length gives it unless
 	 * the body was chunked (-1), which counts as 0 here. */
 	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(read_u64(req + off_request_content_length)),
