@@ -315,6 +315,21 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	if !maps.Equal(got, want) {
 		t.Fatalf("istio_requests_total:\n%v\nwant\n%v", got, want)
 	}
+	// The agent's own health: the two servers carry probes now (the
+	// clients have exited), nothing was dropped, nothing failed.
+	waitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(sm.Get("/metrics"), "sockmesh_telemetry_processes_instrumented 2\n")
+	})
+	m := sm.Get("/metrics")
+	for _, want := range []string{"sockmesh_telemetry_requests_dropped_total 0",
+		"sockmesh_telemetry_attach_errors_total 0"} {
+		if !strings.Contains(m, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if !regexp.MustCompile(`(?m)^sockmesh_telemetry_probes_attached [1-9]\d*$`).MatchString(m) {
+		t.Errorf("/metrics: no probes attached")
+	}
 	// Every label of both ends, as Istio fills them.
 	for _, s := range series {
 		for k, v := range map[string]string{

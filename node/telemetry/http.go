@@ -112,6 +112,8 @@ type HTTPTracer struct {
 	// Kinds are the kinds of requests the tracer sees (whose probes all
 	// attached).
 	Kinds []Kind
+	// Probes counts the probe points attached.
+	Probes int
 }
 
 // TraceHTTP attaches the probes to the executable at path (for every
@@ -180,6 +182,9 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 		}
 		t.links = append(t.links, ls...)
 		t.Kinds = append(t.Kinds, g.kind)
+		for _, a := range addrs {
+			t.Probes += len(a)
+		}
 	}
 	if events {
 		if t.reader, err = ringbuf.NewReader(objs.SmHttpEvents); err != nil {

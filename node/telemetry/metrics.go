@@ -24,10 +24,21 @@ var istioLabels = []string{
 // scrapes, from totals the kernel aggregated.
 type Metrics struct {
 	totals   func() map[Series]Totals
+	health   func() Health
 	requests *prometheus.Desc
 	duration *prometheus.Desc
 	reqSize  *prometheus.Desc
 	respSize *prometheus.Desc
+
+	processes, probes, dropped, attachErrors *prometheus.Desc
+}
+
+// Health is how the telemetry itself is doing.
+type Health struct {
+	Processes    int    // processes carrying probes now
+	Probes       int    // probe points attached in them
+	Dropped      uint64 // requests not counted or not reported (all time)
+	AttachErrors uint64 // processes that could not be probed (all time)
 }
 
 // Series is one label set of the request metrics.
@@ -39,14 +50,21 @@ type Series struct {
 	GRPCStatus  int // -1: not gRPC
 }
 
-// NewMetrics makes the collector; totals is called on every scrape.
-func NewMetrics(totals func() map[Series]Totals) *Metrics {
+// NewMetrics makes the collector; totals and health are called on every
+// scrape.
+func NewMetrics(totals func() map[Series]Totals, health func() Health) *Metrics {
 	return &Metrics{
-		totals:   totals,
-		requests: prometheus.NewDesc("istio_requests_total", "Requests, as Istio counts them.", istioLabels, nil),
-		duration: prometheus.NewDesc("istio_request_duration_milliseconds", "Request duration in milliseconds.", istioLabels, nil),
-		reqSize:  prometheus.NewDesc("istio_request_bytes", "Request body size in bytes (Content-Length; 0 when chunked).", istioLabels, nil),
-		respSize: prometheus.NewDesc("istio_response_bytes", "Response body size in bytes.", istioLabels, nil),
+		totals:    totals,
+		health:    health,
+		processes: prometheus.NewDesc("sockmesh_telemetry_processes_instrumented", "Processes carrying request probes now.", nil, nil),
+		probes:    prometheus.NewDesc("sockmesh_telemetry_probes_attached", "Uprobe points attached in instrumented processes now.", nil, nil),
+		dropped: prometheus.NewDesc("sockmesh_telemetry_requests_dropped_total",
+			"Requests the probes could not count or report (no start slot, a full stats map or ring buffer).", nil, nil),
+		attachErrors: prometheus.NewDesc("sockmesh_telemetry_attach_errors_total", "Go processes that could not be probed (see the agent's log).", nil, nil),
+		requests:     prometheus.NewDesc("istio_requests_total", "Requests, as Istio counts them.", istioLabels, nil),
+		duration:     prometheus.NewDesc("istio_request_duration_milliseconds", "Request duration in milliseconds.", istioLabels, nil),
+		reqSize:      prometheus.NewDesc("istio_request_bytes", "Request body size in bytes (Content-Length; 0 when chunked).", istioLabels, nil),
+		respSize:     prometheus.NewDesc("istio_response_bytes", "Response body size in bytes.", istioLabels, nil),
 	}
 }
 
@@ -56,10 +74,19 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.duration
 	ch <- m.reqSize
 	ch <- m.respSize
+	ch <- m.processes
+	ch <- m.probes
+	ch <- m.dropped
+	ch <- m.attachErrors
 }
 
 // Collect implements prometheus.Collector.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	h := m.health()
+	ch <- prometheus.MustNewConstMetric(m.processes, prometheus.GaugeValue, float64(h.Processes))
+	ch <- prometheus.MustNewConstMetric(m.probes, prometheus.GaugeValue, float64(h.Probes))
+	ch <- prometheus.MustNewConstMetric(m.dropped, prometheus.CounterValue, float64(h.Dropped))
+	ch <- prometheus.MustNewConstMetric(m.attachErrors, prometheus.CounterValue, float64(h.AttachErrors))
 	for s, t := range m.totals() {
 		labels := seriesLabels(s)
 		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(t.Count), labels...)

@@ -60,6 +60,9 @@ type Watcher struct {
 	retired map[Series]Totals
 	// closing counts tracers being detached.
 	closing sync.WaitGroup
+	// retiredDrops and attachErrors count for /metrics what processes
+	// gone or never probed dropped or failed.
+	retiredDrops, attachErrors uint64
 }
 
 // NewWatcher returns a watcher; Metrics exposes what it observes.
@@ -71,7 +74,21 @@ func NewWatcher(cfg WatchConfig, log *slog.Logger) *Watcher {
 }
 
 // Metrics returns the Prometheus collector of the watcher's requests.
-func (w *Watcher) Metrics() *Metrics { return NewMetrics(w.totals) }
+func (w *Watcher) Metrics() *Metrics { return NewMetrics(w.totals, w.health) }
+
+// health reports the watcher's own state.
+func (w *Watcher) health() Health {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	h := Health{Processes: len(w.traced), Dropped: w.retiredDrops, AttachErrors: w.attachErrors}
+	for _, tr := range w.traced {
+		h.Probes += tr.Probes
+		if d, err := tr.Drops(); err == nil {
+			h.Dropped += d
+		}
+	}
+	return h
+}
 
 // totals sums live and retired aggregates by series.
 func (w *Watcher) totals() map[Series]Totals {
@@ -272,6 +289,7 @@ func (w *Watcher) consider(pid int) {
 		w.skipped[pid] = true // nothing to probe: look no further
 	default:
 		w.skipped[pid] = true
+		w.attachErrors++
 		w.log.Warn("telemetry: cannot probe", "pid", pid, "err", err)
 	}
 }
@@ -284,6 +302,9 @@ func (w *Watcher) retire(pid int, why string) {
 		return
 	}
 	w.foldInto(w.retired, tr, pid)
+	if d, err := tr.Drops(); err == nil {
+		w.retiredDrops += d
+	}
 	// Detaching waits for the kernel (a grace period per link): not while
 	// holding w.mu, which the next process's probing needs.
 	w.closing.Add(1)
