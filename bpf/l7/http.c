@@ -9,7 +9,9 @@
  *   what          start                            end
  *   HTTP server   serverHandler.ServeHTTP          (*response).finishRequest (HTTP/1)
  *                                                  (*http2responseWriter).handlerDone (HTTP/2)
+ *                 x/net/http2 (*serverConn).runHandler   (*responseWriter).handlerDone
  *   HTTP client   (*Transport).roundTrip           RETs of (*Transport).roundTrip
+ *                 x/net/http2 (*Transport).RoundTrip     its RETs
  *   gRPC server   (*Server).handleStream           (*http2Server).writeStatus
  *   gRPC client   (*ClientConn).Invoke             RETs of (*ClientConn).Invoke
  *
@@ -151,6 +153,10 @@ volatile const __u64 off_h2rw_rws = 0;
 volatile const __u64 off_h2rws_req = 8;
 volatile const __u64 off_h2rws_status = 72;
 volatile const __u64 off_h2rws_wrote = 96;
+volatile const __u64 off_xh2rw_rws = 0;
+volatile const __u64 off_xh2rws_req = 8;
+volatile const __u64 off_xh2rws_status = 72;
+volatile const __u64 off_xh2rws_wrote = 96;
 volatile const __u64 off_resp_status_code = 16;
 volatile const __u64 off_resp_content_length = 80;
 volatile const __u64 off_resp_proto_major = 40;
@@ -504,18 +510,35 @@ int sm_http_finish(struct regs *r)
 	return 0;
 }
 
-/* (*http2responseWriter).handlerDone(w): HTTP/2 handler returned. */
+/* h2_done reports the request of an HTTP/2 responseWriter w whose handler
+ * returned; the offsets are those of the bundled or golang.org/x/net copy. */
+static __always_inline void h2_done(struct regs *r, __u64 w, __u64 rws_off, __u64 req_off, __u64 status_off, __u64 wrote_off)
+{
+	__u64 rws = read_u64(w + rws_off), req;
+
+	if (!rws)
+		return;
+	req = read_u64(rws + req_off);
+	if (!req)
+		return;
+	server_done(r, req, read_u64(rws + status_off), read_u64(rws + wrote_off), 2);
+}
+
+/* net/http.(*http2responseWriter).handlerDone(w): HTTP/2 handler returned. */
 SEC("uprobe/h2_handler_done")
 int sm_h2_done(struct regs *r)
 {
-	__u64 rws = read_u64(GO_R1(r) + off_h2rw_rws), req;
+	h2_done(r, GO_R1(r), off_h2rw_rws, off_h2rws_req, off_h2rws_status, off_h2rws_wrote);
+	return 0;
+}
 
-	if (!rws)
-		return 0;
-	req = read_u64(rws + off_h2rws_req);
-	if (!req)
-		return 0;
-	server_done(r, req, read_u64(rws + off_h2rws_status), read_u64(rws + off_h2rws_wrote), 2);
+/* golang.org/x/net/http2.(*responseWriter).handlerDone(w): the same, in
+ * x/net's copy (h2c.NewHandler, http2.Server). Its requests start at
+ * (*serverConn).runHandler: they do not pass net/http's serverHandler. */
+SEC("uprobe/xh2_handler_done")
+int sm_xh2_done(struct regs *r)
+{
+	h2_done(r, GO_R1(r), off_xh2rw_rws, off_xh2rws_req, off_xh2rws_status, off_xh2rws_wrote);
 	return 0;
 }
 

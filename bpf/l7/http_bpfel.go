@@ -81,6 +81,7 @@ const (
 	bpfProgSmHttpClientStart      = "sm_http_client_start"
 	bpfProgSmHttpFinish           = "sm_http_finish"
 	bpfProgSmHttpServe            = "sm_http_serve"
+	bpfProgSmXh2Done              = "sm_xh2_done"
 	bpfVarEmitEvents              = "emit_events"
 	bpfVarOffGrpcCcTarget         = "off_grpc_cc_target"
 	bpfVarOffGrpcServerPeerAddr   = "off_grpc_server_peer_addr"
@@ -105,6 +106,10 @@ const (
 	bpfVarOffTcpaddrIp            = "off_tcpaddr_ip"
 	bpfVarOffUrlHost              = "off_url_host"
 	bpfVarOffUrlPath              = "off_url_path"
+	bpfVarOffXh2rwRws             = "off_xh2rw_rws"
+	bpfVarOffXh2rwsReq            = "off_xh2rws_req"
+	bpfVarOffXh2rwsStatus         = "off_xh2rws_status"
+	bpfVarOffXh2rwsWrote          = "off_xh2rws_wrote"
 	bpfVarUnusedHttpEvent         = "unused_http_event"
 )
 
@@ -159,6 +164,7 @@ type bpfProgramSpecs struct {
 	SmHttpClientStart *ebpf.ProgramSpec `ebpf:"sm_http_client_start"`
 	SmHttpFinish      *ebpf.ProgramSpec `ebpf:"sm_http_finish"`
 	SmHttpServe       *ebpf.ProgramSpec `ebpf:"sm_http_serve"`
+	SmXh2Done         *ebpf.ProgramSpec `ebpf:"sm_xh2_done"`
 }
 
 // bpfMapSpecs contains maps before they are loaded into the kernel.
@@ -200,6 +206,10 @@ type bpfVariableSpecs struct {
 	OffTcpaddrIp            *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
 	OffUrlHost              *ebpf.VariableSpec `ebpf:"off_url_host"`
 	OffUrlPath              *ebpf.VariableSpec `ebpf:"off_url_path"`
+	OffXh2rwRws             *ebpf.VariableSpec `ebpf:"off_xh2rw_rws"`
+	OffXh2rwsReq            *ebpf.VariableSpec `ebpf:"off_xh2rws_req"`
+	OffXh2rwsStatus         *ebpf.VariableSpec `ebpf:"off_xh2rws_status"`
+	OffXh2rwsWrote          *ebpf.VariableSpec `ebpf:"off_xh2rws_wrote"`
 	UnusedHttpEvent         *ebpf.VariableSpec `ebpf:"unused_http_event"`
 }
 
@@ -268,6 +278,10 @@ type bpfVariables struct {
 	OffTcpaddrIp            *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
 	OffUrlHost              *ebpf.Variable `ebpf:"off_url_host"`
 	OffUrlPath              *ebpf.Variable `ebpf:"off_url_path"`
+	OffXh2rwRws             *ebpf.Variable `ebpf:"off_xh2rw_rws"`
+	OffXh2rwsReq            *ebpf.Variable `ebpf:"off_xh2rws_req"`
+	OffXh2rwsStatus         *ebpf.Variable `ebpf:"off_xh2rws_status"`
+	OffXh2rwsWrote          *ebpf.Variable `ebpf:"off_xh2rws_wrote"`
 	UnusedHttpEvent         *ebpf.Variable `ebpf:"unused_http_event"`
 }
 
@@ -284,6 +298,7 @@ type bpfPrograms struct {
 	SmHttpClientStart *ebpf.Program `ebpf:"sm_http_client_start"`
 	SmHttpFinish      *ebpf.Program `ebpf:"sm_http_finish"`
 	SmHttpServe       *ebpf.Program `ebpf:"sm_http_serve"`
+	SmXh2Done         *ebpf.Program `ebpf:"sm_xh2_done"`
 }
 
 func (p *bpfPrograms) Close() error {
@@ -297,6 +312,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmHttpClientStart,
 		p.SmHttpFinish,
 		p.SmHttpServe,
+		p.SmXh2Done,
 	)
 }
 

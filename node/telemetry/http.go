@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -78,27 +79,39 @@ type probe struct {
 	optional bool
 }
 
-// groups are the probes that must all attach for one Kind to be seen.
+// groups are the probes that must all attach for one kind of request, of
+// one library, to be seen.
 var groups = []struct {
 	kind   Kind
+	name   string
 	probes []probe
 }{
-	{HTTPServer, []probe{
+	{HTTPServer, "net/http server", []probe{
 		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
 		{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
 		// HTTP/2 (TLS or h2c) requests reach the handler through
 		// serverHandler as well, and end here.
 		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
 	}},
-	{HTTPClient, []probe{
+	{HTTPServer, "x/net/http2 server", []probe{
+		{fn: "golang.org/x/net/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
+		{fn: "golang.org/x/net/http2.(*responseWriter).handlerDone", prog: "sm_xh2_done"},
+	}},
+	{HTTPClient, "net/http client", []probe{
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true},
 	}},
-	{GRPCServer, []probe{
+	// x/net's HTTP/2 transport used on its own (h2c clients); under a
+	// net/http Transport the inner call is the one counted, once.
+	{HTTPClient, "x/net/http2 client", []probe{
+		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
+		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_end", returns: true},
+	}},
+	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
 	}},
-	{GRPCClient, []probe{
+	{GRPCClient, "grpc client", []probe{
 		{fn: "google.golang.org/grpc.(*ClientConn).Invoke", prog: "sm_grpc_call"},
 		{fn: "google.golang.org/grpc.(*ClientConn).Invoke", prog: "sm_grpc_call_end", returns: true},
 	}},
@@ -110,8 +123,9 @@ type HTTPTracer struct {
 	links  []link.Link
 	reader *ringbuf.Reader
 	// Kinds are the kinds of requests the tracer sees (whose probes all
-	// attached).
-	Kinds []Kind
+	// attached), and Libraries the libraries it sees them in.
+	Kinds     []Kind
+	Libraries []string
 	// Probes counts the probe points attached.
 	Probes int
 }
@@ -146,7 +160,7 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 		return nil, err
 	}
 	progs := map[string]*ebpf.Program{
-		"sm_http_serve": objs.SmHttpServe, "sm_http_finish": objs.SmHttpFinish, "sm_h2_done": objs.SmH2Done,
+		"sm_http_serve": objs.SmHttpServe, "sm_http_finish": objs.SmHttpFinish, "sm_h2_done": objs.SmH2Done, "sm_xh2_done": objs.SmXh2Done,
 		"sm_http_client_start": objs.SmHttpClientStart, "sm_http_client_end": objs.SmHttpClientEnd,
 		"sm_grpc_serve": objs.SmGrpcServe, "sm_grpc_serve_end": objs.SmGrpcServeEnd,
 		"sm_grpc_call": objs.SmGrpcCall, "sm_grpc_call_end": objs.SmGrpcCallEnd,
@@ -181,7 +195,10 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 			}
 		}
 		t.links = append(t.links, ls...)
-		t.Kinds = append(t.Kinds, g.kind)
+		t.Libraries = append(t.Libraries, g.name)
+		if !slices.Contains(t.Kinds, g.kind) {
+			t.Kinds = append(t.Kinds, g.kind)
+		}
 		for _, a := range addrs {
 			t.Probes += len(a)
 		}
@@ -277,7 +294,7 @@ func readPlan(path string) (*plan, error) {
 	for i, g := range groups {
 		addrs, why := probeAddrs(bin, g.probes, off)
 		if why != "" {
-			pl.missing = append(pl.missing, g.kind.String()+": "+why)
+			pl.missing = append(pl.missing, g.name+": "+why)
 			continue
 		}
 		pl.groups = append(pl.groups, struct {
@@ -355,7 +372,7 @@ func (t *Totals) add(o Totals) {
 func (t *HTTPTracer) RunTime() (time.Duration, uint64, error) {
 	var d time.Duration
 	var n uint64
-	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish, t.objs.SmH2Done, t.objs.SmHttpClientStart,
+	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish, t.objs.SmH2Done, t.objs.SmXh2Done, t.objs.SmHttpClientStart,
 		t.objs.SmHttpClientEnd, t.objs.SmGrpcServe, t.objs.SmGrpcServeEnd, t.objs.SmGrpcCall, t.objs.SmGrpcCallEnd} {
 		st, err := p.Stats()
 		if err != nil {

@@ -22,7 +22,8 @@ import (
 )
 
 // TestRequests probes a real Go program serving HTTP/1.1, h2c and gRPC
-// and calling HTTP and gRPC servers itself (built plain and with -s -w, so
+// (net/http's and golang.org/x/net's) and calling HTTP (both
+// transports) and gRPC servers itself (built plain and with -s -w, so
 // offsets come from DWARF and from the table), and checks every request,
 // server and client side, is reported with its method, path, status,
 // sizes and peer, in events and in the in-kernel aggregates.
@@ -43,7 +44,7 @@ func TestRequests(t *testing.T) {
 			if out, err := exec.Command("go", "build", "-ldflags="+ldflags, "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
 				t.Fatalf("build: %v\n%s", err, out)
 			}
-			srv := exec.Command(bin, "-grpc")
+			srv := exec.Command(bin, "-grpc", "-xnet")
 			stdout, _ := srv.StdoutPipe()
 			stdin, _ := srv.StdinPipe()
 			if err := srv.Start(); err != nil {
@@ -58,7 +59,7 @@ func TestRequests(t *testing.T) {
 				}
 				return strings.TrimSpace(l)
 			}
-			addr, grpcAddr := readLine(), readLine()
+			addr, grpcAddr, xnetAddr := readLine(), readLine(), readLine()
 
 			tr, err := TraceHTTP(bin, srv.Process.Pid, true)
 			if err != nil {
@@ -67,6 +68,9 @@ func TestRequests(t *testing.T) {
 			defer tr.Close()
 			if want := []Kind{HTTPServer, HTTPClient, GRPCServer, GRPCClient}; !slices.Equal(tr.Kinds, want) {
 				t.Fatalf("probed kinds %v, want %v", tr.Kinds, want)
+			}
+			if len(tr.Libraries) != len(groups) {
+				t.Fatalf("probed libraries %v, want all %d", tr.Libraries, len(groups))
 			}
 
 			// Served: HTTP/1.1 and h2c from this test's clients.
@@ -79,8 +83,13 @@ func TestRequests(t *testing.T) {
 			}{
 				{http.DefaultClient, "GET", "/ok", 0}, {http.DefaultClient, "POST", "/missing", 123},
 				{http.DefaultClient, "GET", "/fail", 0}, {h2, "GET", "/ok", 0}, {h2, "POST", "/fail", 7},
+				{h2, "GET", "/missing@xnet", 0}, // to x/net's server
 			} {
-				req, _ := http.NewRequest(r.method, "http://"+addr+r.path, strings.NewReader(strings.Repeat("x", r.body)))
+				host, path, xnet := addr, r.path, strings.HasSuffix(r.path, "@xnet")
+				if xnet {
+					host, path = xnetAddr, strings.TrimSuffix(path, "@xnet")
+				}
+				req, _ := http.NewRequest(r.method, "http://"+host+path, strings.NewReader(strings.Repeat("x", r.body)))
 				resp, err := r.c.Do(req)
 				if err != nil {
 					t.Fatal(err)
@@ -103,6 +112,7 @@ func TestRequests(t *testing.T) {
 				"http-server 1 GET /fail 500 - 5 0 127.0.0.1",
 				"http-server 2 GET /ok 200 - 5 0 127.0.0.1",
 				"http-server 2 POST /fail 500 - 5 7 127.0.0.1",
+				"http-server 2 GET /missing 404 - 19 0 127.0.0.1",
 				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
 				"grpc-server 2  /test.Svc/NotFound 200 5 0 0 127.0.0.1",
 			}
@@ -113,7 +123,7 @@ func TestRequests(t *testing.T) {
 
 			// Called: the program is the client (its own server answers,
 			// so each call is seen at both ends).
-			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok",
+			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok", "XH2 http://" + xnetAddr + "/fail",
 				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok"} {
 				fmt.Fprintln(stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
@@ -123,6 +133,8 @@ func TestRequests(t *testing.T) {
 				"http-client 1 GET /missing 404 - 19 0 " + addr,
 				"http-server 2 GET /ok 200 - 5 0 127.0.0.1",
 				"http-client 2 GET /ok 200 - 5 0 " + addr,
+				"http-server 2 GET /fail 500 - 5 0 127.0.0.1",
+				"http-client 2 GET /fail 500 - 5 0 " + xnetAddr,
 				"http-client 0 GET /refused 0 - 0 0 127.0.0.1:1",
 				"grpc-server 2  /test.Svc/Internal 200 13 0 0 127.0.0.1",
 				"grpc-client 2  /test.Svc/Internal 200 13 0 0 " + grpcAddr,
@@ -148,7 +160,7 @@ func TestRequests(t *testing.T) {
 				return StatsKey{Kind: HTTPServer, Status: status, GRPCStatus: -1, Peer: "127.0.0.1"}
 			}
 			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
-			if ok.Count != 3 || missing.Count != 2 || fail.Count != 2 || ok.BytesSum != 15 || missing.BytesSum != 38 ||
+			if ok.Count != 3 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15 || missing.BytesSum != 57 ||
 				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 3 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}

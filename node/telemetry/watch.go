@@ -280,11 +280,7 @@ func (w *Watcher) consider(pid int) {
 		w.traced[pid] = tr
 		w.exes[pid] = exeInode(pid)
 		w.addrs[pid] = localAddrs(pid)
-		kinds := make([]string, len(tr.Kinds))
-		for i, k := range tr.Kinds {
-			kinds[i] = k.String()
-		}
-		w.log.Info("telemetry: probing", "pid", pid, "kinds", strings.Join(kinds, ","))
+		w.log.Info("telemetry: probing", "pid", pid, "libraries", strings.Join(tr.Libraries, ", "), "probes", tr.Probes)
 	case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
 		w.skipped[pid] = true // nothing to probe: look no further
 	default:

@@ -21,7 +21,10 @@ type Field struct {
 
 func (f Field) String() string { return f.Struct + "." + f.Name }
 
-const grpcModule = "google.golang.org/grpc"
+const (
+	grpcModule = "google.golang.org/grpc"
+	xnetModule = "golang.org/x/net"
+)
 
 // Fields are the struct fields the probes read.
 var Fields = []Field{
@@ -42,6 +45,10 @@ var Fields = []Field{
 	{"", "net/http.Response", "ContentLength"},
 	{"", "net/http.Response", "ProtoMajor"},
 	{"", "net.TCPAddr", "IP"},
+	{xnetModule, "golang.org/x/net/http2.responseWriter", "rws"},
+	{xnetModule, "golang.org/x/net/http2.responseWriterState", "req"},
+	{xnetModule, "golang.org/x/net/http2.responseWriterState", "status"},
+	{xnetModule, "golang.org/x/net/http2.responseWriterState", "wroteBytes"},
 	{grpcModule, "google.golang.org/grpc/internal/transport.ServerStream", "Stream"},
 	{grpcModule, "google.golang.org/grpc/internal/transport.Stream", "method"},
 	{grpcModule, "google.golang.org/grpc/internal/transport.http2Server", "peer"},

@@ -5,13 +5,15 @@
 // /fail (500). With -grpc it also serves gRPC on a second address: any
 // method answers with the status its name asks for (/test.Svc/Ok: OK,
 // /test.Svc/NotFound, /test.Svc/Internal ...). It prints its address(es),
-// one a line.
+// one a line. With -xnet it also serves h2c through golang.org/x/net's
+// HTTP/2 server (h2c.NewHandler) on a last address, the same paths.
 //
 // Lines on its standard input make it a client:
 //
 //	GET url        an HTTP/1.1 GET
 //	H2 url         a GET over h2c
 //	GRPC target method   a unary gRPC call
+//	XH2 url        a GET with golang.org/x/net's HTTP/2 transport (h2c)
 //
 // and it answers each with one line: the status, or "error: ...".
 package main
@@ -19,6 +21,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"flag"
 	"fmt"
 	"io"
@@ -28,6 +31,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -37,6 +42,7 @@ import (
 
 func main() {
 	withGRPC := flag.Bool("grpc", false, "serve gRPC too")
+	withXNet := flag.Bool("xnet", false, "serve h2c with x/net's HTTP/2 server too")
 	flag.Parse()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -46,7 +52,7 @@ func main() {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	protos.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &protos, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/ok":
 			fmt.Fprint(w, "hello")
@@ -58,7 +64,8 @@ func main() {
 		default:
 			http.NotFound(w, r)
 		}
-	})}
+	})
+	srv := &http.Server{Protocols: &protos, Handler: handler}
 	go srv.Serve(l)
 	if *withGRPC {
 		gl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -68,6 +75,14 @@ func main() {
 		fmt.Println(gl.Addr())
 		gs := grpc.NewServer(grpc.UnknownServiceHandler(answer))
 		go gs.Serve(gl)
+	}
+	if *withXNet {
+		xl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(xl.Addr())
+		go http.Serve(xl, h2c.NewHandler(handler, &http2.Server{}))
 	}
 	client(os.Stdin, os.Stdout)
 	select {} // serve until killed, even when stdin closes
@@ -96,15 +111,16 @@ func client(in io.Reader, out io.Writer) {
 	var protos http.Protocols
 	protos.SetUnencryptedHTTP2(true)
 	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Protocols: &protos}}
+	xh2 := &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}}
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
-		case len(f) == 2 && (f[0] == "GET" || f[0] == "H2"):
-			c := h1
-			if f[0] == "H2" {
-				c = h2
-			}
+		case len(f) == 2 && (f[0] == "GET" || f[0] == "H2" || f[0] == "XH2"):
+			c := map[string]*http.Client{"GET": h1, "H2": h2, "XH2": xh2}[f[0]]
 			resp, err := c.Get(f[1])
 			if err != nil {
 				fmt.Fprintln(out, "error:", err)
