@@ -23,18 +23,23 @@ type bpfBackend struct {
 	Pad  uint16
 }
 
-type bpfPeer struct {
-	_   structs.HostLayout
-	Vip struct {
-		_ structs.HostLayout
-		W [4]uint32
+type bpfPeerSlot struct {
+	_      structs.HostLayout
+	Cookie uint64
+	P      struct {
+		_   structs.HostLayout
+		Vip struct {
+			_ structs.HostLayout
+			W [4]uint32
+		}
+		Backend struct {
+			_ structs.HostLayout
+			W [4]uint32
+		}
+		Vport uint16
+		Bport uint16
 	}
-	Backend struct {
-		_ structs.HostLayout
-		W [4]uint32
-	}
-	Vport uint16
-	Bport uint16
+	Pad uint32
 }
 
 type bpfSlotKey struct {

@@ -2,7 +2,7 @@ package kernel
 
 import (
 	"bufio"
-	"errors"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
@@ -298,17 +298,50 @@ func TestPeerSurvivesAgentRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer peers.Close()
+		// The record is the one slot holding the socket's cookie (the
+		// first 8 bytes of a slot); it is freed when the socket closes.
+		cookie := socketCookie(t, conn)
+		held := func() int {
+			n := 0
+			var k uint32
+			var v [48]byte
+			it := peers.Iterate()
+			for it.Next(&k, &v) {
+				if binary.NativeEndian.Uint64(v[:8]) == cookie {
+					n++
+				}
+			}
+			if err := it.Err(); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		if n := held(); n != 1 {
+			t.Fatalf("%d peer records hold the open socket's cookie, want 1", n)
+		}
 		conn.Close()
 		deadline := time.Now().Add(5 * time.Second)
-		for {
-			var k uint64
-			if err := peers.NextKey(nil, &k); errors.Is(err, ebpf.ErrKeyNotExist) {
-				break
-			}
+		for held() != 0 {
 			if time.Now().After(deadline) {
 				t.Fatal("the closed socket's peer record is still there")
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
+}
+
+// socketCookie is the kernel's cookie of conn's socket (SO_COOKIE).
+func socketCookie(t *testing.T, conn net.Conn) uint64 {
+	t.Helper()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cookie uint64
+	var serr error
+	raw.Control(func(fd uintptr) { cookie, serr = unix.GetsockoptUint64(int(fd), unix.SOL_SOCKET, unix.SO_COOKIE) })
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	return cookie
 }
