@@ -39,6 +39,8 @@ func main() {
 		err = requestResponse(os.Args[2:])
 	case "connect":
 		err = connectRate(os.Args[2:])
+	case "connect-loop":
+		err = connectLoop(os.Args[2:])
 	case "grpc-serve":
 		err = grpcServe(os.Args[2:])
 	case "grpc-call":
@@ -333,6 +335,34 @@ func connectRate(args []string) error {
 	}
 	res.ConnsPerS = float64(res.Conns) / time.Since(start).Seconds()
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// connectLoop makes n TCP connects to addr back to back, each on a new
+// socket closed at once, whatever their outcome, and prints how many
+// failed: the tightest loop of connect() calls, for measuring what the
+// connect hook costs with warm caches.
+func connectLoop(args []string) error {
+	fs := flag.NewFlagSet("connect-loop", flag.ExitOnError)
+	addr := fs.String("addr", "", "IPv4 host:port")
+	n := fs.Int("n", 10000, "connects")
+	fs.Parse(args)
+	ap, err := netip.ParseAddrPort(*addr)
+	if err != nil || !ap.Addr().Is4() {
+		return fmt.Errorf("-addr %q: want an IPv4 host:port", *addr)
+	}
+	sa := &syscall.SockaddrInet4{Addr: ap.Addr().As4(), Port: int(ap.Port())}
+	failed := 0
+	for range *n {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if syscall.Connect(fd, sa) != nil {
+			failed++
+		}
+		syscall.Close(fd)
+	}
+	return json.NewEncoder(os.Stdout).Encode(map[string]int{"connects": *n, "failed": failed})
 }
 
 // httpServe is a net/http server (HTTP/1.1 and h2c): /ok answers 200
