@@ -120,10 +120,23 @@ func (e *Endpoint) TargetFor(p Port) (uint16, bool) {
 // while terminating when nothing else is (the caller decides the latter).
 func (e *Endpoint) Healthy() bool { return e.Ready }
 
+// Pod is a workload instance the mesh knows by its addresses, whether or
+// not it is an endpoint of a service: a server names a client that is
+// only a client by it.
+type Pod struct {
+	Namespace, Name string
+	Addrs           []netip.Addr
+	Workload        Workload
+}
+
+// Key identifies a pod: "namespace/name".
+func (p *Pod) Key() string { return p.Namespace + "/" + p.Name }
+
 // Snapshot is an immutable view of the whole mesh at one version.
 type Snapshot struct {
 	Version  uint64
 	Services []*Service // sorted by Key
+	Pods     []*Pod     // sorted by Key
 	// NodeAddrs are the addresses of the cluster's nodes, where NodePorts
 	// are reachable.
 	NodeAddrs []netip.Addr

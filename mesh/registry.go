@@ -15,6 +15,7 @@ import (
 type Registry struct {
 	mu        sync.Mutex
 	sources   map[string][]*Service
+	pods      map[string][]*Pod
 	nodeAddrs map[string][]netip.Addr
 	snapshot  *Snapshot
 	watchers  map[chan struct{}]struct{}
@@ -24,6 +25,7 @@ type Registry struct {
 func NewRegistry() *Registry {
 	return &Registry{
 		sources:   make(map[string][]*Service),
+		pods:      make(map[string][]*Pod),
 		nodeAddrs: make(map[string][]netip.Addr),
 		snapshot:  &Snapshot{},
 		watchers:  make(map[chan struct{}]struct{}),
@@ -36,6 +38,17 @@ func (r *Registry) Set(source string, services []*Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.sources[source] = services
+	r.publish()
+}
+
+// SetMesh replaces the services and the pods source reports, in one new
+// snapshot. When two sources report the same pod, the one whose name
+// sorts first wins.
+func (r *Registry) SetMesh(source string, services []*Service, pods []*Pod) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sources[source] = services
+	r.pods[source] = pods
 	r.publish()
 }
 
@@ -72,7 +85,17 @@ func (r *Registry) publish() {
 		}
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
-	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: list, NodeAddrs: addrs}
+	pods := map[string]*Pod{}
+	for _, name := range slices.Sorted(maps.Keys(r.pods)) {
+		for _, p := range r.pods[name] {
+			if _, ok := pods[p.Key()]; !ok {
+				pods[p.Key()] = p
+			}
+		}
+	}
+	podList := slices.Collect(maps.Values(pods))
+	slices.SortFunc(podList, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
+	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: list, Pods: podList, NodeAddrs: addrs}
 	for w := range r.watchers {
 		select {
 		case w <- struct{}{}:

@@ -381,21 +381,41 @@ func (a *Agent) service(host, ns string) (telemetry.Destination, bool) {
 }
 
 // identifyIn names the endpoint that has one of addrs, and its service.
+// The workload comes from the endpoint, or else from the pod with one of
+// the addresses (xds.WorkloadsCluster): a pod that is no endpoint of any
+// service is named too, with no service.
 func identifyIn(st *xdsclient.State, addrs []netip.Addr) (telemetry.Destination, bool) {
+	var d telemetry.Destination
+	found := false
 	for _, name := range slices.Sorted(maps.Keys(st.Assignments)) {
-		for _, loc := range st.Assignments[name].GetEndpoints() {
-			for _, lbe := range loc.GetLbEndpoints() {
-				ep, err := netip.ParseAddr(lbe.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
-				if err != nil || !slices.Contains(addrs, ep.Unmap()) {
-					continue
-				}
-				d := serviceOf(st.Clusters[name])
-				d.Peer = workloadOf(lbe)
-				return d, true
+		if name == xds.WorkloadsCluster {
+			continue
+		}
+		if lbe := endpointWith(st.Assignments[name], addrs); lbe != nil {
+			d, found = serviceOf(st.Clusters[name]), true
+			d.Peer = workloadOf(lbe)
+			break
+		}
+	}
+	if d.Workload == "" {
+		if lbe := endpointWith(st.Assignments[xds.WorkloadsCluster], addrs); lbe != nil {
+			d.Peer, found = workloadOf(lbe), true
+		}
+	}
+	return d, found
+}
+
+// endpointWith is cla's endpoint with one of addrs, or nil.
+func endpointWith(cla *endpointv3.ClusterLoadAssignment, addrs []netip.Addr) *endpointv3.LbEndpoint {
+	for _, loc := range cla.GetEndpoints() {
+		for _, lbe := range loc.GetLbEndpoints() {
+			ep, err := netip.ParseAddr(lbe.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			if err == nil && slices.Contains(addrs, ep.Unmap()) {
+				return lbe
 			}
 		}
 	}
-	return telemetry.Destination{}, false
+	return nil
 }
 
 // serviceIn says which service a client in namespace ns reached by host: a

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/sockmesh/sockmesh/internal/xdstest"
 	"github.com/sockmesh/sockmesh/mesh"
 	"github.com/sockmesh/sockmesh/node/telemetry"
 )
@@ -21,7 +22,12 @@ func TestServiceAClientReached(t *testing.T) {
 	// Two workloads behind one service: a client cannot tell which answered.
 	pay := &mesh.Service{Namespace: "shop", Name: "pay", VIPs: []netip.Addr{netip.MustParseAddr("10.96.0.11")}, Ports: port,
 		Endpoints: []mesh.Endpoint{ep("10.0.1.1", wl("pay-v1")), ep("10.0.1.2", wl("pay-v2"))}}
-	st := stateOf(t, cart, pay)
+	// A load generator: a pod of the mesh, no endpoint of any service.
+	loadgen := &mesh.Pod{Namespace: "shop", Name: "loadgen-7d9f-x", Addrs: []netip.Addr{netip.MustParseAddr("10.0.9.9")},
+		Workload: *wl("loadgen")}
+	// The pod of a cart endpoint, also listed: the endpoint names it.
+	cartPod := &mesh.Pod{Namespace: "shop", Name: "cart-1", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Workload: *wl("other")}
+	st := xdstest.StateOf(t, &mesh.Snapshot{Services: []*mesh.Service{cart, pay}, Pods: []*mesh.Pod{cartPod, loadgen}})
 	cartDst := telemetry.Destination{Service: "cart.shop.svc.cluster.local", ServiceName: "cart", ServiceNamespace: "shop",
 		Peer: telemetry.Peer{Workload: "cart", Namespace: "shop", App: "cart", Version: "v1", CanonicalService: "cart", CanonicalRevision: "v1",
 			Principal: "spiffe://cluster.local/ns/shop/sa/cart-sa"}}
@@ -45,8 +51,19 @@ func TestServiceAClientReached(t *testing.T) {
 			t.Errorf("serviceIn(%q, %q) = %+v, %v; want %+v, %v", c.host, c.ns, got, ok, c.want, c.ok)
 		}
 	}
-	// A server names its client by the client's address.
+	// A server names its client by the client's address: an endpoint
+	// (with its service), or a pod that is only a client.
 	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.1.2")}); !ok || got.Workload != "pay-v2" || got.ServiceName != "pay" {
 		t.Errorf("identifyIn(10.0.1.2) = %+v, %v", got, ok)
+	}
+	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.0.1")}); !ok || got.Workload != "cart" {
+		t.Errorf("identifyIn(10.0.0.1) = %+v, %v; want the endpoint's workload", got, ok)
+	}
+	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.9.9")}); !ok || got.Workload != "loadgen" || got.Service != "" ||
+		got.Principal != "spiffe://cluster.local/ns/shop/sa/loadgen-sa" {
+		t.Errorf("identifyIn(10.0.9.9) = %+v, %v; want the load generator, no service", got, ok)
+	}
+	if _, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.9.8")}); ok {
+		t.Errorf("identifyIn(10.0.9.8): an unknown address was named")
 	}
 }

@@ -157,6 +157,25 @@ func TestKubernetesSource(t *testing.T) {
 	// The API server restarts: the served config does not change, and
 	// routing goes on.
 	before := served()
+	// A pod that is no endpoint of any service is served by its address
+	// (agents name the clients their servers see by it).
+	lg, err := api.Client.CoreV1().Pods("default").Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "loadgen", Labels: map[string]string{"app": "loadgen"}},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "lg", Image: "lg"}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer api.Client.CoreV1().Pods("default").Delete(ctx, "loadgen", metav1.DeleteOptions{})
+	lg.Status.PodIP, lg.Status.PodIPs = "10.77.0.99", []corev1.PodIP{{IP: "10.77.0.99"}}
+	if _, err := api.Client.CoreV1().Pods("default").UpdateStatus(ctx, lg, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() bool {
+		d := sm.Get("/monitor/debug/config_dump")
+		return strings.Contains(d, `"clusterName": "sockmesh|workloads"`) && strings.Contains(d, `"address": "10.77.0.99"`) &&
+			strings.Contains(d, `"canonicalService": "loadgen"`)
+	})
 	restartStart := time.Now()
 	if err := api.Restart(); err != nil {
 		t.Fatal(err)

@@ -246,7 +246,7 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	testutil.Privileged(t)
 	tp := harness.New(t)
 	client, web, rpc := tp.Pod("client", true), tp.Pod("web", true), tp.Pod("rpc", true)
-	const rpcVIP, clientVIP = "10.96.7.11", "10.96.7.12"
+	const rpcVIP = "10.96.7.11"
 	web.Start("http-serve", "-addr", ":8080") // before the agent
 	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
 	ref := func(name string) string {
@@ -255,9 +255,9 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	writeMesh(t, mesh, docs(
 		svc("web", []string{vip4}, "http:80/TCP"), slice("web", "web", "IPv4", 0, []string{web.IP4.String()}, "http:8080/TCP")+ref("web"), podDoc("web", "web", "v1"),
 		svc("rpc", []string{rpcVIP}, "grpc:50051/TCP"), slice("rpc", "rpc", "IPv4", 0, []string{rpc.IP4.String()}, "grpc:50051/TCP")+ref("rpc"), podDoc("rpc", "rpc", "v2"),
-		// The client is a workload of the mesh too (an endpoint of a
-		// service), so servers can name it.
-		svc("client", []string{clientVIP}, "http:80/TCP"), slice("client", "client", "IPv4", 0, []string{client.IP4.String()}, "http:8080/TCP")+ref("client"), podDoc("client", "client", "v1"),
+		// The client is no endpoint of any service, only a Pod with an
+		// address: servers name it by that.
+		podDoc("client", "client", "v1")+"status: {podIP: "+client.IP4.String()+"}\n",
 	))
 	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--telemetry-rescan", "10m")
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing") })

@@ -127,7 +127,48 @@ func Translate(snap *mesh.Snapshot, domain string) (*Resources, error) {
 			}
 		}
 	}
+	if len(snap.Pods) > 0 {
+		c, cla, err := buildWorkloads(snap.Pods)
+		if err != nil {
+			return nil, err
+		}
+		out.Clusters = append(out.Clusters, c)
+		out.Endpoints = append(out.Endpoints, cla)
+	}
 	return &out, nil
+}
+
+// WorkloadsCluster is the cluster whose endpoints are every pod the mesh
+// knows by address, with its workload in the endpoint's metadata (as a
+// service's endpoints have it). No listener routes to it: agents read it to
+// name the clients their servers see, even ones that are no endpoint of
+// any service. Envoy keeps it as an unused cluster.
+const WorkloadsCluster = "sockmesh|workloads"
+
+func buildWorkloads(pods []*mesh.Pod) (*clusterv3.Cluster, *endpointv3.ClusterLoadAssignment, error) {
+	meta, err := structpb.NewStruct(map[string]any{"workloads": true})
+	if err != nil {
+		return nil, nil, err
+	}
+	c := buildCluster(WorkloadsCluster, &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: meta}})
+	loc := &endpointv3.LocalityLbEndpoints{Locality: &corev3.Locality{}, LoadBalancingWeight: wrapperspb.UInt32(1)}
+	for _, p := range pods {
+		md := endpointMetadata(mesh.Endpoint{Workload: &p.Workload})
+		md["pod"] = p.Name
+		s, err := structpb.NewStruct(md)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pod %s: %w", p.Key(), err)
+		}
+		for _, a := range p.Addrs {
+			loc.LbEndpoints = append(loc.LbEndpoints, &endpointv3.LbEndpoint{
+				HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+					Address: socketAddress(a, 0, corev3.SocketAddress_TCP),
+				}},
+				Metadata: &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{MetadataKey: s}},
+			})
+		}
+	}
+	return c, &endpointv3.ClusterLoadAssignment{ClusterName: WorkloadsCluster, Endpoints: []*endpointv3.LocalityLbEndpoints{loc}}, nil
 }
 
 // serviceMetadata is what agents need beyond Envoy's fields, in

@@ -20,7 +20,13 @@ import (
 // have accepted for them.
 func State(t testing.TB, svcs ...*mesh.Service) *xdsclient.State {
 	t.Helper()
-	res, err := xds.Translate(&mesh.Snapshot{Services: svcs}, mesh.DefaultDomain)
+	return StateOf(t, &mesh.Snapshot{Services: svcs})
+}
+
+// StateOf is State for a whole snapshot (services and pods).
+func StateOf(t testing.TB, snap *mesh.Snapshot) *xdsclient.State {
+	t.Helper()
+	res, err := xds.Translate(snap, mesh.DefaultDomain)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
 package convert
 
 import (
+	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -57,4 +59,28 @@ func firstLabel(labels map[string]string, fallback string, keys ...string) strin
 		}
 	}
 	return fallback
+}
+
+// PodOf is a pod as the mesh knows it by address, or nil when it has no
+// address of its own: not scheduled yet, finished (its address may be
+// someone else's now), or on the host's network (its address is the
+// node's, shared by every such pod).
+func PodOf(pod *corev1.Pod, ns *corev1.Namespace) *mesh.Pod {
+	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return nil
+	}
+	var addrs []netip.Addr
+	add := func(s string) {
+		if a, err := netip.ParseAddr(s); err == nil && !slices.Contains(addrs, a.Unmap()) {
+			addrs = append(addrs, a.Unmap())
+		}
+	}
+	add(pod.Status.PodIP)
+	for _, ip := range pod.Status.PodIPs {
+		add(ip.IP)
+	}
+	if len(addrs) == 0 {
+		return nil
+	}
+	return &mesh.Pod{Namespace: pod.Namespace, Name: pod.Name, Addrs: addrs, Workload: *WorkloadOf(pod, ns)}
 }

@@ -102,6 +102,23 @@ type sliceDoc struct {
 // Parse validates a set of files' contents (path → bytes) and returns the
 // services they describe. All problems are returned together, joined.
 func Parse(files map[string][]byte) ([]*mesh.Service, error) {
+	m, err := ParseMesh(files)
+	if err != nil {
+		return nil, err
+	}
+	return m.Services, nil
+}
+
+// Mesh is what a set of files describes.
+type Mesh struct {
+	Services []*mesh.Service
+	// Pods are the Pods with addresses (status.podIP or podIPs): a server
+	// names its clients by them.
+	Pods []*mesh.Pod
+}
+
+// ParseMesh is Parse, with the pods.
+func ParseMesh(files map[string][]byte) (*Mesh, error) {
 	var p parsed
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(files)) {
@@ -118,7 +135,18 @@ func Parse(files map[string][]byte) ([]*mesh.Service, error) {
 	}
 	p.identify()
 	slices.SortFunc(p.services, func(a, b *mesh.Service) int { return strings.Compare(a.Key(), b.Key()) })
-	return p.services, nil
+	return &Mesh{Services: p.services, Pods: p.podsWithAddrs()}, nil
+}
+
+// podsWithAddrs are the Pods given with addresses, with their workloads.
+func (p *parsed) podsWithAddrs() []*mesh.Pod {
+	var out []*mesh.Pod
+	for _, key := range slices.Sorted(maps.Keys(p.pods)) {
+		if mp := convert.PodOf(p.pods[key], nil); mp != nil {
+			out = append(out, mp)
+		}
+	}
+	return out
 }
 
 func (p *parsed) add(doc document) error {

@@ -152,3 +152,27 @@ func FuzzParse(f *testing.F) {
 		Parse(map[string][]byte{"f.yaml": b}) // must not panic
 	})
 }
+
+func TestParsePods(t *testing.T) {
+	pod := func(name, extra string) string {
+		return "apiVersion: v1\nkind: Pod\nmetadata: {name: " + name + ", namespace: shop, labels: {app: " + name + "}}\n" +
+			"spec: {containers: [{name: c, image: i}]" + extra
+	}
+	m, err := ParseMesh(map[string][]byte{"pods.yaml": []byte(strings.Join([]string{
+		pod("loadgen", "}\nstatus: {podIP: 10.0.9.9, podIPs: [{ip: 10.0.9.9}, {ip: 'fd00::9'}]}\n"),
+		pod("pending", "}\n"), // no address yet
+		pod("hostnet", ", hostNetwork: true}\nstatus: {podIP: 192.168.1.5}\n"),
+		pod("done", "}\nstatus: {podIP: 10.0.9.7, phase: Succeeded}\n"),
+	}, "---\n"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Pods) != 1 {
+		t.Fatalf("pods %+v, want only loadgen", m.Pods)
+	}
+	p := m.Pods[0]
+	if p.Key() != "shop/loadgen" || len(p.Addrs) != 2 || p.Addrs[1] != netip.MustParseAddr("fd00::9") ||
+		p.Workload.Name != "loadgen" || p.Workload.CanonicalService != "loadgen" {
+		t.Fatalf("pod %+v", p)
+	}
+}

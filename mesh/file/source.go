@@ -100,9 +100,9 @@ func (s *Source) Err() error {
 func (s *Source) Load() error {
 	files, err := readAll(s.cfg.Paths)
 	if err == nil {
-		var svcs []*mesh.Service
-		if svcs, err = Parse(files); err == nil {
-			s.reg.Set(SourceName, svcs)
+		var m *Mesh
+		if m, err = ParseMesh(files); err == nil {
+			s.reg.SetMesh(SourceName, m.Services, m.Pods)
 		}
 	}
 	s.mu.Lock()

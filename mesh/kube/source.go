@@ -117,8 +117,20 @@ func (s *Source) Run(ctx context.Context) error {
 			s.log.Error("kube source: listing nodes failed", "err", err)
 			return
 		}
+		allPods, err := pods.Lister().List(labels.Everything())
+		if err != nil {
+			s.log.Error("kube source: listing pods failed", "err", err)
+			return
+		}
+		var known []*mesh.Pod
+		for _, pod := range allPods {
+			n, _ := namespaces.Lister().Get(pod.Namespace)
+			if p := convert.PodOf(pod, n); p != nil {
+				known = append(known, p)
+			}
+		}
 		s.reg.SetNodeAddrs(SourceName, nodeAddrs(all))
-		s.reg.Set(SourceName, list)
+		s.reg.SetMesh(SourceName, list, known)
 	}
 	build()
 	s.log.Info("kube source synced", "services", len(s.reg.Snapshot().Services))
