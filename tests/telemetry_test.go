@@ -259,7 +259,8 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 		// address: servers name it by that.
 		podDoc("client", "client", "v1")+"status: {podIP: "+client.IP4.String()+"}\n",
 	))
-	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--telemetry-rescan", "10m")
+	accessLog := filepath.Join(t.TempDir(), "access.log")
+	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--telemetry-rescan", "10m", "--access-log", accessLog)
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing") })
 	rpc.Start("grpc-serve", "-id", "rpc", "-addr", ":50051") // after the agent
 	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing") >= 2 })
@@ -329,6 +330,30 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	}
 	if !regexp.MustCompile(`(?m)^sockmesh_telemetry_probes_attached [1-9]\d*$`).MatchString(m) {
 		t.Errorf("/metrics: no probes attached")
+	}
+	// The access log has every request from both ends, the clients'
+	// included, though each client exited right after its last request.
+	want = map[string]float64{}
+	for k, n := range got {
+		f := strings.Fields(k) // reporter protocol code [grpc] src dst svc
+		want[f[0]+" "+f[2]] += n
+	}
+	var lines map[string]float64
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		lines = map[string]float64{}
+		data, _ := os.ReadFile(accessLog)
+		for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+			var e telemetry.AccessEntry
+			if json.Unmarshal([]byte(l), &e) == nil && e.SourceWorkload == "client" {
+				lines[fmt.Sprintf("%s %d", e.Reporter, e.ResponseCode)]++
+			}
+		}
+		if maps.Equal(lines, want) {
+			break
+		}
+	}
+	if !maps.Equal(lines, want) {
+		t.Errorf("access log lines by reporter and code %v, want %v", lines, want)
 	}
 	// Every label of both ends, as Istio fills them.
 	for _, s := range series {

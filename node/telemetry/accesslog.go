@@ -69,12 +69,29 @@ func (w *Watcher) entry(self Destination, r Request, now time.Time) AccessEntry 
 	return e
 }
 
+// logRequests writes requests of process pid, which is self, to the
+// access log. Callers may hold w.mu; the log has its own lock.
+func (w *Watcher) logRequests(self Destination, reqs []Request) {
+	if len(reqs) == 0 {
+		return
+	}
+	now := time.Now()
+	w.logMu.Lock()
+	defer w.logMu.Unlock()
+	if w.enc == nil {
+		w.enc = json.NewEncoder(w.cfg.AccessLog)
+	}
+	for _, r := range reqs {
+		w.enc.Encode(w.entry(self, r, now))
+	}
+}
+
 // drainAccessLog writes every request the probes report to the access log,
 // one JSON object a line, polling the tracers' ring buffers every
 // interval (the programs never wake a reader). A line's start time is when
-// it was read minus its duration: within one interval of the truth.
+// it was read minus its duration: within one interval of the truth. What a
+// process reported just before it exited is written when it is retired.
 func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
-	enc := json.NewEncoder(w.cfg.AccessLog)
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -100,10 +117,7 @@ func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
 			w.mu.Lock()
 			self := w.self(pid)
 			w.mu.Unlock()
-			now := time.Now()
-			for _, r := range reqs {
-				enc.Encode(w.entry(self, r, now))
-			}
+			w.logRequests(self, reqs)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -63,6 +64,9 @@ type Watcher struct {
 	// retiredDrops and attachErrors count for /metrics what processes
 	// gone or never probed dropped or failed.
 	retiredDrops, attachErrors uint64
+
+	logMu sync.Mutex // the access log's encoder
+	enc   *json.Encoder
 }
 
 // NewWatcher returns a watcher; Metrics exposes what it observes.
@@ -300,6 +304,13 @@ func (w *Watcher) retire(pid int, why string) {
 	w.foldInto(w.retired, tr, pid)
 	if d, err := tr.Drops(); err == nil {
 		w.retiredDrops += d
+	}
+	if w.cfg.AccessLog != nil {
+		// Its last requests are in the ring buffer still: a client
+		// often exits right after them.
+		if reqs, err := tr.Read(0); err == nil {
+			w.logRequests(w.self(pid), reqs)
+		}
 	}
 	// Detaching waits for the kernel (a grace period per link): not while
 	// holding w.mu, which the next process's probing needs.
