@@ -13,7 +13,8 @@
  *   HTTP client   (*Transport).roundTrip           RETs of (*Transport).roundTrip
  *                 x/net/http2 (*Transport).RoundTrip     its RETs
  *   gRPC server   (*Server).handleStream           (*http2Server).writeStatus
- *   gRPC client   (*ClientConn).Invoke             RETs of (*ClientConn).Invoke
+ *   gRPC client   newClientStream                  (*clientStream).finish, keyed by the
+ *                 (its RETs move the start from the goroutine to the stream)
  *
  * Server probes sit on instructions the kernel emulates (the stack-check
  * jump after each function's entry). The client ends are RET instructions,
@@ -43,6 +44,7 @@ struct regs {
 #define GO_R3(r) ((r)->cx)
 #define GO_R4(r) ((r)->di)
 #define GO_R5(r) ((r)->si)
+#define GO_R6(r) ((r)->r8)
 #define GO_G(r) ((r)->r14)
 
 #define METHOD_LEN 8
@@ -240,10 +242,11 @@ static __always_inline __u32 start_slot(__u64 key)
 	return (__u32)key;
 }
 
-/* begin claims a start slot for the goroutine's request. */
-static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u64 a1, __u64 a2)
+/* begin_key claims a start slot for key (a goroutine's request, or a
+ * client stream's) with start time ns and the arguments an end probe
+ * needs. */
+static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2)
 {
-	__u64 key = goroutine_key(r, kind), now = bpf_ktime_get_ns();
 	__u32 base = start_slot(key);
 
 #pragma unroll
@@ -255,11 +258,11 @@ static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u6
 		if (!s)
 			return;
 		old = s->key;
-		if (old && old != key && now - s->ns < START_STALE_NS)
+		if (old && old != key && ns - s->ns < START_STALE_NS)
 			continue;
 		if (__sync_val_compare_and_swap(&s->key, old, key) != old)
 			continue;
-		s->ns = now;
+		s->ns = ns;
 		s->arg[0] = a0;
 		s->arg[1] = a1;
 		s->arg[2] = a2;
@@ -268,11 +271,9 @@ static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u6
 	count_drop();
 }
 
-/* take_start copies and frees the start of the goroutine's request; 0 if
- * it has none. */
-static __always_inline int take_start(struct regs *r, enum kind kind, struct start *out)
+/* take_key copies and frees the start held for key; 0 if there is none. */
+static __always_inline int take_key(__u64 key, struct start *out)
 {
-	__u64 key = goroutine_key(r, kind);
 	__u32 base = start_slot(key);
 
 #pragma unroll
@@ -293,6 +294,19 @@ static __always_inline int take_start(struct regs *r, enum kind kind, struct sta
 		return 1;
 	}
 	return 0;
+}
+
+/* begin claims a start slot for the goroutine's request of kind. */
+static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u64 a1, __u64 a2)
+{
+	begin_key(goroutine_key(r, kind), bpf_ktime_get_ns(), a0, a1, a2);
+}
+
+/* take_start copies and frees the start of the goroutine's request of
+ * kind; 0 if it has none. */
+static __always_inline int take_start(struct regs *r, enum kind kind, struct start *out)
+{
+	return take_key(goroutine_key(r, kind), out);
 }
 
 static __always_inline __u64 read_u64(__u64 addr)
@@ -631,41 +645,88 @@ int sm_grpc_serve_end(struct regs *r)
 	return 0;
 }
 
-/* (*ClientConn).Invoke(cc, ctx, method, ...): a unary gRPC call starts. */
-SEC("uprobe/grpc_invoke")
+/* grpc_error_code is the gRPC code of a Go error (itab, data) a grpc
+ * function returns or is given: nil is OK, io.EOF (a stream's normal end:
+ * an *errors.errorString "EOF") is OK, anything else is read as grpc's
+ * *status.Error (grpc makes every error it returns one); an error of
+ * another type, or one without a code, counts as Unknown. */
+static __always_inline __u8 grpc_error_code(__u64 itab, __u64 data)
+{
+	struct {
+		__u64 ptr;
+		__s64 len;
+	} str = {};
+	char eof[4] = {};
+	__u8 code;
+
+	if (!itab)
+		return 0;
+	if (!data)
+		return 2;
+	if (!bpf_probe_read_user(&str, sizeof(str), (void *)data) && str.len == 3 && str.ptr &&
+	    !bpf_probe_read_user(eof, 3, (void *)str.ptr) && eof[0] == 'E' && eof[1] == 'O' && eof[2] == 'F')
+		return 0;
+	code = grpc_code(read_u64(data + off_status_error_s));
+	return code ? code : 2;
+}
+
+/* grpc_call_done reports a client call that started st, with code. */
+static __always_inline void grpc_call_done(struct start *st, __u8 code)
+{
+	struct scratch *s = scratch(bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
+	__u64 cc = st->arg[0];
+
+	if (!s)
+		return;
+	s->proto_major = 2;
+	if (cc)
+		read_gostring(s->key.peer, PEER_LEN, cc + off_grpc_cc_target);
+	finish(s, bpf_ktime_get_ns() - st->ns, 0, 0, 0, 0, st->arg[1], st->arg[2]);
+}
+
+/* The client stream a call ends on is keyed by its address. */
+static __always_inline __u64 stream_key(__u64 cs)
+{
+	return cs ^ ((__u64)(KIND_GRPC_CLIENT + 1) << 44) ^ (1ULL << 63);
+}
+
+/* newClientStream(ctx, desc, cc, method, opts...): a gRPC call starts,
+ * unary (Invoke makes one) or streaming. */
+SEC("uprobe/grpc_new_stream")
 int sm_grpc_call(struct regs *r)
 {
-	begin(r, KIND_GRPC_CLIENT, GO_R1(r), GO_R4(r), GO_R5(r));
+	begin(r, KIND_GRPC_CLIENT, GO_R4(r), GO_R5(r), GO_R6(r));
 	return 0;
 }
 
-/* A RET of (*ClientConn).Invoke: the error in AX (itab), BX (data). A
- * non-nil error from Invoke is a *status.Error (grpc makes every error it
- * returns one; an interceptor's other errors may read as Unknown). */
-SEC("uprobe/grpc_invoke_ret")
-int sm_grpc_call_end(struct regs *r)
+/* A RET of newClientStream: (stream, err) in AX, BX and CX, DI. The start
+ * moves to the stream, which may end on any goroutine; a call that failed
+ * to start ends here. */
+SEC("uprobe/grpc_new_stream_ret")
+int sm_grpc_call_ret(struct regs *r)
 {
-	__u64 err = GO_R2(r), cc;
-	struct scratch *s;
+	__u64 cs = GO_R2(r);
 	struct start st;
-	__u8 code = 0;
 
 	if (!take_start(r, KIND_GRPC_CLIENT, &st))
 		return 0;
-	if (GO_R1(r)) {
-		code = 2;
-		if (err)
-			code = grpc_code(read_u64(err + off_status_error_s));
-		if (code == 0)
-			code = 2;
-	}
-	s = scratch(bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
-	if (!s)
+	if (!cs) {
+		grpc_call_done(&st, grpc_error_code(GO_R3(r), GO_R4(r)));
 		return 0;
-	s->proto_major = 2;
-	cc = st.arg[0];
-	if (cc)
-		read_gostring(s->key.peer, PEER_LEN, cc + off_grpc_cc_target);
-	finish(s, bpf_ktime_get_ns() - st.ns, 0, 0, 0, 0, st.arg[1], st.arg[2]);
+	}
+	begin_key(stream_key(cs), st.ns, st.arg[0], st.arg[1], st.arg[2]);
+	return 0;
+}
+
+/* (*clientStream).finish(cs, err): the call is over (grpc calls it once
+ * per stream that counts; later calls find no start). */
+SEC("uprobe/grpc_stream_finish")
+int sm_grpc_call_end(struct regs *r)
+{
+	struct start st;
+
+	if (!take_key(stream_key(GO_R1(r)), &st))
+		return 0;
+	grpc_call_done(&st, grpc_error_code(GO_R2(r), GO_R3(r)));
 	return 0;
 }

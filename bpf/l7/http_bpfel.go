@@ -74,6 +74,7 @@ const (
 	bpfMapSmHttpStats             = "sm_http_stats"
 	bpfProgSmGrpcCall             = "sm_grpc_call"
 	bpfProgSmGrpcCallEnd          = "sm_grpc_call_end"
+	bpfProgSmGrpcCallRet          = "sm_grpc_call_ret"
 	bpfProgSmGrpcServe            = "sm_grpc_serve"
 	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
 	bpfProgSmH2Done               = "sm_h2_done"
@@ -157,6 +158,7 @@ type bpfSpecs struct {
 type bpfProgramSpecs struct {
 	SmGrpcCall        *ebpf.ProgramSpec `ebpf:"sm_grpc_call"`
 	SmGrpcCallEnd     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_end"`
+	SmGrpcCallRet     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_ret"`
 	SmGrpcServe       *ebpf.ProgramSpec `ebpf:"sm_grpc_serve"`
 	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
 	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
@@ -291,6 +293,7 @@ type bpfVariables struct {
 type bpfPrograms struct {
 	SmGrpcCall        *ebpf.Program `ebpf:"sm_grpc_call"`
 	SmGrpcCallEnd     *ebpf.Program `ebpf:"sm_grpc_call_end"`
+	SmGrpcCallRet     *ebpf.Program `ebpf:"sm_grpc_call_ret"`
 	SmGrpcServe       *ebpf.Program `ebpf:"sm_grpc_serve"`
 	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
 	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
@@ -305,6 +308,7 @@ func (p *bpfPrograms) Close() error {
 	return _BpfClose(
 		p.SmGrpcCall,
 		p.SmGrpcCallEnd,
+		p.SmGrpcCallRet,
 		p.SmGrpcServe,
 		p.SmGrpcServeEnd,
 		p.SmH2Done,

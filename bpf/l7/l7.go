@@ -98,6 +98,7 @@ func init() {
 		"sm_grpc_serve":        nil,
 		"sm_grpc_serve_end":    {"off_status_s", "off_spb_status_code", "off_grpc_server_peer_addr", "off_tcpaddr_ip", "off_grpc_stream_method"},
 		"sm_grpc_call":         nil,
+		"sm_grpc_call_ret":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
 		"sm_grpc_call_end":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
 	}
 	for prog, vars := range uses {

@@ -111,9 +111,11 @@ var groups = []struct {
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
 	}},
+	// Unary calls (Invoke makes a stream too) and streaming calls.
 	{GRPCClient, "grpc client", []probe{
-		{fn: "google.golang.org/grpc.(*ClientConn).Invoke", prog: "sm_grpc_call"},
-		{fn: "google.golang.org/grpc.(*ClientConn).Invoke", prog: "sm_grpc_call_end", returns: true},
+		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call"},
+		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call_ret", returns: true},
+		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
 	}},
 }
 
@@ -163,7 +165,7 @@ func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
 		"sm_http_serve": objs.SmHttpServe, "sm_http_finish": objs.SmHttpFinish, "sm_h2_done": objs.SmH2Done, "sm_xh2_done": objs.SmXh2Done,
 		"sm_http_client_start": objs.SmHttpClientStart, "sm_http_client_end": objs.SmHttpClientEnd,
 		"sm_grpc_serve": objs.SmGrpcServe, "sm_grpc_serve_end": objs.SmGrpcServeEnd,
-		"sm_grpc_call": objs.SmGrpcCall, "sm_grpc_call_end": objs.SmGrpcCallEnd,
+		"sm_grpc_call": objs.SmGrpcCall, "sm_grpc_call_ret": objs.SmGrpcCallRet, "sm_grpc_call_end": objs.SmGrpcCallEnd,
 	}
 	for _, pg := range pl.groups {
 		g, addrs := groups[pg.group], pg.addrs
@@ -373,7 +375,7 @@ func (t *HTTPTracer) RunTime() (time.Duration, uint64, error) {
 	var d time.Duration
 	var n uint64
 	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish, t.objs.SmH2Done, t.objs.SmXh2Done, t.objs.SmHttpClientStart,
-		t.objs.SmHttpClientEnd, t.objs.SmGrpcServe, t.objs.SmGrpcServeEnd, t.objs.SmGrpcCall, t.objs.SmGrpcCallEnd} {
+		t.objs.SmHttpClientEnd, t.objs.SmGrpcServe, t.objs.SmGrpcServeEnd, t.objs.SmGrpcCall, t.objs.SmGrpcCallRet, t.objs.SmGrpcCallEnd} {
 		st, err := p.Stats()
 		if err != nil {
 			return 0, 0, err

@@ -124,7 +124,8 @@ func TestRequests(t *testing.T) {
 			// Called: the program is the client (its own server answers,
 			// so each call is seen at both ends).
 			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok", "XH2 http://" + xnetAddr + "/fail",
-				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok"} {
+				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok",
+				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok"} {
 				fmt.Fprintln(stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -140,6 +141,13 @@ func TestRequests(t *testing.T) {
 				"grpc-client 2  /test.Svc/Internal 200 13 0 0 " + grpcAddr,
 				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
 				"grpc-client 2  /test.Svc/Ok 200 0 0 0 " + grpcAddr,
+				// Streaming, both ways.
+				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
+				"grpc-client 2  /test.Svc/Ok 200 0 0 0 " + grpcAddr,
+				"grpc-server 2  /test.Svc/NotFound 200 5 0 0 127.0.0.1",
+				"grpc-client 2  /test.Svc/NotFound 200 5 0 0 " + grpcAddr,
+				// Nothing listens: the call fails as it starts.
+				"grpc-client 2  /test.Svc/Ok 200 14 0 0 127.0.0.1:1",
 			}
 			got = collect(t, tr, len(want))
 			slices.Sort(got)
@@ -172,13 +180,15 @@ func TestRequests(t *testing.T) {
 				t.Fatalf("buckets %+v", ok)
 			}
 			for k, n := range map[StatsKey]uint64{
-				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:        1,
-				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}: 1,
-				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:  2,
-				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:  1,
-				{Kind: GRPCServer, Status: 200, GRPCStatus: 13, Peer: "127.0.0.1"}: 1,
-				{Kind: GRPCClient, Status: 200, GRPCStatus: 13, Peer: grpcAddr}:    1,
-				{Kind: GRPCClient, Status: 200, GRPCStatus: 0, Peer: grpcAddr}:     1,
+				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
+				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   1,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    3,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    2,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 13, Peer: "127.0.0.1"}:   1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 13, Peer: grpcAddr}:      1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 0, Peer: grpcAddr}:       2,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 5, Peer: grpcAddr}:       1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 14, Peer: "127.0.0.1:1"}: 1,
 			} {
 				if stats[k].Count != n {
 					t.Errorf("aggregate %+v: %d requests, want %d", k, stats[k].Count, n)

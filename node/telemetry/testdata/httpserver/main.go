@@ -13,6 +13,7 @@
 //	GET url        an HTTP/1.1 GET
 //	H2 url         a GET over h2c
 //	GRPC target method   a unary gRPC call
+//	GRPCS target method  a streaming gRPC call (one message each way)
 //	XH2 url        a GET with golang.org/x/net's HTTP/2 transport (h2c)
 //
 // and it answers each with one line: the status, or "error: ...".
@@ -129,6 +130,17 @@ func client(in io.Reader, out io.Writer) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			fmt.Fprintln(out, resp.StatusCode)
+		case len(f) == 3 && f[0] == "GRPCS":
+			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = stream(ctx, cc, f[2])
+			cancel()
+			cc.Close()
+			fmt.Fprintln(out, status.Code(err))
 		case len(f) == 3 && f[0] == "GRPC":
 			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
@@ -142,6 +154,28 @@ func client(in io.Reader, out io.Writer) {
 			fmt.Fprintln(out, status.Code(err))
 		default:
 			fmt.Fprintln(out, "error: bad command", sc.Text())
+		}
+	}
+}
+
+// stream makes a bidirectional streaming call of method: one message
+// sent, the sending side closed, then everything received until the end.
+func stream(ctx context.Context, cc *grpc.ClientConn, method string) error {
+	s, err := cc.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}, method)
+	if err != nil {
+		return err
+	}
+	if err := s.SendMsg(&emptypb.Empty{}); err != nil {
+		return err
+	}
+	if err := s.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		if err := s.RecvMsg(&emptypb.Empty{}); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return err
 		}
 	}
 }
