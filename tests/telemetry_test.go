@@ -259,11 +259,20 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 		// address: servers name it by that.
 		podDoc("client", "client", "v1")+"status: {podIP: "+client.IP4.String()+"}\n",
 	))
+	// A client started before the agent too: found by the agent's first
+	// scan, it calls once the test says so.
+	goFile := filepath.Join(t.TempDir(), "go")
+	early := client.Start("http-call", "-wait-for", goFile, "-url", "http://"+vip4+":80/ok", "-n", "4")
 	accessLog := filepath.Join(t.TempDir(), "access.log")
 	sm := tp.StartSockmesh("-f", mesh, "--telemetry", "--telemetry-rescan", "10m", "--access-log", accessLog)
 	waitFor(t, 10*time.Second, func() bool { return strings.Contains(sm.Output(), "telemetry: probing") })
 	rpc.Start("grpc-serve", "-id", "rpc", "-addr", ":50051") // after the agent
-	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing") >= 2 })
+	waitFor(t, 10*time.Second, func() bool { return strings.Count(sm.Output(), "telemetry: probing") >= 3 })
+	os.WriteFile(goFile, nil, 0o644)
+	waitFor(t, 10*time.Second, func() bool { done, _ := early.Exited(); return done })
+	if out := early.Output(); !strings.Contains(out, `"HTTP/1.1 200":4`) {
+		t.Fatalf("the early client: %s", out)
+	}
 
 	// Clients start after the agent; they wait a second before calling,
 	// so their probes are in place (an exec is probed within
@@ -300,7 +309,7 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	websvc, rpcsvc := "web.default.svc.cluster.local", "rpc.default.svc.cluster.local"
 	want := map[string]float64{}
 	for _, reporter := range []string{"source", "destination"} {
-		want[reporter+" http 200  client web "+websvc] = 3
+		want[reporter+" http 200  client web "+websvc] = 3 + 4 // the late clients' and the early one's
 		want[reporter+" http 404  client web "+websvc] = 2
 		want[reporter+" http 500  client web "+websvc] = 1
 		want[reporter+" grpc 200 0 client rpc "+rpcsvc] = 4

@@ -463,14 +463,23 @@ func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
 		if err != nil {
 			return out, err
 		}
-		var e l7.HTTPEvent
-		if err := binary.Read(bytes.NewReader(rec.RawSample), binary.NativeEndian, &e); err != nil {
-			return out, fmt.Errorf("decode event: %w", err)
+		r, err := decodeEvent(rec.RawSample)
+		if err != nil {
+			return out, err
 		}
-		out = append(out, Request{PID: e.Pid, Kind: Kind(e.Kind), Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
-			Status: int(e.Status), GRPCStatus: grpcStatus(e.GrpcStatus), Peer: peerString(e.Peer[:]),
-			Bytes: e.Bytes, ReqBytes: e.ReqBytes, Duration: time.Duration(e.DurationNs), ProtoMajor: int(e.ProtoMajor)})
+		out = append(out, r)
 	}
+}
+
+// decodeEvent turns a ring-buffer record into a Request.
+func decodeEvent(raw []byte) (Request, error) {
+	var e l7.HTTPEvent
+	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &e); err != nil {
+		return Request{}, fmt.Errorf("decode event: %w", err)
+	}
+	return Request{PID: e.Pid, Kind: Kind(e.Kind), Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
+		Status: int(e.Status), GRPCStatus: grpcStatus(e.GrpcStatus), Peer: peerString(e.Peer[:]),
+		Bytes: e.Bytes, ReqBytes: e.ReqBytes, Duration: time.Duration(e.DurationNs), ProtoMajor: int(e.ProtoMajor)}, nil
 }
 
 // Drops returns how many events the ring buffer had no room for.

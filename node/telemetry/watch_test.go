@@ -1,6 +1,14 @@
 package telemetry
 
-import "testing"
+import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sockmesh/sockmesh/bpf/l7"
+)
 
 func TestHostOf(t *testing.T) {
 	for in, want := range map[string]string{
@@ -44,5 +52,36 @@ func TestSeriesLabels(t *testing.T) {
 	}
 	if got["reporter"] != "destination" || got["request_protocol"] != "http" || got["grpc_response_status"] != "" || got["response_code"] != "404" {
 		t.Errorf("HTTP server series labels %v", got)
+	}
+}
+
+func TestDecodeEvent(t *testing.T) {
+	var e l7.HTTPEvent
+	e.DurationNs, e.Bytes, e.ReqBytes, e.Pid, e.Status, e.GrpcStatus, e.Kind, e.ProtoMajor = 1500000, 19, 7, 42, 404, l7.GRPCNone, l7.KindHTTPServer, 2
+	copy(e.Method[:], "POST")
+	copy(e.Path[:], "/missing")
+	copy(e.Peer[:], "[fd00::7]") // a server's view: the client's address, port cut
+	var buf bytes.Buffer
+	binary.Write(&buf, binary.NativeEndian, &e)
+	r, err := decodeEvent(buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Request{PID: 42, Kind: HTTPServer, Method: "POST", Path: "/missing", Status: 404, GRPCStatus: -1, Peer: "fd00::7",
+		Bytes: 19, ReqBytes: 7, Duration: 1500 * time.Microsecond, ProtoMajor: 2}
+	if r != want {
+		t.Fatalf("decoded %+v, want %+v", r, want)
+	}
+	// A gRPC server's peer comes in binary: its length, then the address.
+	e = l7.HTTPEvent{Kind: l7.KindGRPCServer, GrpcStatus: 5, Status: 200}
+	e.Peer[0], e.Peer[1] = l7.PeerBinary, 16
+	copy(e.Peer[2:], netip.MustParseAddr("::ffff:10.0.0.9").AsSlice())
+	buf.Reset()
+	binary.Write(&buf, binary.NativeEndian, &e)
+	if r, _ := decodeEvent(buf.Bytes()); r.Peer != "10.0.0.9" || r.GRPCStatus != 5 || r.Kind != GRPCServer {
+		t.Fatalf("decoded %+v", r)
+	}
+	if _, err := decodeEvent([]byte{1, 2, 3}); err == nil {
+		t.Fatal("a short record decoded")
 	}
 }

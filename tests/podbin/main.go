@@ -408,7 +408,17 @@ func httpCall(args []string) error {
 	body := fs.Int("body", 0, "request body bytes")
 	h2 := fs.Bool("h2", false, "HTTP/2 without TLS (prior knowledge)")
 	after := fs.Duration("after", 0, "wait before the first request")
+	waitFor := fs.String("wait-for", "", "print ready, then wait until this file exists before the first request")
 	fs.Parse(args)
+	if *waitFor != "" {
+		fmt.Println("ready")
+		for {
+			if _, err := os.Stat(*waitFor); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	time.Sleep(*after)
 	tr := &http.Transport{}
 	if *h2 {
