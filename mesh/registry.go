@@ -63,19 +63,24 @@ func (r *Registry) SetNodeAddrs(source string, addrs []netip.Addr) {
 	r.publish()
 }
 
-// publish makes a new snapshot from every source and tells the watchers.
-func (r *Registry) publish() {
-
-	merged := make(map[string]*Service)
-	for _, name := range slices.Sorted(maps.Keys(r.sources)) {
-		for _, svc := range r.sources[name] {
-			if _, ok := merged[svc.Key()]; !ok {
-				merged[svc.Key()] = svc
+// mergeByKey merges what each source reports, sorted by key; when two
+// sources report the same key, the one whose name sorts first wins.
+func mergeByKey[T interface{ Key() string }](bySource map[string][]T) []T {
+	merged := map[string]T{}
+	for _, name := range slices.Sorted(maps.Keys(bySource)) {
+		for _, v := range bySource[name] {
+			if _, ok := merged[v.Key()]; !ok {
+				merged[v.Key()] = v
 			}
 		}
 	}
 	list := slices.Collect(maps.Values(merged))
-	slices.SortFunc(list, func(a, b *Service) int { return strings.Compare(a.Key(), b.Key()) })
+	slices.SortFunc(list, func(a, b T) int { return strings.Compare(a.Key(), b.Key()) })
+	return list
+}
+
+// publish makes a new snapshot from every source and tells the watchers.
+func (r *Registry) publish() {
 	var addrs []netip.Addr
 	for _, name := range slices.Sorted(maps.Keys(r.nodeAddrs)) {
 		for _, a := range r.nodeAddrs[name] {
@@ -85,17 +90,7 @@ func (r *Registry) publish() {
 		}
 	}
 	slices.SortFunc(addrs, netip.Addr.Compare)
-	pods := map[string]*Pod{}
-	for _, name := range slices.Sorted(maps.Keys(r.pods)) {
-		for _, p := range r.pods[name] {
-			if _, ok := pods[p.Key()]; !ok {
-				pods[p.Key()] = p
-			}
-		}
-	}
-	podList := slices.Collect(maps.Values(pods))
-	slices.SortFunc(podList, func(a, b *Pod) int { return strings.Compare(a.Key(), b.Key()) })
-	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: list, Pods: podList, NodeAddrs: addrs}
+	r.snapshot = &Snapshot{Version: r.snapshot.Version + 1, Services: mergeByKey(r.sources), Pods: mergeByKey(r.pods), NodeAddrs: addrs}
 	for w := range r.watchers {
 		select {
 		case w <- struct{}{}:
