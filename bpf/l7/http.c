@@ -129,14 +129,21 @@ static const __u64 duration_bounds_ns[DURATION_BUCKETS] = {
 	3600000000000ULL,
 };
 
-/* sm_http_stats: {pid, status, grpc status, kind, peer} -> http_stats, per
+/* The maps below are made once by the agent and shared by the programs
+ * it loads for every probed executable (keys carry the pid): the kernel
+ * memory telemetry takes does not grow with the number of processes.
+ *
+ * sm_http_stats: {pid, status, grpc status, kind, peer} -> http_stats, per
  * CPU (no atomics on the hot path). Written by the end probes, read by the
- * agent when Prometheus scrapes. 4096 entries (peers are addresses without
- * ports and hosts a program asks for, so few per process); when full, new
- * keys are not counted (sm_http_drops counts them). */
+ * agent when Prometheus scrapes, a process's entries deleted when it exits.
+ * 16384 entries (peers are addresses without ports and hosts a program asks
+ * for, so few per process), allocated as keys appear (a preallocated
+ * per-CPU map of this size would take 10 MB on two CPUs and more on every
+ * other); when full, new keys are not counted (sm_http_drops counts them). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct http_stats_key);
 	__type(value, struct http_stats);
 } sm_http_stats SEC(".maps");
@@ -178,7 +185,7 @@ volatile const __u64 off_grpc_cc_target = 24;
  * never reaches its end probe: its slot counts as free once older than
  * START_STALE_NS, so nothing leaks. When every probed slot is taken the
  * request is not measured, and sm_http_drops counts it. */
-#define START_SLOTS 16384
+#define START_SLOTS 65536
 #define START_PROBES 4
 #define START_STALE_NS (600ULL * 1000000000ULL)
 struct {
@@ -188,13 +195,13 @@ struct {
 	__type(value, struct start);
 } sm_http_start SEC(".maps");
 
-/* sm_http_events: one ring buffer for all events, read by the agent on a
- * timer (events are submitted without waking it: batching the wake-ups is
- * most of what probes cost a busy server). When full, events are dropped
- * and counted in sm_http_drops. */
+/* sm_http_events: one ring buffer for all events of all processes, read
+ * by the agent on a timer (events are submitted without waking it:
+ * batching the wake-ups is most of what probes cost a busy server). When
+ * full, events are dropped and counted in sm_http_drops. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 4 << 20);
 } sm_http_events SEC(".maps");
 
 /* sm_http_drops: requests not counted or not reported (no start slot, a

@@ -15,8 +15,11 @@ import (
 // HTTPEvent is one finished request, as the programs report it.
 type HTTPEvent = bpfHttpEvent
 
-// Objects are the loaded programs and maps.
-type Objects = bpfObjects
+// Programs are the request programs loaded for one executable.
+type Programs = bpfPrograms
+
+// Maps are the maps every loaded Programs writes to.
+type Maps = bpfMaps
 
 // Offsets are the struct field offsets the programs read, by field name as
 // node/telemetry/gobin names them ("net/http.Request.Method", ...).
@@ -109,14 +112,27 @@ func init() {
 	}
 }
 
+// NewMaps makes the maps the programs of every executable share.
+func NewMaps() (*Maps, error) {
+	spec, err := loadBpf()
+	if err != nil {
+		return nil, fmt.Errorf("load l7 spec: %w", err)
+	}
+	var m Maps
+	if err := spec.LoadAndAssign(&m, nil); err != nil {
+		return nil, fmt.Errorf("l7 maps: %w", err)
+	}
+	return &m, nil
+}
+
 // Load loads the request programs with the offsets of one binary's Go
-// and module versions. A constant whose fields are not in off keeps its
-// default, and the programs that need it must not be attached (Fields
-// says which). events turns on one ring-buffer event per request (access
-// logs and tests); the aggregates in sm_http_stats are always kept. multi
-// loads the programs for uprobe_multi links (MultiUprobes) instead of
-// one uprobe per address.
-func Load(off Offsets, events, multi bool) (*Objects, error) {
+// and module versions, writing to maps. A constant whose fields are not in
+// off keeps its default, and the programs that need it must not be
+// attached (Fields says which). events turns on one ring-buffer event per
+// request (access logs and tests); the aggregates in sm_http_stats are
+// always kept. multi loads the programs for uprobe_multi links
+// (MultiUprobes) instead of one uprobe per address.
+func Load(off Offsets, events, multi bool, maps *Maps) (*Programs, error) {
 	spec, err := loadBpf()
 	if err != nil {
 		return nil, fmt.Errorf("load l7 spec: %w", err)
@@ -144,11 +160,15 @@ func Load(off Offsets, events, multi bool) (*Objects, error) {
 	if err := spec.Variables["emit_events"].Set(events); err != nil {
 		return nil, fmt.Errorf("set emit_events: %w", err)
 	}
-	var objs Objects
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{}); err != nil {
+	replace := map[string]*ebpf.Map{
+		"sm_http_drops": maps.SmHttpDrops, "sm_http_events": maps.SmHttpEvents, "sm_http_scratch": maps.SmHttpScratch,
+		"sm_http_start": maps.SmHttpStart, "sm_http_stats": maps.SmHttpStats,
+	}
+	var progs Programs
+	if err := spec.LoadAndAssign(&progs, &ebpf.CollectionOptions{MapReplacements: replace}); err != nil {
 		return nil, verifier.Explain("l7 request programs", err)
 	}
-	return &objs, nil
+	return &progs, nil
 }
 
 // MultiUprobes reports whether this kernel has uprobe_multi links (6.6+):

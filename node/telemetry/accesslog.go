@@ -69,9 +69,10 @@ func (w *Watcher) entry(self Destination, r Request, now time.Time) AccessEntry 
 	return e
 }
 
-// logRequests writes requests of process pid, which is self, to the
-// access log. Callers may hold w.mu; the log has its own lock.
-func (w *Watcher) logRequests(self Destination, reqs []Request) {
+// logRequests writes requests to the access log. w.mu is held (each
+// request's process is named from what the watcher knows of it); the log
+// has its own lock.
+func (w *Watcher) logRequests(reqs []Request) {
 	if len(reqs) == 0 {
 		return
 	}
@@ -82,14 +83,14 @@ func (w *Watcher) logRequests(self Destination, reqs []Request) {
 		w.enc = json.NewEncoder(w.cfg.AccessLog)
 	}
 	for _, r := range reqs {
-		w.enc.Encode(w.entry(self, r, now))
+		w.enc.Encode(w.entry(w.self(int(r.PID)), r, now))
 	}
 }
 
 // drainAccessLog writes every request the probes report to the access log,
-// one JSON object a line, polling the tracers' ring buffers every
-// interval (the programs never wake a reader). A line's start time is when
-// it was read minus its duration: within one interval of the truth. What a
+// one JSON object a line, polling the shared ring buffer every interval
+// (the programs never wake a reader). A line's start time is when it was
+// read minus its duration: within one interval of the truth. What a
 // process reported just before it exited is written when it is retired.
 func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
@@ -100,24 +101,12 @@ func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
+		reqs, err := w.tr.Read(0)
+		if err != nil && !errors.Is(err, os.ErrClosed) {
+			w.log.Warn("telemetry: access log", "err", err)
+		}
 		w.mu.Lock()
-		tracers := make(map[int]*HTTPTracer, len(w.traced))
-		for pid, tr := range w.traced {
-			tracers[pid] = tr
-		}
+		w.logRequests(reqs)
 		w.mu.Unlock()
-		for pid, tr := range tracers {
-			reqs, err := tr.Read(0)
-			if err != nil && !errors.Is(err, os.ErrClosed) {
-				w.log.Warn("telemetry: access log", "pid", pid, "err", err)
-			}
-			if len(reqs) == 0 {
-				continue
-			}
-			w.mu.Lock()
-			self := w.self(pid)
-			w.mu.Unlock()
-			w.logRequests(self, reqs)
-		}
 	}
 }

@@ -7,15 +7,12 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/cilium/ebpf/ringbuf"
 
 	"github.com/sockmesh/sockmesh/bpf/l7"
 	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
@@ -119,100 +116,6 @@ var groups = []struct {
 	}},
 }
 
-// HTTPTracer probes one Go executable's HTTP and gRPC servers and clients.
-type HTTPTracer struct {
-	objs   *l7.Objects
-	links  []link.Link
-	reader *ringbuf.Reader
-	// Kinds are the kinds of requests the tracer sees (whose probes all
-	// attached), and Libraries the libraries it sees them in.
-	Kinds     []Kind
-	Libraries []string
-	// Probes counts the probe points attached.
-	Probes int
-}
-
-// TraceHTTP attaches the probes to the executable at path (for every
-// process running it when pid is 0, else for that process only): for each
-// kind of request whose functions the binary links. It fails with
-// gobin.ErrNoFunc when there is none. Requests are always aggregated in
-// the kernel (Stats); events adds one ring-buffer event per request
-// (Read), for access logs and tests.
-func TraceHTTP(path string, pid int, events bool) (_ *HTTPTracer, err error) {
-	pl, err := planFor(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(pl.groups) == 0 {
-		return nil, fmt.Errorf("%s: %w: %s", path, gobin.ErrNoFunc, strings.Join(pl.missing, "; "))
-	}
-	multi := multiUprobes()
-	objs, err := l7.Load(l7.Offsets(pl.off), events, multi)
-	if err != nil {
-		return nil, err
-	}
-	t := &HTTPTracer{objs: objs}
-	defer func() {
-		if err != nil {
-			t.Close()
-		}
-	}()
-	ex, err := link.OpenExecutable(path)
-	if err != nil {
-		return nil, err
-	}
-	progs := map[string]*ebpf.Program{
-		"sm_http_serve": objs.SmHttpServe, "sm_http_finish": objs.SmHttpFinish, "sm_h2_done": objs.SmH2Done, "sm_xh2_done": objs.SmXh2Done,
-		"sm_http_client_start": objs.SmHttpClientStart, "sm_http_client_end": objs.SmHttpClientEnd,
-		"sm_grpc_serve": objs.SmGrpcServe, "sm_grpc_serve_end": objs.SmGrpcServeEnd,
-		"sm_grpc_call": objs.SmGrpcCall, "sm_grpc_call_ret": objs.SmGrpcCallRet, "sm_grpc_call_end": objs.SmGrpcCallEnd,
-	}
-	for _, pg := range pl.groups {
-		g, addrs := groups[pg.group], pg.addrs
-		// Attach the end probes first: a start without its end would
-		// hold a slot until it goes stale.
-		var ls []link.Link
-		for i := len(g.probes) - 1; i >= 0; i-- {
-			p := g.probes[i]
-			if len(addrs[i]) == 0 {
-				continue // optional, not linked
-			}
-			var l link.Link
-			var err error
-			if multi {
-				if l, err = ex.UprobeMulti(nil, progs[p.prog], &link.UprobeMultiOptions{Addresses: addrs[i], PID: uint32(pid)}); err == nil {
-					ls = append(ls, l)
-				}
-			} else {
-				for _, at := range addrs[i] {
-					if l, err = ex.Uprobe(p.fn, progs[p.prog], &link.UprobeOptions{Address: at, PID: pid}); err != nil {
-						break
-					}
-					ls = append(ls, l)
-				}
-			}
-			if err != nil {
-				closeLinks(ls)
-				return nil, fmt.Errorf("uprobe %s at %#x: %w", p.fn, addrs[i], err)
-			}
-		}
-		t.links = append(t.links, ls...)
-		t.Libraries = append(t.Libraries, g.name)
-		if !slices.Contains(t.Kinds, g.kind) {
-			t.Kinds = append(t.Kinds, g.kind)
-		}
-		for _, a := range addrs {
-			t.Probes += len(a)
-		}
-	}
-	if events {
-		if t.reader, err = ringbuf.NewReader(objs.SmHttpEvents); err != nil {
-			return nil, err
-		}
-	}
-	return t, nil
-}
-
 // multiUprobes says whether to attach with uprobe_multi links (tests
 // turn it off to cover kernels before 6.6).
 var multiUprobes = l7.MultiUprobes
@@ -246,40 +149,36 @@ var plans = struct {
 
 const maxPlans = 512
 
-func planFor(path string) (*plan, error) {
+func planFor(path string) (fileID, *plan, error) {
 	info, err := os.Stat(path)
 	if err != nil {
-		return nil, err
+		return fileID{}, nil, err
 	}
 	st, ok := info.Sys().(*syscall.Stat_t)
 	if !ok {
-		return readPlan(path)
+		return fileID{}, nil, fmt.Errorf("%s: no file identity", path)
 	}
 	id := fileID{dev: st.Dev, ino: st.Ino, size: st.Size, mtimeN: st.Mtim.Nano()}
 	plans.Lock()
 	pl := plans.m[id]
 	plans.Unlock()
-	if pl != nil && pl.off == nil {
-		return nil, fmt.Errorf("%s: %w", path, gobin.ErrNotGo)
+	if pl == nil {
+		if pl, err = readPlan(path); errors.Is(err, gobin.ErrNotGo) {
+			pl = &plan{missing: []string{err.Error()}} // remembered as such
+		} else if err != nil {
+			return id, nil, err
+		}
+		plans.Lock()
+		if len(plans.m) >= maxPlans {
+			clear(plans.m)
+		}
+		plans.m[id] = pl
+		plans.Unlock()
 	}
-	if pl != nil {
-		return pl, nil
-	}
-	if pl, err = readPlan(path); errors.Is(err, gobin.ErrNotGo) {
-		pl = &plan{missing: []string{err.Error()}} // remembered as such
-	} else if err != nil {
-		return nil, err
-	}
-	plans.Lock()
-	if len(plans.m) >= maxPlans {
-		clear(plans.m)
-	}
-	plans.m[id] = pl
-	plans.Unlock()
 	if pl.off == nil {
-		return nil, err
+		return id, nil, fmt.Errorf("%s: %w", path, gobin.ErrNotGo)
 	}
-	return pl, nil
+	return id, pl, nil
 }
 
 func readPlan(path string) (*plan, error) {
@@ -367,49 +266,12 @@ func (t *Totals) add(o Totals) {
 	}
 }
 
-// RunTime is the time the tracer's BPF programs ran and how many times,
-// from the kernel's BPF statistics (zero unless they are enabled:
-// ebpf.EnableStats). The uprobes' own cost (the trap, the emulated
-// instruction) is not in it.
-func (t *HTTPTracer) RunTime() (time.Duration, uint64, error) {
-	var d time.Duration
-	var n uint64
-	for _, p := range []*ebpf.Program{t.objs.SmHttpServe, t.objs.SmHttpFinish, t.objs.SmH2Done, t.objs.SmXh2Done, t.objs.SmHttpClientStart,
-		t.objs.SmHttpClientEnd, t.objs.SmGrpcServe, t.objs.SmGrpcServeEnd, t.objs.SmGrpcCall, t.objs.SmGrpcCallRet, t.objs.SmGrpcCallEnd} {
-		st, err := p.Stats()
-		if err != nil {
-			return 0, 0, err
-		}
-		d += st.Runtime
-		n += st.RunCount
-	}
-	return d, n, nil
-}
-
 // StatsKey is what requests are aggregated by, besides the process.
 type StatsKey struct {
 	Kind       Kind
 	Status     int
 	GRPCStatus int // -1: not gRPC
 	Peer       string
-}
-
-// Stats reads the in-kernel aggregates, summed over CPUs.
-func (t *HTTPTracer) Stats() (map[StatsKey]Totals, error) {
-	out := map[StatsKey]Totals{}
-	var k l7.HTTPStatsKey
-	var per []l7.HTTPStats
-	it := t.objs.SmHttpStats.Iterate()
-	for it.Next(&k, &per) {
-		key := StatsKey{Kind: Kind(k.Kind), Status: int(k.Status), GRPCStatus: grpcStatus(k.GrpcStatus), Peer: peerString(k.Peer[:])}
-		tot := out[key]
-		for _, s := range per {
-			tot.add(Totals{Count: s.Count, DurationSumNs: s.DurationSumNs, DurationBuckets: s.DurationBuckets, BytesSum: s.BytesSum, BytesBuckets: s.BytesBuckets,
-				ReqBytesSum: s.ReqBytesSum, ReqBytesBuckets: s.ReqBytesBuckets})
-		}
-		out[key] = tot
-	}
-	return out, it.Err()
 }
 
 func grpcStatus(v uint8) int {
@@ -436,41 +298,6 @@ func peerString(b []byte) string {
 	return s
 }
 
-// Read returns the requests that finished since the last call, waiting up
-// to wait for the first one. The programs never wake the reader (batched
-// wake-ups are most of the probes' cost), so it polls.
-func (t *HTTPTracer) Read(wait time.Duration) ([]Request, error) {
-	var out []Request
-	if t.reader == nil {
-		return nil, errors.New("telemetry: tracer made without events")
-	}
-	deadline := time.Now().Add(wait)
-	for {
-		// Poll in 10 ms steps (no wake-ups come); with no wait, do not
-		// wait at all: return what is there.
-		next := time.Now().Add(10 * time.Millisecond)
-		if next.After(deadline) {
-			next = deadline
-		}
-		t.reader.SetDeadline(next)
-		rec, err := t.reader.Read()
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			if len(out) > 0 || time.Now().After(deadline) {
-				return out, nil
-			}
-			continue
-		}
-		if err != nil {
-			return out, err
-		}
-		r, err := decodeEvent(rec.RawSample)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, r)
-	}
-}
-
 // decodeEvent turns a ring-buffer record into a Request.
 func decodeEvent(raw []byte) (Request, error) {
 	var e l7.HTTPEvent
@@ -480,28 +307,6 @@ func decodeEvent(raw []byte) (Request, error) {
 	return Request{PID: e.Pid, Kind: Kind(e.Kind), Method: l7.CString(e.Method[:]), Path: l7.CString(e.Path[:]),
 		Status: int(e.Status), GRPCStatus: grpcStatus(e.GrpcStatus), Peer: peerString(e.Peer[:]),
 		Bytes: e.Bytes, ReqBytes: e.ReqBytes, Duration: time.Duration(e.DurationNs), ProtoMajor: int(e.ProtoMajor)}, nil
-}
-
-// Drops returns how many events the ring buffer had no room for.
-func (t *HTTPTracer) Drops() (uint64, error) {
-	var per []uint64
-	if err := t.objs.SmHttpDrops.Lookup(uint32(0), &per); err != nil {
-		return 0, err
-	}
-	var n uint64
-	for _, v := range per {
-		n += v
-	}
-	return n, nil
-}
-
-// Close detaches the probes and frees the maps.
-func (t *HTTPTracer) Close() error {
-	if t.reader != nil {
-		t.reader.Close()
-	}
-	closeLinks(t.links)
-	return t.objs.Close()
 }
 
 // closeLinks detaches uprobes all at once: each detach waits for a grace

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"fmt"
 	"encoding/json"
 	"errors"
 	"io"
@@ -51,19 +52,23 @@ type Watcher struct {
 	cfg WatchConfig
 	log *slog.Logger
 
+	// tr holds the maps and programs every probed process shares (made
+	// in Run).
+	tr *Tracer
+
 	mu      sync.Mutex
-	traced  map[int]*HTTPTracer
+	traced  map[int]*Process
 	exes    map[int]uint64 // inode of what a traced process runs
 	addrs   map[int][]netip.Addr
 	skipped map[int]bool
 	// retired keeps the totals of processes that exited, so counters
 	// never go backwards.
 	retired map[Series]Totals
-	// closing counts tracers being detached.
+	// closing counts processes being detached.
 	closing sync.WaitGroup
-	// retiredDrops and attachErrors count for /metrics what processes
-	// gone or never probed dropped or failed.
-	retiredDrops, attachErrors uint64
+	// attachErrors counts for /metrics the processes that could not be
+	// probed.
+	attachErrors uint64
 
 	logMu sync.Mutex // the access log's encoder
 	enc   *json.Encoder
@@ -74,7 +79,7 @@ func NewWatcher(cfg WatchConfig, log *slog.Logger) *Watcher {
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
 	}
-	return &Watcher{cfg: cfg, log: log, traced: map[int]*HTTPTracer{}, exes: map[int]uint64{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
+	return &Watcher{cfg: cfg, log: log, traced: map[int]*Process{}, exes: map[int]uint64{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
 }
 
 // Metrics returns the Prometheus collector of the watcher's requests.
@@ -84,12 +89,12 @@ func (w *Watcher) Metrics() *Metrics { return NewMetrics(w.totals, w.health) }
 func (w *Watcher) health() Health {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	h := Health{Processes: len(w.traced), Dropped: w.retiredDrops, AttachErrors: w.attachErrors}
-	for _, tr := range w.traced {
-		h.Probes += tr.Probes
-		if d, err := tr.Drops(); err == nil {
-			h.Dropped += d
-		}
+	h := Health{Processes: len(w.traced), AttachErrors: w.attachErrors}
+	for _, p := range w.traced {
+		h.Probes += p.Probes
+	}
+	if w.tr != nil {
+		h.Dropped, _ = w.tr.Drops()
 	}
 	return h
 }
@@ -102,8 +107,15 @@ func (w *Watcher) totals() map[Series]Totals {
 	for s, t := range w.retired {
 		out[s] = t
 	}
-	for pid, tr := range w.traced {
-		w.foldInto(out, tr, pid)
+	if w.tr == nil {
+		return out
+	}
+	stats, err := w.tr.Stats()
+	if err != nil {
+		w.log.Warn("telemetry: read stats", "err", err)
+	}
+	for pid, st := range stats {
+		w.foldInto(out, int(pid), st)
 	}
 	return out
 }
@@ -175,12 +187,8 @@ func HostOf(target string) string {
 	return strings.TrimSuffix(strings.TrimPrefix(target, "["), "]")
 }
 
-func (w *Watcher) foldInto(out map[Series]Totals, tr *HTTPTracer, pid int) {
-	stats, err := tr.Stats()
-	if err != nil {
-		w.log.Warn("telemetry: read stats", "err", err)
-		return
-	}
+// foldInto adds process pid's aggregates to out, by series. w.mu is held.
+func (w *Watcher) foldInto(out map[Series]Totals, pid int, stats map[StatsKey]Totals) {
 	self := w.self(pid)
 	for k, t := range stats {
 		s := Series{Kind: k.Kind, Status: k.Status, GRPCStatus: k.GRPCStatus}
@@ -200,16 +208,24 @@ func (w *Watcher) Traced() int {
 
 // Run scans and reads until ctx ends, then detaches everything.
 func (w *Watcher) Run(ctx context.Context) error {
+	tr, err := NewTracer(w.cfg.AccessLog != nil)
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	w.mu.Lock()
+	w.tr = tr
+	w.mu.Unlock()
 	t := time.NewTicker(w.cfg.Interval)
 	defer t.Stop()
 	defer func() {
 		w.mu.Lock()
-		for pid, tr := range w.traced {
-			tr.Close()
+		for pid, p := range w.traced {
+			p.Close()
 			delete(w.traced, pid)
 		}
 		w.mu.Unlock()
 		w.closing.Wait()
+		tr.Close()
 	}()
 	if pw, err := l7.WatchProcs(w.cfg.Cgroup); err != nil {
 		w.log.Warn("telemetry: no process events, scanning only", "err", err)
@@ -278,13 +294,13 @@ func (w *Watcher) consider(pid int) {
 		return
 	}
 	exe := "/proc/" + strconv.Itoa(pid) + "/exe"
-	tr, err := TraceHTTP(exe, pid, w.cfg.AccessLog != nil)
+	p, err := w.tr.Attach(exe, pid)
 	switch {
 	case err == nil:
-		w.traced[pid] = tr
+		w.traced[pid] = p
 		w.exes[pid] = exeInode(pid)
 		w.addrs[pid] = localAddrs(pid)
-		w.log.Info("telemetry: probing", "pid", pid, "libraries", strings.Join(tr.Libraries, ", "), "probes", tr.Probes)
+		w.log.Info("telemetry: probing", "pid", pid, "libraries", strings.Join(p.Libraries, ", "), "probes", p.Probes)
 	case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
 		w.skipped[pid] = true // nothing to probe: look no further
 	default:
@@ -297,25 +313,26 @@ func (w *Watcher) consider(pid int) {
 // retire removes the probes of process pid, keeping its totals. w.mu is
 // held.
 func (w *Watcher) retire(pid int, why string) {
-	tr := w.traced[pid]
-	if tr == nil {
+	p := w.traced[pid]
+	if p == nil {
 		return
 	}
-	w.foldInto(w.retired, tr, pid)
-	if d, err := tr.Drops(); err == nil {
-		w.retiredDrops += d
+	stats, err := w.tr.Forget(uint32(pid))
+	if err != nil {
+		w.log.Warn("telemetry: read stats", "pid", pid, "err", err)
 	}
+	w.foldInto(w.retired, pid, stats)
 	if w.cfg.AccessLog != nil {
 		// Its last requests are in the ring buffer still: a client
 		// often exits right after them.
-		if reqs, err := tr.Read(0); err == nil {
-			w.logRequests(w.self(pid), reqs)
+		if reqs, err := w.tr.Read(0); err == nil {
+			w.logRequests(reqs)
 		}
 	}
 	// Detaching waits for the kernel (a grace period per link): not while
 	// holding w.mu, which the next process's probing needs.
 	w.closing.Add(1)
-	go func() { defer w.closing.Done(); tr.Close() }()
+	go func() { defer w.closing.Done(); p.Close() }()
 	delete(w.traced, pid)
 	delete(w.exes, pid)
 	delete(w.addrs, pid)
