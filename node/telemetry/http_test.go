@@ -222,3 +222,89 @@ func collect(t *testing.T, tr *HTTPTracer, n int) []string {
 	}
 	return got
 }
+
+// TestTracerSharesMapsAndPrograms probes two processes of one executable
+// with one Tracer: the programs are loaded once, each process's requests
+// are counted under its own pid in the shared maps, and what a process
+// leaves is forgotten when it goes.
+func TestTracerSharesMapsAndPrograms(t *testing.T) {
+	testutil.Privileged(t)
+	bin := filepath.Join(t.TempDir(), "httpserver")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	tr, err := NewTracer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	var pids []uint32
+	var addrs []string
+	var procs []*Process
+	for range 2 {
+		srv := exec.Command(bin)
+		stdout, _ := srv.StdoutPipe()
+		if err := srv.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { srv.Process.Kill(); srv.Wait() }()
+		addr, err := bufio.NewReader(stdout).ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := tr.Attach(bin, srv.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, p)
+		pids = append(pids, uint32(srv.Process.Pid))
+		addrs = append(addrs, strings.TrimSpace(addr))
+	}
+	if n := len(tr.progs); n != 1 || tr.progs[procs[0].id].users != 2 {
+		t.Fatalf("%d program sets loaded for one executable (users %d), want 1 used by 2", n, tr.progs[procs[0].id].users)
+	}
+	for i, addr := range addrs {
+		for range i + 1 { // one request to the first, two to the second
+			resp, err := http.Get("http://" + addr + "/ok")
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	}
+	count := func(st map[StatsKey]Totals) uint64 {
+		var n uint64
+		for k, v := range st {
+			if k.Kind == HTTPServer {
+				n += v.Count
+			}
+		}
+		return n
+	}
+	stats, err := tr.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if count(stats[pids[0]]) != 1 || count(stats[pids[1]]) != 2 {
+		t.Fatalf("server requests by pid: %d, %d; want 1, 2", count(stats[pids[0]]), count(stats[pids[1]]))
+	}
+	// The first process goes: its aggregates are handed over once, and
+	// gone from the maps; the second's stay; the programs stay for it.
+	procs[0].Close()
+	gone, err := tr.Forget(pids[0])
+	if err != nil || count(gone) != 1 {
+		t.Fatalf("forgot %v (%v), want its one request", gone, err)
+	}
+	stats, _ = tr.Stats()
+	if _, ok := stats[pids[0]]; ok || count(stats[pids[1]]) != 2 {
+		t.Fatalf("after forgetting the first: %v", stats)
+	}
+	if tr.progs[procs[1].id].users != 1 {
+		t.Fatalf("program set users %d, want 1", tr.progs[procs[1].id].users)
+	}
+	procs[1].Close()
+	if len(tr.progs) != 0 {
+		t.Fatalf("programs still loaded with no process")
+	}
+}
