@@ -17,6 +17,7 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/rlimit"
 
+	"github.com/sockmesh/sockmesh/bpf/l7"
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/bpf/sockmap"
 	"github.com/sockmesh/sockmesh/node/host"
@@ -81,6 +82,19 @@ func Checks() []Check {
 				return fmt.Errorf("uprobe PMU not found: %w", err)
 			}
 			return features.HaveProgramType(ebpf.Kprobe)
+		}},
+		{"uprobe_multi links", false, "6.6", "one uprobe a probe point: detaching a process's probes takes ~100 ms a point instead of one grace period", features.HaveBPFLinkUprobeMulti},
+		{"L7 programs pass the verifier", false, "5.8", "no L7 telemetry", func() error {
+			maps, err := l7.NewMaps()
+			if err != nil {
+				return err
+			}
+			defer maps.Close()
+			progs, err := l7.Load(nil, false, l7.MultiUprobes(), maps)
+			if err != nil {
+				return err
+			}
+			return progs.Close()
 		}},
 	}
 }
