@@ -2,6 +2,8 @@ package bench
 
 import (
 	"bufio"
+	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/sockmesh/sockmesh/internal/testutil"
 	"github.com/sockmesh/sockmesh/node/telemetry"
+	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
 // BenchmarkHTTPProbes loads a Go HTTP server on loopback with wrk, probes
@@ -106,4 +109,91 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 	b.ReportMetric(perReq, strings.ReplaceAll(name, " ", "-")+"-bpf-ns/req")
 	b.Logf("%s, wrk -t1 -c16 -d3s, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (target >= %s); %d requests counted, %d dropped; BPF run time %.0f ns a request (both probes, BPF stats; the uprobe traps are not in it)",
 		name, median(off), median(on), ratio, target, events, drops, perReq)
+}
+
+// BenchmarkHTTPClientProbes measures what the client-side probes cost a Go
+// HTTP client (podbin http-call: 2,000 sequential GETs over one keep-alive
+// connection to a server on loopback), probes off and on, interleaved:
+// the end probes sit on roundTrip's RET instructions, which the kernel
+// single-steps.
+func BenchmarkHTTPClientProbes(b *testing.B) {
+	testutil.Privileged(b)
+	_, podbin, err := harness.Binaries()
+	if err != nil {
+		b.Fatal(err)
+	}
+	bin := filepath.Join(b.TempDir(), "httpserver")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../node/telemetry/testdata/httpserver").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	srv := exec.Command(bin)
+	stdout, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	addr, _ := bufio.NewReader(stdout).ReadString('\n')
+	url := "http://" + strings.TrimSpace(addr) + "/ok"
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable BPF stats: %v", err)
+	}
+	defer stats.Close()
+	const n = 2000
+	var off, on []float64
+	var counted uint64
+	var bpfTime time.Duration
+	run := func(probed bool) float64 {
+		goFile := filepath.Join(b.TempDir(), "go")
+		cmd := exec.Command(podbin, "http-call", "-wait-for", goFile, "-url", url, "-n", strconv.Itoa(n))
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		r := bufio.NewReader(out)
+		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+			b.Fatalf("http-call: %q %v", line, err)
+		}
+		var tr *telemetry.HTTPTracer
+		if probed {
+			if tr, err = telemetry.TraceHTTP(podbin, cmd.Process.Pid, false); err != nil {
+				b.Fatal(err)
+			}
+		}
+		start := time.Now()
+		os.WriteFile(goFile, nil, 0o644)
+		result, _ := io.ReadAll(r)
+		if err := cmd.Wait(); err != nil || !strings.Contains(string(result), `"HTTP/1.1 200":`+strconv.Itoa(n)) {
+			b.Fatalf("http-call: %v %s", err, result)
+		}
+		rate := n / time.Since(start).Seconds()
+		if tr != nil {
+			st, _ := tr.Stats()
+			for k, t := range st {
+				if k.Kind == telemetry.HTTPClient {
+					counted += t.Count
+				}
+			}
+			rt, _, _ := tr.RunTime()
+			bpfTime += rt
+			tr.Close()
+		}
+		return rate
+	}
+	for round := range 5 {
+		if round%2 == 0 {
+			off = append(off, run(false))
+			on = append(on, run(true))
+		} else {
+			on = append(on, run(true))
+			off = append(off, run(false))
+		}
+	}
+	ratio := median(on) / median(off)
+	perReq := float64(bpfTime.Nanoseconds()) / float64(max(counted, 1))
+	extra := (1/median(on) - 1/median(off)) * 1e6
+	b.ReportMetric(ratio, "client-req/s-ratio")
+	b.ReportMetric(extra, "client-extra-µs/req")
+	b.Logf("Go HTTP client, %d sequential GETs, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (%.1f µs more a request); %d of %d requests counted; BPF run time %.0f ns a request (the RET probe's single-step is not in it)",
+		n, median(off), median(on), ratio, extra, counted, 5*n, perReq)
 }
