@@ -308,3 +308,41 @@ func TestTracerSharesMapsAndPrograms(t *testing.T) {
 		t.Fatalf("programs still loaded with no process")
 	}
 }
+
+// TestServerPeerIPv6: a server's client on IPv6 is keyed by its address
+// without brackets or port ("[::1]:40000" -> "::1").
+func TestServerPeerIPv6(t *testing.T) {
+	testutil.Privileged(t)
+	bin := filepath.Join(t.TempDir(), "httpserver")
+	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	srv := exec.Command(bin, "-listen", "[::1]:0")
+	stdout, _ := srv.StdoutPipe()
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	addr, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := TraceHTTP(bin, srv.Process.Pid, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	resp, err := http.Get("http://" + strings.TrimSpace(addr) + "/missing")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	got := collect(t, tr, 1)
+	if want := "http-server 1 GET /missing 404 - 19 0 ::1"; len(got) != 1 || got[0] != want {
+		t.Fatalf("seen %q, want %q", got, want)
+	}
+	stats, _ := tr.Stats()
+	if stats[StatsKey{Kind: HTTPServer, Status: 404, GRPCStatus: -1, Peer: "::1"}].Count != 1 {
+		t.Fatalf("aggregates %v", stats)
+	}
+}

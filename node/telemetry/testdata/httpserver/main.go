@@ -44,8 +44,9 @@ import (
 func main() {
 	withGRPC := flag.Bool("grpc", false, "serve gRPC too")
 	withXNet := flag.Bool("xnet", false, "serve h2c with x/net's HTTP/2 server too")
+	listen := flag.String("listen", "127.0.0.1:0", "the HTTP address")
 	flag.Parse()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := net.Listen("tcp", *listen)
 	if err != nil {
 		panic(err)
 	}
