@@ -113,6 +113,9 @@ struct http_stats {
 	__u64 req_bytes_buckets[BYTES_BUCKETS];
 };
 
+/* New keys start from this (in .rodata: too big for the stack). */
+static const struct http_stats zero_stats;
+
 struct http_stats_key {
 	__u32 pid;
 	__u16 status; /* HTTP status; 0: no response (a client's error) */
@@ -213,17 +216,14 @@ struct {
 	__type(value, __u64);
 } sm_http_drops SEC(".maps");
 
-/* Scratch for building a key (big for the 512-byte stack). */
+/* What an end probe builds before counting: the key, and the HTTP version
+ * for the event. On the program's stack: a per-CPU map shared by every
+ * probed process could be overwritten by a program of another task that
+ * preempts this one on the same CPU. */
 struct scratch {
 	struct http_stats_key key;
 	__u8 proto_major;
 };
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} sm_http_scratch SEC(".maps");
 
 static __always_inline void count_drop(void)
 {
@@ -404,10 +404,8 @@ static __always_inline void aggregate(struct http_stats_key *k, __u64 duration, 
 	struct http_stats *st = bpf_map_lookup_elem(&sm_http_stats, k);
 
 	if (!st) {
-		struct http_stats zero = {};
-
 		/* EEXIST from a racing CPU is fine: look up again. */
-		bpf_map_update_elem(&sm_http_stats, k, &zero, BPF_NOEXIST);
+		bpf_map_update_elem(&sm_http_stats, k, &zero_stats, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&sm_http_stats, k);
 		if (!st) {
 			count_drop(); /* the map is full */
@@ -429,13 +427,8 @@ static __always_inline void aggregate(struct http_stats_key *k, __u64 duration, 
 	bytes_bucket(st->req_bytes_buckets, req_bytes);
 }
 
-static __always_inline struct scratch *scratch(__u32 pid, __u32 status, __u8 grpc_status, __u8 kind)
+static __always_inline struct scratch *scratch(struct scratch *s, __u32 pid, __u32 status, __u8 grpc_status, __u8 kind)
 {
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&sm_http_scratch, &zero);
-
-	if (!s)
-		return 0;
 	__builtin_memset(s, 0, sizeof(*s));
 	s->key.pid = pid;
 	s->key.status = status;
@@ -490,13 +483,13 @@ static __always_inline __u64 nonneg(__s64 v)
 static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major)
 {
 	struct start st;
-	struct scratch *s;
+	struct scratch sc, *s;
 	__u64 url;
 	__u32 n;
 
 	if (!take_start(r, KIND_HTTP_SERVER, &st))
 		return;
-	s = scratch(bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
+	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
 	if (!s)
 		return;
 	s->proto_major = proto_major;
@@ -577,7 +570,7 @@ SEC("uprobe/round_trip_ret")
 int sm_http_client_end(struct regs *r)
 {
 	__u64 resp = GO_R1(r), req, url, code = 0, bytes = 0;
-	struct scratch *s;
+	struct scratch sc, *s;
 	struct start st;
 
 	if (!take_start(r, KIND_HTTP_CLIENT, &st))
@@ -587,7 +580,7 @@ int sm_http_client_end(struct regs *r)
 		code = read_u64(resp + off_resp_status_code);
 		bytes = nonneg(read_u64(resp + off_resp_content_length));
 	}
-	s = scratch(bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
+	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
 	if (!s || !req)
 		return 0;
 	if (resp)
@@ -631,12 +624,12 @@ int sm_grpc_serve_end(struct regs *r)
 {
 	__u64 t = GO_R1(r), stream = GO_R2(r), addr;
 	struct { __u64 ptr; __s64 len; } ip = {};
-	struct scratch *s;
+	struct scratch sc, *s;
 	struct start st;
 
 	if (!take_start(r, KIND_GRPC_SERVER, &st))
 		return 0;
-	s = scratch(bpf_get_current_pid_tgid() >> 32, 200, grpc_code(GO_R3(r)), KIND_GRPC_SERVER);
+	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, 200, grpc_code(GO_R3(r)), KIND_GRPC_SERVER);
 	if (!s)
 		return 0;
 	s->proto_major = 2;
@@ -680,7 +673,7 @@ static __always_inline __u8 grpc_error_code(__u64 itab, __u64 data)
 /* grpc_call_done reports a client call that started st, with code. */
 static __always_inline void grpc_call_done(struct start *st, __u8 code)
 {
-	struct scratch *s = scratch(bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
+	struct scratch sc, *s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
 	__u64 cc = st->arg[0];
 
 	if (!s)

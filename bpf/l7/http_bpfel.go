@@ -49,13 +49,6 @@ type bpfHttpStatsKey struct {
 	Peer       [64]uint8
 }
 
-type bpfScratch struct {
-	_          structs.HostLayout
-	Key        bpfHttpStatsKey
-	ProtoMajor uint8
-	_          [3]byte
-}
-
 type bpfStart struct {
 	_   structs.HostLayout
 	Key uint64
@@ -69,7 +62,6 @@ type bpfStart struct {
 const (
 	bpfMapSmHttpDrops             = "sm_http_drops"
 	bpfMapSmHttpEvents            = "sm_http_events"
-	bpfMapSmHttpScratch           = "sm_http_scratch"
 	bpfMapSmHttpStart             = "sm_http_start"
 	bpfMapSmHttpStats             = "sm_http_stats"
 	bpfProgSmGrpcCall             = "sm_grpc_call"
@@ -173,11 +165,10 @@ type bpfProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfMapSpecs struct {
-	SmHttpDrops   *ebpf.MapSpec `ebpf:"sm_http_drops"`
-	SmHttpEvents  *ebpf.MapSpec `ebpf:"sm_http_events"`
-	SmHttpScratch *ebpf.MapSpec `ebpf:"sm_http_scratch"`
-	SmHttpStart   *ebpf.MapSpec `ebpf:"sm_http_start"`
-	SmHttpStats   *ebpf.MapSpec `ebpf:"sm_http_stats"`
+	SmHttpDrops  *ebpf.MapSpec `ebpf:"sm_http_drops"`
+	SmHttpEvents *ebpf.MapSpec `ebpf:"sm_http_events"`
+	SmHttpStart  *ebpf.MapSpec `ebpf:"sm_http_start"`
+	SmHttpStats  *ebpf.MapSpec `ebpf:"sm_http_stats"`
 }
 
 // bpfVariableSpecs contains global variables before they are loaded into the kernel.
@@ -235,18 +226,16 @@ func (o *bpfObjects) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfMaps struct {
-	SmHttpDrops   *ebpf.Map `ebpf:"sm_http_drops"`
-	SmHttpEvents  *ebpf.Map `ebpf:"sm_http_events"`
-	SmHttpScratch *ebpf.Map `ebpf:"sm_http_scratch"`
-	SmHttpStart   *ebpf.Map `ebpf:"sm_http_start"`
-	SmHttpStats   *ebpf.Map `ebpf:"sm_http_stats"`
+	SmHttpDrops  *ebpf.Map `ebpf:"sm_http_drops"`
+	SmHttpEvents *ebpf.Map `ebpf:"sm_http_events"`
+	SmHttpStart  *ebpf.Map `ebpf:"sm_http_start"`
+	SmHttpStats  *ebpf.Map `ebpf:"sm_http_stats"`
 }
 
 func (m *bpfMaps) Close() error {
 	return _BpfClose(
 		m.SmHttpDrops,
 		m.SmHttpEvents,
-		m.SmHttpScratch,
 		m.SmHttpStart,
 		m.SmHttpStats,
 	)

@@ -161,7 +161,7 @@ func Load(off Offsets, events, multi bool, maps *Maps) (*Programs, error) {
 		return nil, fmt.Errorf("set emit_events: %w", err)
 	}
 	replace := map[string]*ebpf.Map{
-		"sm_http_drops": maps.SmHttpDrops, "sm_http_events": maps.SmHttpEvents, "sm_http_scratch": maps.SmHttpScratch,
+		"sm_http_drops": maps.SmHttpDrops, "sm_http_events": maps.SmHttpEvents,
 		"sm_http_start": maps.SmHttpStart, "sm_http_stats": maps.SmHttpStats,
 	}
 	var progs Programs
