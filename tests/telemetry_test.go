@@ -364,6 +364,14 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	if !maps.Equal(lines, want) {
 		t.Errorf("access log lines by reporter and code %v, want %v", lines, want)
 	}
+	// gRPC message sizes are not seen: no size series for gRPC, rather
+	// than zeros.
+	if regexp.MustCompile(`(?m)^istio_re(quest|sponse)_bytes_count\{[^}]*request_protocol="grpc"`).MatchString(m) {
+		t.Errorf("/metrics has size series for gRPC")
+	}
+	if !regexp.MustCompile(`(?m)^istio_response_bytes_count\{[^}]*request_protocol="http"`).MatchString(m) {
+		t.Errorf("/metrics has no size series for HTTP")
+	}
 	// Every label of both ends, as Istio fills them.
 	for _, s := range series {
 		for k, v := range map[string]string{

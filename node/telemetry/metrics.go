@@ -91,6 +91,11 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		labels := seriesLabels(s)
 		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(t.Count), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.duration, t.Count, float64(t.DurationSumNs)/1e6, cumulative(t.DurationBuckets[:], l7.DurationBoundsMs), labels...)
+		if s.Kind.Protocol() == "grpc" {
+			// The probes do not see gRPC message sizes: no series
+			// rather than zeros a dashboard would take for sizes.
+			continue
+		}
 		ch <- prometheus.MustNewConstHistogram(m.reqSize, t.Count, float64(t.ReqBytesSum), cumulative(t.ReqBytesBuckets[:], l7.BytesBounds), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.respSize, t.Count, float64(t.BytesSum), cumulative(t.BytesBuckets[:], l7.BytesBounds), labels...)
 	}
