@@ -5,20 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -32,7 +27,6 @@ import (
 	"github.com/sockmesh/sockmesh/node/host"
 	"github.com/sockmesh/sockmesh/node/telemetry"
 	"github.com/sockmesh/sockmesh/node/xdsclient"
-	"github.com/sockmesh/sockmesh/xds"
 )
 
 // Version is the agent's version, reported to the control plane.
@@ -164,6 +158,9 @@ type Agent struct {
 
 	adminMu  sync.Mutex
 	adminLis net.Listener
+
+	dirMu sync.Mutex
+	dir   *directory // names peers for telemetry; see directory()
 }
 
 // New checks the config and prepares an agent; Run starts it.
@@ -370,135 +367,26 @@ func (a *Agent) identify(addrs []netip.Addr) (telemetry.Destination, bool) {
 	if a.client == nil {
 		return telemetry.Destination{}, false
 	}
-	return identifyIn(a.client.State(), addrs)
+	return a.directory().identify(addrs)
 }
 
 func (a *Agent) service(host, ns string) (telemetry.Destination, bool) {
 	if a.client == nil {
 		return telemetry.Destination{}, false
 	}
-	return serviceIn(a.client.State(), host, ns)
+	return a.directory().service(host, ns)
 }
 
-// identifyIn names the endpoint that has one of addrs, and its service.
-// The workload comes from the endpoint, or else from the pod with one of
-// the addresses (xds.WorkloadsCluster): a pod that is no endpoint of any
-// service is named too, with no service.
-func identifyIn(st *xdsclient.State, addrs []netip.Addr) (telemetry.Destination, bool) {
-	var d telemetry.Destination
-	found := false
-	for _, name := range slices.Sorted(maps.Keys(st.Assignments)) {
-		if name == xds.WorkloadsCluster {
-			continue
-		}
-		if lbe := endpointWith(st.Assignments[name], addrs); lbe != nil {
-			d, found = serviceOf(st.Clusters[name]), true
-			d.Peer = workloadOf(lbe)
-			break
-		}
+// directory is the index of the accepted xDS state, made again when the
+// state changes: telemetry asks it for every series at every scrape.
+func (a *Agent) directory() *directory {
+	st := a.client.State()
+	a.dirMu.Lock()
+	defer a.dirMu.Unlock()
+	if a.dir == nil || a.dir.st != st {
+		a.dir = newDirectory(st)
 	}
-	if d.Workload == "" {
-		if lbe := endpointWith(st.Assignments[xds.WorkloadsCluster], addrs); lbe != nil {
-			d.Peer, found = workloadOf(lbe), true
-		}
-	}
-	return d, found
-}
-
-// endpointWith is cla's endpoint with one of addrs, or nil.
-func endpointWith(cla *endpointv3.ClusterLoadAssignment, addrs []netip.Addr) *endpointv3.LbEndpoint {
-	for _, loc := range cla.GetEndpoints() {
-		for _, lbe := range loc.GetLbEndpoints() {
-			ep, err := netip.ParseAddr(lbe.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
-			if err == nil && slices.Contains(addrs, ep.Unmap()) {
-				return lbe
-			}
-		}
-	}
-	return nil
-}
-
-// serviceIn says which service a client in namespace ns reached by host: a
-// VIP (the cluster its listener routes to), an endpoint's address, or the
-// service's name as Kubernetes DNS resolves it ("web", "web.ns",
-// "web.ns.svc", the FQDN). The destination workload is named when every
-// endpoint of the service belongs to one workload; else, as the client
-// cannot tell which one answered, it stays unknown.
-func serviceIn(st *xdsclient.State, host, ns string) (telemetry.Destination, bool) {
-	if host == "" {
-		return telemetry.Destination{}, false
-	}
-	cluster := ""
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ip = ip.Unmap()
-		for _, name := range slices.Sorted(maps.Keys(st.Listeners)) {
-			l := st.Listeners[name]
-			if vip, err := netip.ParseAddr(l.GetAddress().GetSocketAddress().GetAddress()); err == nil && vip.Unmap() == ip {
-				if c, err := xds.ListenerCluster(l); err == nil && c != "" {
-					cluster = c
-					break
-				}
-			}
-		}
-		if cluster == "" {
-			return identifyIn(st, []netip.Addr{ip}) // a pod, dialled directly
-		}
-	} else {
-		host = strings.TrimSuffix(host, ".")
-		for _, name := range slices.Sorted(maps.Keys(st.Clusters)) {
-			svc := st.Clusters[name].GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
-			fqdn, sname, sns := svc["hostname"].GetStringValue(), svc["service"].GetStringValue(), svc["namespace"].GetStringValue()
-			if fqdn != "" && (host == fqdn || host == sname+"."+sns || host == sname+"."+sns+".svc" || (host == sname && ns == sns)) {
-				cluster = name
-				break
-			}
-		}
-	}
-	c, ok := st.Clusters[cluster]
-	if !ok {
-		return telemetry.Destination{}, false
-	}
-	d := serviceOf(c)
-	var workloads []telemetry.Peer
-	for _, loc := range st.Assignments[cluster].GetEndpoints() {
-		for _, lbe := range loc.GetLbEndpoints() {
-			if w := workloadOf(lbe); !slices.Contains(workloads, w) {
-				workloads = append(workloads, w)
-			}
-		}
-	}
-	if len(workloads) == 1 {
-		d.Peer = workloads[0]
-	}
-	return d, true
-}
-
-// serviceOf reads the service a cluster stands for from its metadata.
-func serviceOf(c *clusterv3.Cluster) telemetry.Destination {
-	svc := c.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
-	return telemetry.Destination{
-		Service:          svc["hostname"].GetStringValue(),
-		ServiceName:      svc["service"].GetStringValue(),
-		ServiceNamespace: svc["namespace"].GetStringValue(),
-	}
-}
-
-// workloadOf reads the workload an endpoint belongs to from its metadata.
-func workloadOf(lbe *endpointv3.LbEndpoint) telemetry.Peer {
-	wl := lbe.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()
-	str := func(k string) string { return wl[k].GetStringValue() }
-	p := telemetry.Peer{
-		Workload:          str("workload"),
-		Namespace:         str("workloadNamespace"),
-		CanonicalService:  str("canonicalService"),
-		CanonicalRevision: str("canonicalRevision"),
-		App:               str("canonicalService"),
-		Version:           str("canonicalRevision"),
-	}
-	if sa := str("serviceAccount"); sa != "" && p.Namespace != "" {
-		p.Principal = "spiffe://cluster.local/ns/" + p.Namespace + "/sa/" + sa
-	}
-	return p
+	return a.dir
 }
 
 // Ready reports whether the first complete configuration is in the maps.
