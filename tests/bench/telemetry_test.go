@@ -13,10 +13,13 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/sockmesh/sockmesh/internal/testutil"
 	"github.com/sockmesh/sockmesh/node/telemetry"
+	"github.com/sockmesh/sockmesh/node/telemetry/gobin"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
 
@@ -65,11 +68,19 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 		v, _ := strconv.ParseFloat(string(m[1]), 64)
 		return v
 	}
-	var off, on []float64
+	var off, on, empty []float64
 	var events int
 	var drops uint64
 	var bpfTime time.Duration
 	for round := range 5 {
+		// The floor: programs that do nothing, at the same two points.
+		// What they cost is the uprobes' own (the trap, the emulated
+		// instruction, running a program), which no program can avoid.
+		measureEmpty := func() {
+			closeEmpty := emptyProbes(b, bin, pid)
+			empty = append(empty, run())
+			closeEmpty()
+		}
 		measureOff := func() { off = append(off, run()) }
 		measureOn := func() {
 			// As the agent runs it: aggregates in the kernel, no events.
@@ -97,18 +108,59 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 		if round%2 == 0 {
 			measureOff()
 			measureOn()
+			measureEmpty()
 		} else {
+			measureEmpty()
 			measureOn()
 			measureOff()
 		}
 	}
 	ratio := median(on) / median(off)
+	floor := median(empty) / median(off)
+	b.ReportMetric(floor, strings.ReplaceAll(name, " ", "-")+"-empty-probes-ratio")
 	target := map[string]string{"trivial handler": "0.90x", "1 ms handler": "0.99x"}[name]
 	b.ReportMetric(ratio, strings.ReplaceAll(name, " ", "-")+"-req/s-ratio")
 	perReq := float64(bpfTime.Nanoseconds()) / float64(max(events, 1))
 	b.ReportMetric(perReq, strings.ReplaceAll(name, " ", "-")+"-bpf-ns/req")
-	b.Logf("%s, wrk -t1 -c16 -d3s, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (target >= %s); %d requests counted, %d dropped; BPF run time %.0f ns a request (both probes, BPF stats; the uprobe traps are not in it)",
-		name, median(off), median(on), ratio, target, events, drops, perReq)
+	b.Logf("%s, wrk -t1 -c16 -d3s, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (target >= %s); empty programs at the same two points %.0f req/s, %.3fx (the floor); %d requests counted, %d dropped; BPF run time %.0f ns a request (both probes, BPF stats; the uprobe traps are not in it)",
+		name, median(off), median(on), ratio, target, median(empty), floor, events, drops, perReq)
+}
+
+// emptyProbes attaches programs that only return at the two points the
+// HTTP server probes use, for process pid, and returns what detaches them.
+func emptyProbes(b *testing.B, bin string, pid int) func() {
+	b.Helper()
+	gb, err := gobin.Open(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer gb.Close()
+	var addrs []uint64
+	for _, fn := range []string{"net/http.serverHandler.ServeHTTP", "net/http.(*response).finishRequest"} {
+		f, err := gb.Func(fn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		at, err := gb.EntryProbe(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		addrs = append(addrs, at)
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachType: ebpf.AttachTraceUprobeMulti, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ex, err := link.OpenExecutable(bin)
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := ex.UprobeMulti(nil, prog, &link.UprobeMultiOptions{Addresses: addrs, PID: uint32(pid)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return func() { l.Close(); prog.Close() }
 }
 
 // BenchmarkHTTPClientProbes measures what the client-side probes cost a Go
