@@ -325,6 +325,34 @@ static __always_inline __u64 read_u64(__u64 addr)
 	return v;
 }
 
+/* read3 reads the u64 fields at a+o1, a+o2 and a+o3 (offsets the loader
+ * set, which the verifier knows) with one copy when they lie within
+ * READ_SPAN bytes of each other, else one copy each: every
+ * bpf_probe_read_user costs, and a request's end reads a handful. */
+#define READ_SPAN 128
+static __always_inline void read3(__u64 a, __u64 o1, __u64 o2, __u64 o3, __u64 *v1, __u64 *v2, __u64 *v3)
+{
+	__u64 lo = o1 < o2 ? o1 : o2, hi = o1 > o2 ? o1 : o2;
+	__u64 buf[READ_SPAN / 8];
+
+	lo = lo < o3 ? lo : o3;
+	hi = (hi > o3 ? hi : o3) + 8;
+	*v1 = *v2 = *v3 = 0;
+	if (!a)
+		return;
+	if (hi - lo > READ_SPAN || (o1 | o2 | o3) & 7) {
+		*v1 = read_u64(a + o1);
+		*v2 = read_u64(a + o2);
+		*v3 = read_u64(a + o3);
+		return;
+	}
+	if (bpf_probe_read_user(buf, hi - lo, (void *)(a + lo)))
+		return;
+	*v1 = buf[(o1 - lo) / 8];
+	*v2 = buf[(o2 - lo) / 8];
+	*v3 = buf[(o3 - lo) / 8];
+}
+
 /* copy_str copies len bytes of a Go string's data at ptr into dst (NUL
  * padded, truncated to size-1). size is a power of two. */
 static __always_inline __u32 copy_str(__u8 *dst, __u32 size, __u64 ptr, __s64 len)
@@ -484,7 +512,7 @@ static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, _
 {
 	struct start st;
 	struct scratch sc, *s;
-	__u64 url;
+	__u64 url, raddr, rlen, clen;
 	__u32 n;
 
 	if (!take_start(r, KIND_HTTP_SERVER, &st))
@@ -493,13 +521,15 @@ static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, _
 	if (!s)
 		return;
 	s->proto_major = proto_major;
-	n = read_gostring(s->key.peer, PEER_LEN, req + off_request_remote_addr);
+	/* RemoteAddr's pointer and length, and Content-Length, in one copy. */
+	read3(req, off_request_remote_addr, off_request_remote_addr + 8, off_request_content_length, &raddr, &rlen, &clen);
+	n = copy_str(s->key.peer, PEER_LEN, raddr, rlen);
 	cut_port(s->key.peer, n);
 	url = emit_events ? read_u64(req + off_request_url) : 0;
 	/* Istio's request size is the body's; Content-Length gives it unless
 	 * the body was chunked (-1), which counts as 0 here. */
-	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(read_u64(req + off_request_content_length)),
-	       req + off_request_method, url ? url + off_url_path : 0, 0, 0);
+	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + off_request_method,
+	       url ? url + off_url_path : 0, 0, 0);
 }
 
 SEC("uprobe/serve_http")
@@ -513,14 +543,12 @@ int sm_http_serve(struct regs *r)
 SEC("uprobe/finish_request")
 int sm_http_finish(struct regs *r)
 {
-	__u64 w = GO_R1(r), req;
+	__u64 req, status, written;
 
-	if (!w)
-		return 0;
-	req = read_u64(w + off_response_req);
+	read3(GO_R1(r), off_response_req, off_response_status, off_response_written, &req, &status, &written);
 	if (!req)
 		return 0;
-	server_done(r, req, read_u64(w + off_response_status), read_u64(w + off_response_written), 1);
+	server_done(r, req, status, written, 1);
 	return 0;
 }
 
@@ -528,14 +556,12 @@ int sm_http_finish(struct regs *r)
  * returned; the offsets are those of the bundled or golang.org/x/net copy. */
 static __always_inline void h2_done(struct regs *r, __u64 w, __u64 rws_off, __u64 req_off, __u64 status_off, __u64 wrote_off)
 {
-	__u64 rws = read_u64(w + rws_off), req;
+	__u64 rws = read_u64(w + rws_off), req, status, wrote;
 
-	if (!rws)
-		return;
-	req = read_u64(rws + req_off);
+	read3(rws, req_off, status_off, wrote_off, &req, &status, &wrote);
 	if (!req)
 		return;
-	server_done(r, req, read_u64(rws + status_off), read_u64(rws + wrote_off), 2);
+	server_done(r, req, status, wrote, 2);
 }
 
 /* net/http.(*http2responseWriter).handlerDone(w): HTTP/2 handler returned. */
