@@ -595,27 +595,23 @@ int sm_http_client_start(struct regs *r)
 SEC("uprobe/round_trip_ret")
 int sm_http_client_end(struct regs *r)
 {
-	__u64 resp = GO_R1(r), req, url, code = 0, bytes = 0;
+	__u64 resp = GO_R1(r), req, url, clen, code, bytes, proto, host, hostlen;
 	struct scratch sc, *s;
 	struct start st;
 
 	if (!take_start(r, KIND_HTTP_CLIENT, &st))
 		return 0;
 	req = st.arg[0];
-	if (resp) {
-		code = read_u64(resp + off_resp_status_code);
-		bytes = nonneg(read_u64(resp + off_resp_content_length));
-	}
-	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
-	if (!s || !req)
+	if (!req)
 		return 0;
-	if (resp)
-		s->proto_major = read_u64(resp + off_resp_proto_major);
-	url = read_u64(req + off_request_url);
-	if (url)
-		read_gostring(s->key.peer, PEER_LEN, url + off_url_host);
-	finish(s, bpf_ktime_get_ns() - st.ns, bytes, nonneg(read_u64(req + off_request_content_length)),
-	       req + off_request_method, url ? url + off_url_path : 0, 0, 0);
+	read3(resp, off_resp_status_code, off_resp_content_length, off_resp_proto_major, &code, &bytes, &proto);
+	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
+	s->proto_major = proto;
+	read3(req, off_request_url, off_request_content_length, off_request_content_length, &url, &clen, &clen);
+	read3(url, off_url_host, off_url_host + 8, off_url_host + 8, &host, &hostlen, &hostlen);
+	copy_str(s->key.peer, PEER_LEN, host, hostlen);
+	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(bytes), nonneg(clen), req + off_request_method,
+	       url ? url + off_url_path : 0, 0, 0);
 	return 0;
 }
 
