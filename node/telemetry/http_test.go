@@ -1,13 +1,10 @@
 package telemetry
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -40,28 +37,12 @@ func TestRequests(t *testing.T) {
 			}
 			defer func(f func() bool) { multiUprobes = f }(multiUprobes)
 			multiUprobes = func() bool { return c.multi }
-			bin := filepath.Join(t.TempDir(), "httpserver")
-			if out, err := exec.Command("go", "build", "-ldflags="+ldflags, "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
-				t.Fatalf("build: %v\n%s", err, out)
-			}
-			srv := exec.Command(bin, "-grpc", "-xnet")
-			stdout, _ := srv.StdoutPipe()
-			stdin, _ := srv.StdinPipe()
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { srv.Process.Kill(); srv.Wait() }()
-			lines := bufio.NewReader(stdout)
-			readLine := func() string {
-				l, err := lines.ReadString('\n')
-				if err != nil {
-					t.Fatal(err)
-				}
-				return strings.TrimSpace(l)
-			}
+			bin := testutil.BuildGo(t, "./testdata/httpserver", ldflags)
+			srv := testutil.Start(t, bin, "-grpc", "-xnet")
+			readLine := func() string { return srv.Line(t) }
 			addr, grpcAddr, xnetAddr := readLine(), readLine(), readLine()
 
-			tr, err := TraceHTTP(bin, srv.Process.Pid, true)
+			tr, err := TraceHTTP(bin, srv.Pid(), true)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -126,7 +107,7 @@ func TestRequests(t *testing.T) {
 			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok", "XH2 http://" + xnetAddr + "/fail",
 				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok",
 				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok"} {
-				fmt.Fprintln(stdin, cmd)
+				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
 			want = []string{
@@ -229,10 +210,7 @@ func collect(t *testing.T, tr *HTTPTracer, n int) []string {
 // leaves is forgotten when it goes.
 func TestTracerSharesMapsAndPrograms(t *testing.T) {
 	testutil.Privileged(t)
-	bin := filepath.Join(t.TempDir(), "httpserver")
-	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
 	tr, err := NewTracer(false)
 	if err != nil {
 		t.Fatal(err)
@@ -242,23 +220,15 @@ func TestTracerSharesMapsAndPrograms(t *testing.T) {
 	var addrs []string
 	var procs []*Process
 	for range 2 {
-		srv := exec.Command(bin)
-		stdout, _ := srv.StdoutPipe()
-		if err := srv.Start(); err != nil {
-			t.Fatal(err)
-		}
-		defer func() { srv.Process.Kill(); srv.Wait() }()
-		addr, err := bufio.NewReader(stdout).ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := tr.Attach(bin, srv.Process.Pid)
+		srv := testutil.Start(t, bin)
+		addr := srv.Line(t)
+		p, err := tr.Attach(bin, srv.Pid())
 		if err != nil {
 			t.Fatal(err)
 		}
 		procs = append(procs, p)
-		pids = append(pids, uint32(srv.Process.Pid))
-		addrs = append(addrs, strings.TrimSpace(addr))
+		pids = append(pids, uint32(srv.Pid()))
+		addrs = append(addrs, addr)
 	}
 	if n := len(tr.progs); n != 1 || tr.progs[procs[0].id].users != 2 {
 		t.Fatalf("%d program sets loaded for one executable (users %d), want 1 used by 2", n, tr.progs[procs[0].id].users)
@@ -313,26 +283,15 @@ func TestTracerSharesMapsAndPrograms(t *testing.T) {
 // without brackets or port ("[::1]:40000" -> "::1").
 func TestServerPeerIPv6(t *testing.T) {
 	testutil.Privileged(t)
-	bin := filepath.Join(t.TempDir(), "httpserver")
-	if out, err := exec.Command("go", "build", "-o", bin, "./testdata/httpserver").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	srv := exec.Command(bin, "-listen", "[::1]:0")
-	stdout, _ := srv.StdoutPipe()
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	addr, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := TraceHTTP(bin, srv.Process.Pid, true)
+	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
+	srv := testutil.Start(t, bin, "-listen", "[::1]:0")
+	addr := srv.Line(t)
+	tr, err := TraceHTTP(bin, srv.Pid(), true)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	resp, err := http.Get("http://" + strings.TrimSpace(addr) + "/missing")
+	resp, err := http.Get("http://" + addr + "/missing")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,24 +32,16 @@ func BenchmarkHTTPProbes(b *testing.B) {
 	if err != nil {
 		b.Fatalf("wrk not found (apt-get install wrk): %v", err)
 	}
-	bin := filepath.Join(b.TempDir(), "httpserver")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../node/telemetry/testdata/httpserver").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
-	srv := exec.Command(bin)
-	stdout, _ := srv.StdoutPipe()
-	if err := srv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	addr, _ := bufio.NewReader(stdout).ReadString('\n')
+	bin := testutil.BuildGo(b, "../../node/telemetry/testdata/httpserver", "")
+	srv := testutil.Start(b, bin)
+	addr := srv.Line(b)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatalf("enable BPF stats: %v", err)
 	}
 	defer stats.Close()
 	for _, c := range []struct{ name, path string }{{"trivial handler", "/ok"}, {"1 ms handler", "/slow"}} {
-		benchProbes(b, wrk, bin, srv.Process.Pid, "http://"+strings.TrimSpace(addr)+c.path, c.name)
+		benchProbes(b, wrk, bin, srv.Pid(), "http://"+addr+c.path, c.name)
 	}
 }
 
@@ -174,18 +166,10 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bin := filepath.Join(b.TempDir(), "httpserver")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../node/telemetry/testdata/httpserver").CombinedOutput(); err != nil {
-		b.Fatalf("build: %v\n%s", err, out)
-	}
-	srv := exec.Command(bin)
-	stdout, _ := srv.StdoutPipe()
-	if err := srv.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { srv.Process.Kill(); srv.Wait() }()
-	addr, _ := bufio.NewReader(stdout).ReadString('\n')
-	url := "http://" + strings.TrimSpace(addr) + "/ok"
+	bin := testutil.BuildGo(b, "../../node/telemetry/testdata/httpserver", "")
+	srv := testutil.Start(b, bin)
+	addr := srv.Line(b)
+	url := "http://" + addr + "/ok"
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatalf("enable BPF stats: %v", err)
