@@ -539,6 +539,19 @@ int sm_http_serve(struct regs *r)
 	return 0;
 }
 
+/* (*conn).hijackLocked: the handler takes the connection over (a
+ * websocket, h2c's prior-knowledge upgrade); finishRequest will not come,
+ * so the start is freed now instead of holding its slot for minutes. The
+ * request is not counted: what follows is no longer HTTP/1. */
+SEC("uprobe/hijack")
+int sm_http_hijack(struct regs *r)
+{
+	struct start st;
+
+	take_start(r, KIND_HTTP_SERVER, &st);
+	return 0;
+}
+
 /* (*response).finishRequest(w): HTTP/1 handler returned. */
 SEC("uprobe/finish_request")
 int sm_http_finish(struct regs *r)

@@ -73,6 +73,7 @@ const (
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientStart      = "sm_http_client_start"
 	bpfProgSmHttpFinish           = "sm_http_finish"
+	bpfProgSmHttpHijack           = "sm_http_hijack"
 	bpfProgSmHttpServe            = "sm_http_serve"
 	bpfProgSmXh2Done              = "sm_xh2_done"
 	bpfVarEmitEvents              = "emit_events"
@@ -157,6 +158,7 @@ type bpfProgramSpecs struct {
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientStart *ebpf.ProgramSpec `ebpf:"sm_http_client_start"`
 	SmHttpFinish      *ebpf.ProgramSpec `ebpf:"sm_http_finish"`
+	SmHttpHijack      *ebpf.ProgramSpec `ebpf:"sm_http_hijack"`
 	SmHttpServe       *ebpf.ProgramSpec `ebpf:"sm_http_serve"`
 	SmXh2Done         *ebpf.ProgramSpec `ebpf:"sm_xh2_done"`
 }
@@ -289,6 +291,7 @@ type bpfPrograms struct {
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientStart *ebpf.Program `ebpf:"sm_http_client_start"`
 	SmHttpFinish      *ebpf.Program `ebpf:"sm_http_finish"`
+	SmHttpHijack      *ebpf.Program `ebpf:"sm_http_hijack"`
 	SmHttpServe       *ebpf.Program `ebpf:"sm_http_serve"`
 	SmXh2Done         *ebpf.Program `ebpf:"sm_xh2_done"`
 }
@@ -304,6 +307,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmHttpClientEnd,
 		p.SmHttpClientStart,
 		p.SmHttpFinish,
+		p.SmHttpHijack,
 		p.SmHttpServe,
 		p.SmXh2Done,
 	)

@@ -93,6 +93,7 @@ var Fields = map[string][]string{}
 func init() {
 	uses := map[string][]string{
 		"sm_http_serve":        nil,
+		"sm_http_hijack":       nil,
 		"sm_http_finish":       {"off_response_req", "off_response_status", "off_response_written", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_h2_done":           {"off_h2rw_rws", "off_h2rws_req", "off_h2rws_status", "off_h2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_xh2_done":          {"off_xh2rw_rws", "off_xh2rws_req", "off_xh2rws_status", "off_xh2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},

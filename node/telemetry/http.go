@@ -89,6 +89,8 @@ var groups = []struct {
 		// HTTP/2 (TLS or h2c) requests reach the handler through
 		// serverHandler as well, and end here.
 		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
+		// A hijacked connection's request never finishes: free its start.
+		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
 	}},
 	{HTTPServer, "x/net/http2 server", []probe{
 		{fn: "golang.org/x/net/http2.(*serverConn).runHandler", prog: "sm_http_serve"},

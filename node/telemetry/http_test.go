@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -138,6 +139,20 @@ func TestRequests(t *testing.T) {
 			}
 			if d, _ := tr.Drops(); d != 0 {
 				t.Errorf("%d events dropped", d)
+			}
+			// A hijacked request (a websocket's upgrade; x/net's h2c
+			// server above hijacked one too) is not counted, and holds
+			// no start: every request started has ended.
+			if c, err := net.Dial("tcp", addr); err == nil {
+				fmt.Fprintf(c, "GET /hijack HTTP/1.1\r\nHost: x\r\n\r\n")
+				io.Copy(io.Discard, c)
+				c.Close()
+			}
+			if n, err := tr.Open(); err != nil || n != 0 {
+				t.Errorf("%d requests still open (%v), want none", n, err)
+			}
+			if more, _ := tr.Read(200 * time.Millisecond); len(more) != 0 {
+				t.Errorf("the hijacked request was reported: %+v", more)
 			}
 
 			// The in-kernel aggregates agree with the events.

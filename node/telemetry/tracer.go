@@ -98,6 +98,7 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 	}
 	progs := map[string]*ebpf.Program{
 		"sm_http_serve": ps.progs.SmHttpServe, "sm_http_finish": ps.progs.SmHttpFinish, "sm_h2_done": ps.progs.SmH2Done,
+		"sm_http_hijack": ps.progs.SmHttpHijack,
 		"sm_xh2_done": ps.progs.SmXh2Done, "sm_http_client_start": ps.progs.SmHttpClientStart,
 		"sm_http_client_end": ps.progs.SmHttpClientEnd, "sm_grpc_serve": ps.progs.SmGrpcServe,
 		"sm_grpc_serve_end": ps.progs.SmGrpcServeEnd, "sm_grpc_call": ps.progs.SmGrpcCall,
@@ -273,6 +274,24 @@ func (t *Tracer) Read(wait time.Duration) ([]Request, error) {
 	}
 }
 
+// Open counts the requests started and not finished: their start slots
+// (a slow scan of every slot; for tests).
+func (t *Tracer) Open() (int, error) {
+	n := 0
+	var k uint32
+	var v struct {
+		Key, Ns uint64
+		Arg     [3]uint64
+	}
+	it := t.maps.SmHttpStart.Iterate()
+	for it.Next(&k, &v) {
+		if v.Key != 0 {
+			n++
+		}
+	}
+	return n, it.Err()
+}
+
 // Drops returns how many requests the programs could not count or report.
 func (t *Tracer) Drops() (uint64, error) {
 	var per []uint64
@@ -297,7 +316,7 @@ func (t *Tracer) RunTime() (time.Duration, uint64, error) {
 	var n uint64
 	for _, ps := range t.progs {
 		p := ps.progs
-		for _, prog := range []*ebpf.Program{p.SmHttpServe, p.SmHttpFinish, p.SmH2Done, p.SmXh2Done, p.SmHttpClientStart,
+		for _, prog := range []*ebpf.Program{p.SmHttpServe, p.SmHttpFinish, p.SmH2Done, p.SmHttpHijack, p.SmXh2Done, p.SmHttpClientStart,
 			p.SmHttpClientEnd, p.SmGrpcServe, p.SmGrpcServeEnd, p.SmGrpcCall, p.SmGrpcCallRet, p.SmGrpcCallEnd} {
 			st, err := prog.Stats()
 			if err != nil {

@@ -1,8 +1,8 @@
 // Command httpserver is a Go server and client for telemetry tests.
 //
 // It serves HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on one
-// address: /ok (200, "hello"), /slow (200 after 1 ms), /missing (404) and
-// /fail (500). With -grpc it also serves gRPC on a second address: any
+// address: /ok (200, "hello"), /slow (200 after 1 ms), /missing (404),
+// /fail (500) and /hijack (takes the connection over: 101, then closes). With -grpc it also serves gRPC on a second address: any
 // method answers with the status its name asks for (/test.Svc/Ok: OK,
 // /test.Svc/NotFound, /test.Svc/Internal ...). It prints its address(es),
 // one a line. With -xnet it also serves h2c through golang.org/x/net's
@@ -63,6 +63,15 @@ func main() {
 			fmt.Fprint(w, "hello")
 		case "/fail":
 			http.Error(w, "boom", http.StatusInternalServerError)
+		case "/hijack":
+			// Takes the connection over, as a websocket server would.
+			c, buf, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			buf.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+			buf.Flush()
+			c.Close()
 		default:
 			http.NotFound(w, r)
 		}
