@@ -57,9 +57,15 @@ type Config struct {
 	MaxServices, MaxSlots uint32
 	// DNS configures the agent's DNS server; an empty Address turns it off.
 	DNS dns.Config
-	// Telemetry probes the Go HTTP servers running in the cgroup with
-	// uprobes and exports Istio's request metrics on MetricsAddress.
+	// Telemetry probes the Go HTTP and gRPC servers and clients running in
+	// the cgroup with uprobes and exports Istio's request metrics on
+	// MetricsAddress.
 	Telemetry bool
+	// TelemetryClients, with Telemetry, probes clients as well as servers
+	// (Istio's reporter "source"). A client's end probes are RETs the
+	// kernel single-steps: they cost each client request far more than a
+	// server's probes cost it.
+	TelemetryClients bool
 	// AccessLog, with Telemetry, is a file that gets one JSON line per
 	// request ("-": standard output; empty: none).
 	AccessLog string
@@ -272,7 +278,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("agent: telemetry: %w", err)
 		}
-		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify, Service: a.service, Interval: a.cfg.TelemetryRescan}
+		wc := telemetry.WatchConfig{Cgroup: cg, CgroupMount: mnt, Cluster: a.cfg.Cluster, Identify: a.identify, Service: a.service, Interval: a.cfg.TelemetryRescan,
+			ServersOnly: !a.cfg.TelemetryClients}
 		switch a.cfg.AccessLog {
 		case "":
 		case "-":

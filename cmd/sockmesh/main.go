@@ -277,7 +277,8 @@ func agentCmd(logger loggerFunc) *cobra.Command {
 func bindAgentFlags(cmd *cobra.Command, ag *node.Config) {
 	f := cmd.Flags()
 	f.StringVar(&ag.DNS.Address, "dns-address", ag.DNS.Address, "address of the agent's DNS server (UDP and TCP; empty: off)")
-	f.BoolVar(&ag.Telemetry, "telemetry", ag.Telemetry, "probe Go HTTP servers in the cgroup and export Istio request metrics (experimental)")
+	f.BoolVar(&ag.Telemetry, "telemetry", ag.Telemetry, "probe Go HTTP and gRPC servers and clients in the cgroup and export Istio request metrics")
+	f.BoolVar(&ag.TelemetryClients, "telemetry-clients", true, "with --telemetry: probe clients too (reporter=source); their end probes are single-stepped RETs, ~30 µs a request")
 	f.DurationVar(&ag.TelemetryRescan, "telemetry-rescan", time.Second, "with --telemetry: how often to scan /proc for processes that exec/exit events missed")
 	f.StringVar(&ag.AccessLog, "access-log", ag.AccessLog, "with --telemetry: write one JSON line per request to this file (\"-\": standard output)")
 	f.BoolVar(&ag.FastPath, "fast-path", ag.FastPath, "same-node fast path: TCP between processes of the cgroup on this node goes socket to socket (sockmap); off keeps connections already on it until they close")

@@ -320,3 +320,25 @@ func TestServerPeerIPv6(t *testing.T) {
 		t.Fatalf("aggregates %v", stats)
 	}
 }
+
+// TestServersOnly: with clients left out, a program that serves and calls
+// gets only its server probes.
+func TestServersOnly(t *testing.T) {
+	testutil.Privileged(t)
+	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
+	srv := testutil.Start(t, bin, "-grpc")
+	tr, err := NewTracer(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	tr.ServersOnly = true
+	p, err := tr.Attach(bin, srv.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if want := []Kind{HTTPServer, GRPCServer}; !slices.Equal(p.Kinds, want) {
+		t.Fatalf("kinds %v, want %v", p.Kinds, want)
+	}
+}

@@ -23,6 +23,9 @@ import (
 // probed, and a process of an executable already seen is probed without
 // loading (or verifying) anything: only its links are made.
 type Tracer struct {
+	// ServersOnly attaches only the server probes (set before Attach).
+	ServersOnly bool
+
 	events bool
 	maps   *l7.Maps
 	reader *ringbuf.Reader
@@ -106,6 +109,9 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 	}
 	for _, pg := range pl.groups {
 		g, addrs := groups[pg.group], pg.addrs
+		if t.ServersOnly && !g.kind.Server() {
+			continue
+		}
 		// Attach the end probes first: a start without its end would
 		// hold a slot until it goes stale.
 		for i := len(g.probes) - 1; i >= 0; i-- {
@@ -136,6 +142,9 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 		for _, a := range addrs {
 			p.Probes += len(a)
 		}
+	}
+	if len(p.Kinds) == 0 {
+		return nil, fmt.Errorf("%s: %w: clients only, and only servers are probed", path, gobin.ErrNoFunc)
 	}
 	return p, nil
 }

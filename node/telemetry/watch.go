@@ -40,6 +40,8 @@ type WatchConfig struct {
 	// host (a VIP or a name, from a URL or a gRPC target); nil or false
 	// leaves it unknown.
 	Service func(host, ns string) (Destination, bool)
+	// ServersOnly leaves clients unprobed (no reporter "source" series).
+	ServersOnly bool
 	// AccessLog, if set, receives one JSON line per request. The probes
 	// then also send an event per request, which costs the servers more.
 	AccessLog io.Writer
@@ -212,6 +214,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("telemetry: %w", err)
 	}
+	tr.ServersOnly = w.cfg.ServersOnly
 	w.mu.Lock()
 	w.tr = tr
 	w.mu.Unlock()
