@@ -455,14 +455,13 @@ static __always_inline void aggregate(struct http_stats_key *k, __u64 duration, 
 	bytes_bucket(st->req_bytes_buckets, req_bytes);
 }
 
-static __always_inline struct scratch *scratch(struct scratch *s, __u32 pid, __u32 status, __u8 grpc_status, __u8 kind)
+static __always_inline void init_scratch(struct scratch *s, __u32 pid, __u32 status, __u8 grpc_status, __u8 kind)
 {
 	__builtin_memset(s, 0, sizeof(*s));
 	s->key.pid = pid;
 	s->key.status = status;
 	s->key.grpc_status = grpc_status;
 	s->key.kind = kind;
-	return s;
 }
 
 /* finish counts the request whose key is in s, and reports it in an event
@@ -511,24 +510,22 @@ static __always_inline __u64 nonneg(__s64 v)
 static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major)
 {
 	struct start st;
-	struct scratch sc, *s;
+	struct scratch s;
 	__u64 url, raddr, rlen, clen;
 	__u32 n;
 
 	if (!take_start(r, KIND_HTTP_SERVER, &st))
 		return;
-	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
-	if (!s)
-		return;
-	s->proto_major = proto_major;
+	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
+	s.proto_major = proto_major;
 	/* RemoteAddr's pointer and length, and Content-Length, in one copy. */
 	read3(req, off_request_remote_addr, off_request_remote_addr + 8, off_request_content_length, &raddr, &rlen, &clen);
-	n = copy_str(s->key.peer, PEER_LEN, raddr, rlen);
-	cut_port(s->key.peer, n);
+	n = copy_str(s.key.peer, PEER_LEN, raddr, rlen);
+	cut_port(s.key.peer, n);
 	url = emit_events ? read_u64(req + off_request_url) : 0;
 	/* Istio's request size is the body's; Content-Length gives it unless
 	 * the body was chunked (-1), which counts as 0 here. */
-	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + off_request_method,
+	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + off_request_method,
 	       url ? url + off_url_path : 0, 0, 0);
 }
 
@@ -609,7 +606,7 @@ SEC("uprobe/round_trip_ret")
 int sm_http_client_end(struct regs *r)
 {
 	__u64 resp = GO_R1(r), req, url, clen, code, bytes, proto, host, hostlen;
-	struct scratch sc, *s;
+	struct scratch s;
 	struct start st;
 
 	if (!take_start(r, KIND_HTTP_CLIENT, &st))
@@ -618,12 +615,12 @@ int sm_http_client_end(struct regs *r)
 	if (!req)
 		return 0;
 	read3(resp, off_resp_status_code, off_resp_content_length, off_resp_proto_major, &code, &bytes, &proto);
-	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
-	s->proto_major = proto;
+	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
+	s.proto_major = proto;
 	read3(req, off_request_url, off_request_content_length, off_request_content_length, &url, &clen, &clen);
 	read3(url, off_url_host, off_url_host + 8, off_url_host + 8, &host, &hostlen, &hostlen);
-	copy_str(s->key.peer, PEER_LEN, host, hostlen);
-	finish(s, bpf_ktime_get_ns() - st.ns, nonneg(bytes), nonneg(clen), req + off_request_method,
+	copy_str(s.key.peer, PEER_LEN, host, hostlen);
+	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(bytes), nonneg(clen), req + off_request_method,
 	       url ? url + off_url_path : 0, 0, 0);
 	return 0;
 }
@@ -659,24 +656,22 @@ int sm_grpc_serve_end(struct regs *r)
 {
 	__u64 t = GO_R1(r), stream = GO_R2(r), addr;
 	struct { __u64 ptr; __s64 len; } ip = {};
-	struct scratch sc, *s;
+	struct scratch s;
 	struct start st;
 
 	if (!take_start(r, KIND_GRPC_SERVER, &st))
 		return 0;
-	s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, 200, grpc_code(GO_R3(r)), KIND_GRPC_SERVER);
-	if (!s)
-		return 0;
-	s->proto_major = 2;
+	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, 200, grpc_code(GO_R3(r)), KIND_GRPC_SERVER);
+	s.proto_major = 2;
 	/* An interface: {itab, data}; the data is the *net.TCPAddr. */
 	addr = read_u64(t + off_grpc_server_peer_addr + 8);
 	if (addr && !bpf_probe_read_user(&ip, sizeof(ip), (void *)(addr + off_tcpaddr_ip)) && ip.ptr &&
 	    (ip.len == 4 || ip.len == 16)) {
-		s->key.peer[0] = PEER_BINARY;
-		s->key.peer[1] = ip.len;
-		bpf_probe_read_user(&s->key.peer[2], ip.len & 16 ? 16 : 4, (void *)ip.ptr);
+		s.key.peer[0] = PEER_BINARY;
+		s.key.peer[1] = ip.len;
+		bpf_probe_read_user(&s.key.peer[2], ip.len & 16 ? 16 : 4, (void *)ip.ptr);
 	}
-	finish(s, bpf_ktime_get_ns() - st.ns, 0, 0, 0, stream + off_grpc_stream_method, 0, 0);
+	finish(&s, bpf_ktime_get_ns() - st.ns, 0, 0, 0, stream + off_grpc_stream_method, 0, 0);
 	return 0;
 }
 
@@ -708,15 +703,14 @@ static __always_inline __u8 grpc_error_code(__u64 itab, __u64 data)
 /* grpc_call_done reports a client call that started st, with code. */
 static __always_inline void grpc_call_done(struct start *st, __u8 code)
 {
-	struct scratch sc, *s = scratch(&sc, bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
+	struct scratch s;
 	__u64 cc = st->arg[0];
 
-	if (!s)
-		return;
-	s->proto_major = 2;
+	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, 200, code, KIND_GRPC_CLIENT);
+	s.proto_major = 2;
 	if (cc)
-		read_gostring(s->key.peer, PEER_LEN, cc + off_grpc_cc_target);
-	finish(s, bpf_ktime_get_ns() - st->ns, 0, 0, 0, 0, st->arg[1], st->arg[2]);
+		read_gostring(s.key.peer, PEER_LEN, cc + off_grpc_cc_target);
+	finish(&s, bpf_ktime_get_ns() - st->ns, 0, 0, 0, 0, st->arg[1], st->arg[2]);
 }
 
 /* The client stream a call ends on is keyed by its address. */
