@@ -151,16 +151,25 @@ var plans = struct {
 
 const maxPlans = 512
 
-func planFor(path string) (fileID, *plan, error) {
+// fileOf names the file at path (following symlinks such as
+// /proc/PID/exe) by its identity.
+func fileOf(path string) (fileID, error) {
 	info, err := os.Stat(path)
 	if err != nil {
-		return fileID{}, nil, err
+		return fileID{}, err
 	}
 	st, ok := info.Sys().(*syscall.Stat_t)
 	if !ok {
-		return fileID{}, nil, fmt.Errorf("%s: no file identity", path)
+		return fileID{}, fmt.Errorf("%s: no file identity", path)
 	}
-	id := fileID{dev: st.Dev, ino: st.Ino, size: st.Size, mtimeN: st.Mtim.Nano()}
+	return fileID{dev: st.Dev, ino: st.Ino, size: st.Size, mtimeN: st.Mtim.Nano()}, nil
+}
+
+func planFor(path string) (fileID, *plan, error) {
+	id, err := fileOf(path)
+	if err != nil {
+		return id, nil, err
+	}
 	plans.Lock()
 	pl := plans.m[id]
 	plans.Unlock()

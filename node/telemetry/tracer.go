@@ -182,6 +182,12 @@ func (t *Tracer) release(id fileID) {
 	}
 }
 
+// runs reports whether the executable at path is the one p was probed in.
+func (p *Process) runs(path string) bool {
+	id, err := fileOf(path)
+	return err == nil && id == p.id
+}
+
 // Close detaches the process's probes. Its aggregates stay in the maps
 // until Forget.
 func (p *Process) Close() error {

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/sockmesh/sockmesh/bpf/l7"
@@ -60,7 +59,6 @@ type Watcher struct {
 
 	mu      sync.Mutex
 	traced  map[int]*Process
-	exes    map[int]uint64 // inode of what a traced process runs
 	addrs   map[int][]netip.Addr
 	skipped map[int]bool
 	// retired keeps the totals of processes that exited, so counters
@@ -81,7 +79,7 @@ func NewWatcher(cfg WatchConfig, log *slog.Logger) *Watcher {
 	if cfg.Interval <= 0 {
 		cfg.Interval = time.Second
 	}
-	return &Watcher{cfg: cfg, log: log, traced: map[int]*Process{}, exes: map[int]uint64{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
+	return &Watcher{cfg: cfg, log: log, traced: map[int]*Process{}, addrs: map[int][]netip.Addr{}, skipped: map[int]bool{}, retired: map[Series]Totals{}}
 }
 
 // Metrics returns the Prometheus collector of the watcher's requests.
@@ -301,7 +299,6 @@ func (w *Watcher) consider(pid int) {
 	switch {
 	case err == nil:
 		w.traced[pid] = p
-		w.exes[pid] = exeInode(pid)
 		w.addrs[pid] = localAddrs(pid)
 		w.log.Info("telemetry: probing", "pid", pid, "libraries", strings.Join(p.Libraries, ", "), "probes", p.Probes)
 	case errors.Is(err, gobin.ErrNotGo), errors.Is(err, gobin.ErrNoFunc):
@@ -337,21 +334,8 @@ func (w *Watcher) retire(pid int, why string) {
 	w.closing.Add(1)
 	go func() { defer w.closing.Done(); p.Close() }()
 	delete(w.traced, pid)
-	delete(w.exes, pid)
 	delete(w.addrs, pid)
 	w.log.Info("telemetry: process "+why+", probes removed", "pid", pid)
-}
-
-// exeInode is the inode of the file process pid runs (0 if unknown).
-func exeInode(pid int) uint64 {
-	info, err := os.Stat("/proc/" + strconv.Itoa(pid) + "/exe")
-	if err != nil {
-		return 0
-	}
-	if st, ok := info.Sys().(*syscall.Stat_t); ok {
-		return st.Ino
-	}
-	return 0
 }
 
 // follow reacts to process events as they come: an exec is considered at
@@ -374,7 +358,7 @@ func (w *Watcher) follow(pw *l7.ProcWatch) {
 		case e.Exited == 1:
 			w.retire(pid, "exited")
 			delete(w.skipped, pid)
-		case w.traced[pid] != nil && w.exes[pid] == exeInode(pid):
+		case w.traced[pid] != nil && w.traced[pid].runs("/proc/"+strconv.Itoa(pid)+"/exe"):
 			// Probed already, on what it runs now (the event came late).
 		default:
 			w.retire(pid, "ran another program") // the old program's probes, if any
