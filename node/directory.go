@@ -150,15 +150,6 @@ func (d *directory) service(host, ns string) (telemetry.Destination, bool) {
 	return dst, true
 }
 
-// identifyIn and serviceIn ask a directory of st once.
-func identifyIn(st *xdsclient.State, addrs []netip.Addr) (telemetry.Destination, bool) {
-	return newDirectory(st).identify(addrs)
-}
-
-func serviceIn(st *xdsclient.State, host, ns string) (telemetry.Destination, bool) {
-	return newDirectory(st).service(host, ns)
-}
-
 // serviceOf reads the service a cluster stands for from its metadata.
 func serviceOf(c *clusterv3.Cluster) telemetry.Destination {
 	svc := c.GetMetadata().GetFilterMetadata()["sockmesh"].GetFields()

@@ -27,7 +27,7 @@ func TestServiceAClientReached(t *testing.T) {
 		Workload: *wl("loadgen")}
 	// The pod of a cart endpoint, also listed: the endpoint names it.
 	cartPod := &mesh.Pod{Namespace: "shop", Name: "cart-1", Addrs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Workload: *wl("other")}
-	st := xdstest.StateOf(t, &mesh.Snapshot{Services: []*mesh.Service{cart, pay}, Pods: []*mesh.Pod{cartPod, loadgen}})
+	dir := newDirectory(xdstest.StateOf(t, &mesh.Snapshot{Services: []*mesh.Service{cart, pay}, Pods: []*mesh.Pod{cartPod, loadgen}}))
 	cartDst := telemetry.Destination{Service: "cart.shop.svc.cluster.local", ServiceName: "cart", ServiceNamespace: "shop",
 		Peer: telemetry.Peer{Workload: "cart", Namespace: "shop", App: "cart", Version: "v1", CanonicalService: "cart", CanonicalRevision: "v1",
 			Principal: "spiffe://cluster.local/ns/shop/sa/cart-sa"}}
@@ -46,24 +46,24 @@ func TestServiceAClientReached(t *testing.T) {
 		{"example.com", "shop", telemetry.Destination{}, false}, // not in the mesh
 		{"10.96.0.11", "", telemetry.Destination{Service: "pay.shop.svc.cluster.local", ServiceName: "pay", ServiceNamespace: "shop"}, true},
 	} {
-		got, ok := serviceIn(st, c.host, c.ns)
+		got, ok := dir.service(c.host, c.ns)
 		if ok != c.ok || got != c.want {
-			t.Errorf("serviceIn(%q, %q) = %+v, %v; want %+v, %v", c.host, c.ns, got, ok, c.want, c.ok)
+			t.Errorf("service(%q, %q) = %+v, %v; want %+v, %v", c.host, c.ns, got, ok, c.want, c.ok)
 		}
 	}
 	// A server names its client by the client's address: an endpoint
 	// (with its service), or a pod that is only a client.
-	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.1.2")}); !ok || got.Workload != "pay-v2" || got.ServiceName != "pay" {
-		t.Errorf("identifyIn(10.0.1.2) = %+v, %v", got, ok)
+	if got, ok := dir.identify([]netip.Addr{netip.MustParseAddr("10.0.1.2")}); !ok || got.Workload != "pay-v2" || got.ServiceName != "pay" {
+		t.Errorf("identify(10.0.1.2) = %+v, %v", got, ok)
 	}
-	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.0.1")}); !ok || got.Workload != "cart" {
-		t.Errorf("identifyIn(10.0.0.1) = %+v, %v; want the endpoint's workload", got, ok)
+	if got, ok := dir.identify([]netip.Addr{netip.MustParseAddr("10.0.0.1")}); !ok || got.Workload != "cart" {
+		t.Errorf("identify(10.0.0.1) = %+v, %v; want the endpoint's workload", got, ok)
 	}
-	if got, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.9.9")}); !ok || got.Workload != "loadgen" || got.Service != "" ||
+	if got, ok := dir.identify([]netip.Addr{netip.MustParseAddr("10.0.9.9")}); !ok || got.Workload != "loadgen" || got.Service != "" ||
 		got.Principal != "spiffe://cluster.local/ns/shop/sa/loadgen-sa" {
-		t.Errorf("identifyIn(10.0.9.9) = %+v, %v; want the load generator, no service", got, ok)
+		t.Errorf("identify(10.0.9.9) = %+v, %v; want the load generator, no service", got, ok)
 	}
-	if _, ok := identifyIn(st, []netip.Addr{netip.MustParseAddr("10.0.9.8")}); ok {
-		t.Errorf("identifyIn(10.0.9.8): an unknown address was named")
+	if _, ok := dir.identify([]netip.Addr{netip.MustParseAddr("10.0.9.8")}); ok {
+		t.Errorf("identify(10.0.9.8): an unknown address was named")
 	}
 }
