@@ -21,6 +21,7 @@ import (
 
 	"github.com/sockmesh/sockmesh/bpf/sockmap"
 	"github.com/sockmesh/sockmesh/node/dataplane"
+	"github.com/sockmesh/sockmesh/tests/workload"
 )
 
 func openFastPath(t *testing.T, cg string) (*dataplane.FastPath, string) {
@@ -575,28 +576,10 @@ func TestFastPathOrder(t *testing.T) {
 // echoServer accepts on l and echoes with Read and Write until EOF, then
 // half-closes its side. It never splices.
 func echoServer(l net.Listener) {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer c.Close()
-			buf := make([]byte, 256<<10)
-			for {
-				n, err := c.Read(buf)
-				if n > 0 {
-					if _, werr := c.Write(buf[:n]); werr != nil {
-						return
-					}
-				}
-				if err != nil {
-					c.(*net.TCPConn).CloseWrite()
-					return
-				}
-			}
-		}()
-	}
+	workload.Accept(l, func(c net.Conn) {
+		defer c.Close()
+		workload.Echo(c)
+	})
 }
 
 // exchange writes payload on c in writes of wsize bytes, half-closes, and

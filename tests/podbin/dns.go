@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sockmesh/sockmesh/tests/workload"
 )
 
 // dnsServe is a stand-in resolver: it answers A queries for the names
@@ -64,10 +64,7 @@ func dnsServe(args []string) error {
 			return err
 		}
 	}
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	workload.Ready()
 	return nil
 }
 

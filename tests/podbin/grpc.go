@@ -4,11 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,6 +14,8 @@ import (
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/status"
 	_ "google.golang.org/grpc/xds" // registers the xds:/// resolver and balancers
+
+	"github.com/sockmesh/sockmesh/tests/workload"
 )
 
 // testServer answers UnaryCall with its id, so a client can tell which
@@ -45,10 +44,7 @@ func grpcServe(args []string) error {
 	gs := grpc.NewServer()
 	testgrpc.RegisterTestServiceServer(gs, &testServer{id: *id})
 	go gs.Serve(l)
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	workload.Ready()
 	gs.Stop()
 	return nil
 }

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
 	"syscall"
 	"time"
@@ -36,7 +35,7 @@ func main() {
 	case "dial":
 		err = dial(os.Args[2:])
 	case "rr":
-		err = requestResponse(os.Args[2:])
+		err = workload.RequestResponse(os.Args[2:])
 	case "connect":
 		err = connectRate(os.Args[2:])
 	case "connect-loop":
@@ -78,19 +77,11 @@ func serve(args []string) error {
 		if err != nil {
 			return err
 		}
-		go func() {
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					fmt.Fprintf(c, "%s\n", *id)
-					io.Copy(c, c)
-				}()
-			}
-		}()
+		go workload.Accept(l, func(c net.Conn) {
+			defer c.Close()
+			fmt.Fprintf(c, "%s\n", *id)
+			io.Copy(c, c)
+		})
 	}
 	for _, a := range udp {
 		pc, err := net.ListenPacket("udp", a)
@@ -108,10 +99,7 @@ func serve(args []string) error {
 			}
 		}()
 	}
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	workload.Ready()
 	return nil
 }
 
@@ -126,35 +114,24 @@ func proxy(args []string) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", *to)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				done := make(chan struct{})
-				go func() {
-					io.Copy(up, c)
-					up.(*net.TCPConn).CloseWrite()
-					close(done)
-				}()
-				io.Copy(c, up)
-				c.(*net.TCPConn).CloseWrite()
-				<-done
-			}()
+	go workload.Accept(l, func(c net.Conn) {
+		defer c.Close()
+		up, err := net.Dial("tcp", *to)
+		if err != nil {
+			return
 		}
-	}()
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+		defer up.Close()
+		done := make(chan struct{})
+		go func() {
+			io.Copy(up, c)
+			up.(*net.TCPConn).CloseWrite()
+			close(done)
+		}()
+		io.Copy(c, up)
+		c.(*net.TCPConn).CloseWrite()
+		<-done
+	})
+	workload.Ready()
 	return nil
 }
 
@@ -279,30 +256,6 @@ func netipUnmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// requestResponse connects once, then sends size bytes and waits for the
-// echo n times, timing each round trip.
-func requestResponse(args []string) error {
-	fs := flag.NewFlagSet("rr", flag.ExitOnError)
-	addr := fs.String("addr", "", "host:port of a podbin server")
-	n := fs.Int("n", 10000, "round trips")
-	size := fs.Int("size", 1, "bytes per request")
-	fs.Parse(args)
-	c, err := net.Dial("tcp", *addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
-	if _, err := r.ReadString('\n'); err != nil {
-		return err
-	}
-	res, err := workload.RoundTrips(c, r, *n, *size)
-	if err != nil {
-		return err
-	}
-	return json.NewEncoder(os.Stdout).Encode(res)
-}
-
 // ConnectResult is what connect prints.
 type ConnectResult struct {
 	Conns     int     `json:"conns"`
@@ -390,10 +343,7 @@ func httpServe(args []string) error {
 		}
 	})}
 	go srv.Serve(l)
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	workload.Ready()
 	return nil
 }
 

@@ -10,7 +10,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -19,8 +18,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/sockmesh/sockmesh/tests/workload"
@@ -36,7 +33,7 @@ func main() {
 	case "serve":
 		err = serve(os.Args[2:])
 	case "rr":
-		err = requestResponse(os.Args[2:])
+		err = workload.RequestResponse(os.Args[2:])
 	case "bulk":
 		err = bulk(os.Args[2:])
 	default:
@@ -59,77 +56,14 @@ func serve(args []string) error {
 	if err != nil {
 		return err
 	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go echo(c, *id)
+	go workload.Accept(l, func(c net.Conn) {
+		defer c.Close()
+		if _, err := c.Write([]byte(*id + "\n")); err == nil {
+			workload.Echo(c)
 		}
-	}()
-	fmt.Println("ready")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	})
+	workload.Ready()
 	return nil
-}
-
-func echo(c net.Conn, id string) {
-	defer c.Close()
-	if _, err := c.Write([]byte(id + "\n")); err != nil {
-		return
-	}
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := c.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-// dial connects and reads the greeting.
-func dial(addr string) (net.Conn, error) {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	r := bufio.NewReaderSize(c, 16)
-	if _, err := r.ReadString('\n'); err != nil {
-		c.Close()
-		return nil, err
-	}
-	if r.Buffered() > 0 {
-		c.Close()
-		return nil, errors.New("data after the greeting")
-	}
-	return c, nil
-}
-
-// requestResponse sends size bytes and waits for their echo n times on one
-// connection, timing each round trip.
-func requestResponse(args []string) error {
-	fs := flag.NewFlagSet("rr", flag.ExitOnError)
-	addr := fs.String("addr", "", "host:port of an echo server")
-	n := fs.Int("n", 10000, "round trips")
-	size := fs.Int("size", 1, "bytes per request")
-	fs.Parse(args)
-	c, err := dial(*addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	res, err := workload.RoundTrips(c, c, *n, *size)
-	if err != nil {
-		return err
-	}
-	return json.NewEncoder(os.Stdout).Encode(res)
 }
 
 // BulkResult is what bulk prints.
@@ -149,7 +83,7 @@ func bulk(args []string) error {
 	total := fs.Int64("bytes", 64<<20, "bytes to send")
 	wsize := fs.Int("write", 64<<10, "bytes per write")
 	fs.Parse(args)
-	c, err := dial(*addr)
+	c, err := workload.DialGreeted(*addr)
 	if err != nil {
 		return err
 	}

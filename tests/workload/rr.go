@@ -1,10 +1,17 @@
-// Package workload is the request/response loop podbin and rrbin share.
+// Package workload is what podbin, rrbin and the kernel tests share: the
+// request/response loop and the serving loops.
 // It must not copy with io.Copy or anything else that splices: rrbin links
 // it and must stay a program the fast path lets receive.
 package workload
 
 import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"flag"
 	"io"
+	"net"
+	"os"
 	"slices"
 	"time"
 )
@@ -40,4 +47,45 @@ func RoundTrips(w io.Writer, r io.Reader, n, size int) (RRResult, error) {
 		Ops: n, OpsPerS: float64(n) / total.Seconds(),
 		P50us: us(lat[len(lat)/2]), P99us: us(lat[len(lat)*99/100]),
 	}, nil
+}
+
+// DialGreeted connects to a server that greets with one line, and reads
+// the greeting; anything sent after it is an error (nothing may be left
+// buffered in this process: the fast path's ordering tests depend on it).
+func DialGreeted(addr string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	r := bufio.NewReaderSize(c, 16)
+	if _, err := r.ReadString('\n'); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if r.Buffered() > 0 {
+		c.Close()
+		return nil, errors.New("data after the greeting")
+	}
+	return c, nil
+}
+
+// RequestResponse is the "rr" command: it connects to an echo server
+// once, then sends -size bytes and waits for their echo -n times, and
+// prints an RRResult as JSON.
+func RequestResponse(args []string) error {
+	fs := flag.NewFlagSet("rr", flag.ExitOnError)
+	addr := fs.String("addr", "", "host:port of an echo server that greets")
+	n := fs.Int("n", 10000, "round trips")
+	size := fs.Int("size", 1, "bytes per request")
+	fs.Parse(args)
+	c, err := DialGreeted(*addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	res, err := RoundTrips(c, c, *n, *size)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(os.Stdout).Encode(res)
 }
