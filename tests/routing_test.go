@@ -125,6 +125,9 @@ func TestOutsideAndNonVIPUntouched(t *testing.T) {
 	}
 }
 
+// TestWeightsHold checks weighted choice both where a service's slot table
+// lives in its entry (weights 1:3, 4 slots) and where it lives in sm_slots
+// (weights 2:5, 7 slots).
 func TestWeightsHold(t *testing.T) {
 	testutil.Privileged(t)
 	tp := harness.New(t)
@@ -132,29 +135,45 @@ func TestWeightsHold(t *testing.T) {
 	light, heavy := tp.Pod("light", true), tp.Pod("heavy", true)
 	light.Serve("light", []int{8080}, nil)
 	heavy.Serve("heavy", []int{8080}, nil)
+	const vipTable = "10.96.7.11"
 	mesh := filepath.Join(t.TempDir(), "mesh.yaml")
 	writeMesh(t, mesh, docs(
 		svc("weighted", []string{vip4}, "http:80/TCP"),
 		slice("weighted-light", "weighted", "IPv4", 1, []string{light.IP4.String()}, "http:8080/TCP"),
 		slice("weighted-heavy", "weighted", "IPv4", 3, []string{heavy.IP4.String()}, "http:8080/TCP"),
+		svc("weighted-table", []string{vipTable}, "http:80/TCP"),
+		slice("weighted-table-light", "weighted-table", "IPv4", 2, []string{light.IP4.String()}, "http:8080/TCP"),
+		slice("weighted-table-heavy", "weighted-table", "IPv4", 5, []string{heavy.IP4.String()}, "http:8080/TCP"),
 	))
-	tp.StartSockmesh("-f", mesh)
+	sm := tp.StartSockmesh("-f", mesh)
+	slots := map[string]int{}
+	for _, s := range sm.Maps().Maps.Services {
+		slots[s.Service] = s.Slots
+	}
+	if slots[vip4+":80/tcp"] != 4 || slots[vipTable+":80/tcp"] != 7 {
+		t.Fatalf("slot tables %v, want 4 and 7 slots", slots)
+	}
 
 	const n = 2000
-	res := client.Dial("tcp", vip4+":80", n)
-	if len(res.Errors) > 0 {
-		t.Fatalf("errors: %v", res.Errors)
+	for _, c := range []struct {
+		vip          string
+		light, heavy int
+	}{{vip4, 1, 3}, {vipTable, 2, 5}} {
+		res := client.Dial("tcp", c.vip+":80", n)
+		if len(res.Errors) > 0 {
+			t.Fatalf("%s: errors: %v", c.vip, res.Errors)
+		}
+		// Allow 4 standard deviations of a binomial(n, p): a correct
+		// implementation fails about once in 16,000 runs; a uniform
+		// choice (0.5) is 20 (1:3) or 12 (2:5) deviations away.
+		p := float64(c.heavy) / float64(c.light+c.heavy)
+		sd := math.Sqrt(n * p * (1 - p))
+		got := float64(res.Servers["heavy"])
+		if math.Abs(got-n*p) > 4*sd {
+			t.Fatalf("%s: heavy got %v of %d connections, want %.0f ± %.0f (weights %d:%d)", c.vip, got, n, n*p, 4*sd, c.light, c.heavy)
+		}
+		t.Logf("weights %d:%d over %d connections: light=%d heavy=%d (heavy share %.3f, want %.3f)", c.light, c.heavy, n, res.Servers["light"], res.Servers["heavy"], got/n, p)
 	}
-	// Expected share of "heavy" is 3/4. Allow 4 standard deviations of a
-	// binomial(n, 0.75): a correct implementation fails about once in
-	// 16,000 runs; a uniform choice (0.5) is 20 deviations away.
-	p := 0.75
-	sd := math.Sqrt(n * p * (1 - p))
-	got := float64(res.Servers["heavy"])
-	if math.Abs(got-n*p) > 4*sd {
-		t.Fatalf("heavy got %v of %d connections, want %v ± %.0f (weights 1:3)", got, n, n*p, 4*sd)
-	}
-	t.Logf("weights 1:3 over %d connections: light=%d heavy=%d (heavy share %.3f)", n, res.Servers["light"], res.Servers["heavy"], got/n)
 }
 
 func TestEndpointChangesFollowTheFile(t *testing.T) {

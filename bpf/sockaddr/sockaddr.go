@@ -43,6 +43,25 @@ type ServiceKey = bpfSvcKey
 // ServiceValue is the value of sm_services.
 type ServiceValue = bpfSvcVal
 
+// InlineSlots is how many slots a service entry holds itself: a table of
+// at most this many is in ServiceValue.Table, a larger one in sm_slots.
+const InlineSlots = len(bpfSvcVal{}.Table)
+
+// NewServiceValue builds the entry of a service whose slot table is slots,
+// written under revision rev: inline if it fits, else the caller writes
+// the slots to sm_slots under rev first.
+func NewServiceValue(rev uint32, slots []Backend, flags ServiceFlags) ServiceValue {
+	v := ServiceValue{Rev: rev, Slots: uint32(len(slots)), Flags: flags}
+	if len(slots) <= InlineSlots {
+		copy(v.Table[:], slots)
+	}
+	return v
+}
+
+// Inline reports whether the slot table is in the entry (Table[:Slots])
+// rather than in sm_slots.
+func (v *bpfSvcVal) Inline() bool { return v.Slots <= uint32(InlineSlots) }
+
 // SlotKey is the key of sm_slots.
 type SlotKey = bpfSlotKey
 

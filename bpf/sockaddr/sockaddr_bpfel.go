@@ -83,6 +83,7 @@ type bpfSvcVal struct {
 	Rev   uint32
 	Slots uint32
 	Flags bpfSvcFlags
+	Table [4]bpfBackend
 }
 
 type bpfUdpRevKey struct {

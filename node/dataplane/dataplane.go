@@ -209,14 +209,19 @@ func (d *Dataplane) adopt() error {
 	used := map[uint32]bool{}
 	sit := d.objs.SmServices.Iterate()
 	for sit.Next(&key, &val) {
-		slots := make([]sockaddr.Backend, val.Slots)
-		for _, s := range byRev[val.Rev] {
-			if s.slot < val.Slots {
-				slots[s.slot] = s.b
+		var slots []sockaddr.Backend
+		if val.Inline() {
+			slots = slices.Clone(val.Table[:val.Slots])
+		} else {
+			slots = make([]sockaddr.Backend, val.Slots)
+			for _, s := range byRev[val.Rev] {
+				if s.slot < val.Slots {
+					slots[s.slot] = s.b
+				}
 			}
+			used[val.Rev] = true
 		}
 		d.current[key] = entry{rev: val.Rev, slots: slots, flags: val.Flags}
-		used[val.Rev] = true
 		d.nextRev = max(d.nextRev, val.Rev+1)
 	}
 	if err := sit.Err(); err != nil {
@@ -282,7 +287,7 @@ func (d *Dataplane) Sync(desired []Service) error {
 			errs = append(errs, fmt.Errorf("delete service %s: %w", cur.name, err))
 			continue
 		}
-		d.deleteSlots(cur.rev, len(cur.slots))
+		d.deleteTable(cur.rev, cur.slots)
 		delete(d.current, k)
 	}
 	if len(errs) > 0 {
@@ -295,22 +300,32 @@ func (d *Dataplane) Sync(desired []Service) error {
 func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, flags sockaddr.ServiceFlags, name string) error {
 	rev := d.nextRev
 	d.nextRev++
-	for i, b := range slots {
-		if err := d.objs.SmSlots.Update(sockaddr.SlotKey{Rev: rev, Slot: uint32(i)}, b, ebpf.UpdateNoExist); err != nil {
-			d.deleteSlots(rev, i)
-			return fmt.Errorf("write backend slot (%d of %d): %w", i+1, len(slots), err)
+	val := sockaddr.NewServiceValue(rev, slots, flags)
+	if !val.Inline() {
+		for i, b := range slots {
+			if err := d.objs.SmSlots.Update(sockaddr.SlotKey{Rev: rev, Slot: uint32(i)}, b, ebpf.UpdateNoExist); err != nil {
+				d.deleteSlots(rev, i)
+				return fmt.Errorf("write backend slot (%d of %d): %w", i+1, len(slots), err)
+			}
 		}
 	}
-	val := sockaddr.ServiceValue{Rev: rev, Slots: uint32(len(slots)), Flags: flags}
 	if err := d.objs.SmServices.Update(k, val, ebpf.UpdateAny); err != nil {
-		d.deleteSlots(rev, len(slots))
+		d.deleteTable(rev, slots)
 		return fmt.Errorf("write service entry: %w", err)
 	}
 	if old, ok := d.current[k]; ok {
-		d.deleteSlots(old.rev, len(old.slots))
+		d.deleteTable(old.rev, old.slots)
 	}
 	d.current[k] = entry{rev: rev, slots: slots, flags: flags, name: name}
 	return nil
+}
+
+// deleteTable removes revision rev's slots from sm_slots, if its table of
+// slots was there rather than inline.
+func (d *Dataplane) deleteTable(rev uint32, slots []sockaddr.Backend) {
+	if len(slots) > sockaddr.InlineSlots {
+		d.deleteSlots(rev, len(slots))
+	}
 }
 
 func (d *Dataplane) deleteSlots(rev uint32, n int) {

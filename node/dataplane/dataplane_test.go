@@ -50,9 +50,10 @@ func TestFullMapIsAnErrorAndKeepsTheRest(t *testing.T) {
 	cfg.MaxServices = 4
 	d := open(t, cfg)
 	defer d.Close()
+	// Five backends each: a table in sm_slots, not in the entry.
 	var want []Service
 	for i := range 5 {
-		want = append(want, svc(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}).String(), 80, "10.0.0.1"))
+		want = append(want, svc(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}).String(), 80, backends(5)...))
 	}
 	err := d.Sync(want)
 	if err == nil || !strings.Contains(err.Error(), "write service entry") {
@@ -72,20 +73,46 @@ func TestFullMapIsAnErrorAndKeepsTheRest(t *testing.T) {
 	for it := d.objs.SmSlots.Iterate(); it.Next(&k, &b); {
 		n++
 	}
-	if n != 4 {
-		t.Fatalf("%d slots, want 4", n)
+	if n != 4*5 {
+		t.Fatalf("%d slots, want 20", n)
 	}
+}
+
+// backends returns n backend addresses, 10.0.0.1 onwards.
+func backends(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}).String())
+	}
+	return out
+}
+
+// slotsIn counts the entries of sm_slots.
+func slotsIn(t *testing.T, d *Dataplane) int {
+	t.Helper()
+	var n int
+	var k sockaddr.SlotKey
+	var v sockaddr.Backend
+	it := d.objs.SmSlots.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func TestAdoptAndDiff(t *testing.T) {
 	cfg := testConfig(t)
 	d := open(t, cfg)
-	a := svc("10.96.0.1", 80, "10.0.0.1", "10.0.0.2")
-	b := svc("10.96.0.2", 80, "10.0.0.3")
+	// a's table (6 slots) is in sm_slots, b's (2) in its entry.
+	a := svc("10.96.0.1", 80, backends(6)...)
+	b := svc("10.96.0.2", 80, "10.0.0.3", "10.0.0.4")
 	if err := d.Sync([]Service{a, b}); err != nil {
 		t.Fatal(err)
 	}
-	revA := d.current[a.key()].rev
+	revA, revB := d.current[a.key()].rev, d.current[b.key()].rev
 	d.Close()
 
 	// A new instance adopts: same desired state, nothing rewritten.
@@ -97,26 +124,42 @@ func TestAdoptAndDiff(t *testing.T) {
 	if err := d2.Sync([]Service{a, b}); err != nil {
 		t.Fatal(err)
 	}
-	if d2.current[a.key()].rev != revA {
+	if d2.current[a.key()].rev != revA || d2.current[b.key()].rev != revB {
 		t.Fatal("an unchanged service was rewritten after adoption")
 	}
+	dump, _ := d2.Dump()
+	if len(dump.Services) != 2 || len(dump.Services[0].Backends) != 6 || len(dump.Services[1].Backends) != 2 {
+		t.Fatalf("adopted: %+v", dump.Services)
+	}
 	// A change writes a new revision and removes the old one's slots.
-	a.Backends = a.Backends[:1]
-	if err := d2.Sync([]Service{a}); err != nil {
+	a.Backends = a.Backends[:5]
+	if err := d2.Sync([]Service{a, b}); err != nil {
 		t.Fatal(err)
 	}
-	dump, _ := d2.Dump()
-	if len(dump.Services) != 1 || len(dump.Services[0].Backends) != 1 || dump.Services[0].Revision == revA {
+	dump, _ = d2.Dump()
+	if len(dump.Services[0].Backends) != 5 || dump.Services[0].Revision == revA {
 		t.Fatalf("after change: %+v", dump.Services)
 	}
-	var n int
-	var k sockaddr.SlotKey
-	var v sockaddr.Backend
-	for it := d2.objs.SmSlots.Iterate(); it.Next(&k, &v); {
-		n++
+	if n := slotsIn(t, d2); n != 5 {
+		t.Fatalf("%d slots left, want 5", n)
 	}
-	if n != 1 {
-		t.Fatalf("%d slots left, want 1", n)
+	// From a table to an entry and back; b goes.
+	for _, n := range []int{1, 5} {
+		a.Backends = a.Backends[:n]
+		if err := d2.Sync([]Service{a}); err != nil {
+			t.Fatal(err)
+		}
+		dump, _ = d2.Dump()
+		if len(dump.Services) != 1 || len(dump.Services[0].Backends) != n || dump.Services[0].Slots != n {
+			t.Fatalf("%d backends: %+v", n, dump.Services)
+		}
+		want := n
+		if n <= sockaddr.InlineSlots {
+			want = 0
+		}
+		if got := slotsIn(t, d2); got != want {
+			t.Fatalf("%d backends: %d slots in sm_slots, want %d", n, got, want)
+		}
 	}
 }
 
