@@ -41,7 +41,20 @@
  *      to; the peer hands its sends over only if it has queued nothing for
  *      TCP beyond that number. So no byte sent through TCP can be read
  *      after a byte handed over later.
- *   3. A backstop: sm_fp_splice (raw tracepoint sys_enter) sees every
+ *   3. Backpressure: TCP stops a sender when the receiver's buffers are
+ *      full. Redirected data bypasses them: the kernel charges it to the
+ *      receiver only against the node-wide tcp_mem limits, so a sender
+ *      whose peer does not read could queue gigabytes in the peer's psock
+ *      (measured: 1.2 GB in 3 s, where TCP lets the same sender write a
+ *      few MB and then blocks). So a send that would leave more than
+ *      queue_max (or the receiver's own SO_RCVBUF) unread in its psock goes
+ *      through TCP instead, behind the queued bytes (recvmsg reads those
+ *      first: still in order), and TCP's flow control makes the sender
+ *      wait; sends are handed over again once the receiver has read
+ *      everything, as in rule 2. The sender reads the receiver's queue
+ *      (sk_psock.msg_tot_len, 6.8+) and read position through the socket
+ *      pointer its target entry keeps (sk_msg cannot look a socket up).
+ *   4. A backstop: sm_fp_splice (raw tracepoint sys_enter) sees every
  *      splice/sendfile reading a fast-path socket before the kernel does
  *      it: the socket stops being a target (new data goes through TCP,
  *      where splice finds it), its executable is marked unsafe and its
@@ -98,10 +111,13 @@ struct sock_state {
 };
 
 /* target is a published receiver: it had read everything up to ready_seq;
- * handed_over is set by the peer once it hands its sends over. */
+ * handed_over is set by the peer once it hands its sends over; sk is the
+ * receiving socket (struct sock *), read by its peer's sends for how much
+ * it has not read yet (rule 3). */
 struct target {
 	__u32 ready_seq;
 	__u32 handed_over;
+	__u64 sk;
 };
 
 /* exe_key names an executable file: inode number and the kernel's device
@@ -191,6 +207,9 @@ struct fp_stats {
 	__u64 events_lost;      /* exec_events the ring buffer had no room for */
 	__u64 receive_only;     /* sockets added without sk_msg: their peer
 	                           never receives, so they send as TCP does */
+	__u64 backpressure;     /* sends that went through TCP because the
+	                           peer had a receive buffer's worth unread
+	                           (rule 3) */
 };
 
 /* sm_fp_cgroups: cgroup id -> cgroup_state for enrolled cgroups. Written by
@@ -348,6 +367,7 @@ struct list_head {
 
 struct sk_psock {
 	struct list_head ingress_msg;
+	__u32 msg_tot_len; /* bytes queued in ingress_msg (6.8+) */
 } __attribute__((preserve_access_index));
 
 struct atomic64 {
@@ -374,7 +394,19 @@ struct sock {
 	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
 	void *sk_user_data;
+	__u8 sk_userlocks;
+	int sk_rcvbuf;
 } __attribute__((preserve_access_index));
+
+#define SOCK_RCVBUF_LOCK 2 /* sk_userlocks: the application set SO_RCVBUF */
+
+/* queue_max is what a receiver may have unread in its psock before its
+ * peer's sends go through TCP (rule 3), unless the receiver set SO_RCVBUF
+ * itself: then its receive buffer is the limit. Set at load to the node's
+ * tcp_rmem[2], the most TCP's autotuning lets a reading receiver buffer:
+ * redirected data does not grow sk_rcvbuf, and its initial 128 KiB (or
+ * 4 MiB) made a streaming sender fall back to TCP and stay there. */
+volatile const __u32 queue_max = 6U << 20;
 
 struct tcp_sock {
 	__u32 copied_seq; /* next byte the application reads */
@@ -649,6 +681,7 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 	/* Nothing received yet: ready from the first byte (rule 2). */
 	if (st->flags & SOCK_F_ELIGIBLE) {
 		t.ready_seq = k.rseq;
+		t.sk = (__u64)(unsigned long)sk;
 		if (!bpf_map_update_elem(&sm_fp_targets, &k, &t, BPF_NOEXIST))
 			count(targets);
 	}
@@ -740,19 +773,69 @@ static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp)
 	st->ready_seq = rcv_nxt;
 }
 
-/* hand_over says whether this send may go to the peer socket (rule 2):
- * the peer is a target and, the first time, had read every byte this
- * socket ever queued for TCP. From then on nothing of this socket goes
- * through TCP while the peer stays a target. */
-static __always_inline int hand_over(struct sock_state *st, struct tcp_sock *tp, struct fp_stats *s)
+/* peer_full says whether a send of size bytes would leave more than the
+ * peer may hold unread in its psock queue (rule 3, queue_max). A send into an
+ * empty queue always may go, however large. The peer is read through the
+ * pointer its target entry keeps: the entry leaves when the socket closes,
+ * and a socket's memory stays a socket for an RCU grace period after, so a
+ * read that races a close sees a stale number, never faults, and the
+ * redirect itself then finds no peer and takes the normal path. */
+static __always_inline int peer_full(const struct target *t, __u32 size)
+{
+	struct sock *peer = (struct sock *)t->sk;
+	struct sk_psock *psock;
+	__u32 queued, limit;
+
+	if (!peer)
+		return 0;
+	psock = (struct sk_psock *)((unsigned long)BPF_CORE_READ(peer, sk_user_data) & ~7UL);
+	/* Kernels before 6.8 do not count the queue: the agent does not turn
+	 * the fast path on there (dataplane.FastPathSupported). */
+	if (!psock || !bpf_core_field_exists(psock->msg_tot_len))
+		return 0;
+	queued = BPF_CORE_READ(psock, msg_tot_len);
+	if (!queued)
+		return 0;
+	limit = BPF_CORE_READ(peer, sk_rcvbuf);
+	if (!(BPF_CORE_READ(peer, sk_userlocks) & SOCK_RCVBUF_LOCK) && limit < queue_max)
+		limit = queue_max;
+	return queued + size > limit;
+}
+
+/* peer_read_all says whether the peer has read every byte this socket sent
+ * through TCP (rule 2), from the peer's own read position when the peer
+ * has not published it (a peer that never sends). */
+static __always_inline int peer_read_all(const struct target *t, struct tcp_sock *tp)
+{
+	struct tcp_sock *peer = (struct tcp_sock *)t->sk;
+
+	if (t->ready_seq == tp->write_seq)
+		return 1;
+	return peer && BPF_CORE_READ(peer, copied_seq) == tp->write_seq;
+}
+
+/* hand_over says whether this send may go to the peer socket (rules 2 and
+ * 3): the peer is a target, had read every byte this socket queued for
+ * TCP when the sends were handed over, and does not have a receive
+ * buffer's worth unread. A send that finds the peer full goes through TCP
+ * and takes the hand-over back: the next ones wait, in TCP, until the peer
+ * has read everything again. */
+static __always_inline int hand_over(struct sock_state *st, struct tcp_sock *tp, __u32 size,
+				     struct fp_stats *s)
 {
 	struct target *t = bpf_map_lookup_elem(&sm_fp_targets, &st->peer);
 
 	if (!t)
 		return 0;
-	if (st->flags & SOCK_F_HANDED_OVER)
-		return 1;
-	if (t->ready_seq != tp->write_seq) {
+	if (st->flags & SOCK_F_HANDED_OVER) {
+		if (!peer_full(t, size))
+			return 1;
+		st->flags &= ~SOCK_F_HANDED_OVER;
+		if (s)
+			__sync_fetch_and_add(&s->backpressure, 1);
+		return 0;
+	}
+	if (!peer_read_all(t, tp) || peer_full(t, size)) {
 		if (s)
 			__sync_fetch_and_add(&s->handover_waits, 1);
 		return 0;
@@ -787,7 +870,7 @@ int sm_fp_msg(struct sk_msg_md *msg)
 	publish(st, tp);
 	/* A failed redirect lookup returns SK_DROP: that must become "normal
 	 * path", never a drop. */
-	if (!hand_over(st, tp, s) ||
+	if (!hand_over(st, tp, size, s) ||
 	    bpf_msg_redirect_hash(msg, &sm_fp_hold, &st->peer, BPF_F_INGRESS) != SK_PASS) {
 		if (s)
 			__sync_fetch_and_add(&s->fallback_msgs, 1);

@@ -1,9 +1,14 @@
 package sockmap
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 
 	"github.com/sockmesh/sockmesh/bpf/pins"
@@ -108,6 +113,51 @@ func AttachMsg(o *Objects) error {
 	return nil
 }
 
+// ErrNoQueueLength means the kernel does not count the bytes waiting in a
+// socket's psock (sk_psock.msg_tot_len, Linux 6.8): the fast path could
+// not hold back a sender whose peer does not read (rule 3 in sockmap.c).
+var ErrNoQueueLength = errors.New("the kernel does not count the bytes queued for a socket in a sockhash (sk_psock.msg_tot_len, Linux 6.8+): a sender whose peer does not read could not be held back")
+
+// QueueLength reports whether the kernel counts the bytes waiting in a
+// socket's psock, which the fast path needs (ErrNoQueueLength if not).
+func QueueLength() error {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return fmt.Errorf("kernel BTF: %w", err)
+	}
+	var psock *btf.Struct
+	if err := spec.TypeByName("sk_psock", &psock); err != nil {
+		return fmt.Errorf("kernel BTF: %w", err)
+	}
+	for _, m := range psock.Members {
+		if m.Name == "msg_tot_len" {
+			return nil
+		}
+	}
+	return ErrNoQueueLength
+}
+
+// QueueMax is how many bytes a receiver may have unread in its psock before
+// its peer's sends go through TCP and TCP's flow control holds the peer
+// back (rule 3 in sockmap.c): this node's tcp_rmem[2], the most TCP lets
+// a reading receiver buffer; the kernel's default 6 MiB if unreadable.
+func QueueMax() uint32 {
+	const fallback = 6 << 20
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rmem")
+	if err != nil {
+		return fallback
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return fallback
+	}
+	n, err := strconv.ParseUint(f[2], 10, 32)
+	if err != nil || n == 0 {
+		return fallback
+	}
+	return uint32(n)
+}
+
 // Load loads the programs and maps, pinning the maps in pinDir (or adopting
 // the ones pinned there); an empty pinDir pins nothing. A pinned map of
 // another layout (an older release) is replaced, its entries carried over
@@ -133,6 +183,9 @@ func Load(pinDir string, migrated func(pins.Migration)) (*Objects, error) {
 		if err != nil {
 			return nil, fmt.Errorf("fast path: %w", err)
 		}
+	}
+	if err := spec.Variables["queue_max"].Set(QueueMax()); err != nil {
+		return nil, fmt.Errorf("fast path: queue_max: %w", err)
 	}
 	var objs Objects
 	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir}}); err != nil {
@@ -174,6 +227,7 @@ type Stats struct {
 	DirtyMarks     uint64 `json:"dirtyMarks"`
 	EventsLost     uint64 `json:"eventsLost"`
 	ReceiveOnly    uint64 `json:"receiveOnly"`
+	Backpressure   uint64 `json:"backpressure"`
 }
 
 // Events names every counter, for metrics.
@@ -195,6 +249,7 @@ func (s Stats) Events() map[string]uint64 {
 		"dirty_marks":     s.DirtyMarks,
 		"events_lost":     s.EventsLost,
 		"receive_only":    s.ReceiveOnly,
+		"backpressure":    s.Backpressure,
 	}
 }
 
@@ -222,6 +277,7 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 		s.DirtyMarks += p.DirtyMarks
 		s.EventsLost += p.EventsLost
 		s.ReceiveOnly += p.ReceiveOnly
+		s.Backpressure += p.Backpressure
 	}
 	return s, nil
 }

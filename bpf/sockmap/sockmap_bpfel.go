@@ -61,6 +61,7 @@ type bpfFpStats struct {
 	DirtyMarks     uint64
 	EventsLost     uint64
 	ReceiveOnly    uint64
+	Backpressure   uint64
 }
 
 type bpfListenerKey struct {
@@ -122,6 +123,7 @@ type bpfTarget struct {
 	_          structs.HostLayout
 	ReadySeq   uint32
 	HandedOver uint32
+	Sk         uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -147,6 +149,7 @@ const (
 	bpfProgSmFpSockops    = "sm_fp_sockops"
 	bpfProgSmFpSplice     = "sm_fp_splice"
 	bpfProgSmFpSpliceTp   = "sm_fp_splice_tp"
+	bpfVarQueueMax        = "queue_max"
 	bpfVarUnusedExecEvent = "unused_exec_event"
 )
 
@@ -223,6 +226,7 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	QueueMax        *ebpf.VariableSpec `ebpf:"queue_max"`
 	UnusedExecEvent *ebpf.VariableSpec `ebpf:"unused_exec_event"`
 }
 
@@ -281,6 +285,7 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	QueueMax        *ebpf.Variable `ebpf:"queue_max"`
 	UnusedExecEvent *ebpf.Variable `ebpf:"unused_exec_event"`
 }
 

@@ -69,6 +69,7 @@ func Checks() []Check {
 		{"sockhash maps", false, "4.18", "no same-node fast path", mapT(ebpf.SockHash)},
 		{"socket local storage", false, "5.2", "no same-node fast path", mapT(ebpf.SkStorage)},
 		{"raw tracepoints", false, "4.17", "no same-node fast path (splice, exec and cgroup-move watches)", prog(ebpf.RawTracepoint)},
+		{"sockhash queue length (sk_psock.msg_tot_len)", false, "6.8", "no same-node fast path: a sender whose peer does not read could not be held back", sockmap.QueueLength},
 		{"fast path programs pass the verifier", false, "5.10", "no same-node fast path", func() error {
 			objs, err := sockmap.Load("", nil)
 			if err != nil {

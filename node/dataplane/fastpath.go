@@ -45,6 +45,9 @@ type FastPath struct {
 // pinned in cfg.PinDir, and attaches them to cfg.Cgroup. Nothing is enrolled
 // yet: call Enroll or EnrollTree.
 func OpenFastPath(cfg Config, log *slog.Logger) (_ *FastPath, err error) {
+	if err := sockmap.QueueLength(); err != nil {
+		return nil, fmt.Errorf("dataplane: fast path: %w", err)
+	}
 	if err := cfg.prepare(); err != nil {
 		return nil, err
 	}
