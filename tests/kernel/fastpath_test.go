@@ -588,21 +588,7 @@ func TestFastPathBackpressure(t *testing.T) {
 	isolated(t, func(cg string) {
 		fp, pin := openFastPath(t, cg)
 		setSafe(t, pin, cg, true)
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lis.Close()
-		cl, err := net.Dial("tcp", lis.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.Close()
-		sv, err := lis.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sv.Close()
+		cl, sv := loopbackPair(t)
 		// Nobody reads: write until a write has waited 500 ms.
 		block := make([]byte, 64<<10)
 		var sent int64
@@ -650,21 +636,7 @@ func TestFastPathBackpressure(t *testing.T) {
 	isolated(t, func(cg string) {
 		fp, pin := openFastPath(t, cg)
 		setSafe(t, pin, cg, true)
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer lis.Close()
-		cl, err := net.Dial("tcp", lis.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.Close()
-		sv, err := lis.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sv.Close()
+		cl, sv := loopbackPair(t)
 		withDeadline(t, 20*time.Second, "fill, drain, send again", func() error {
 			block := make([]byte, 64<<10)
 			total := 0
@@ -691,6 +663,31 @@ func TestFastPathBackpressure(t *testing.T) {
 			return nil
 		})
 	})
+}
+
+// loopbackPair connects two TCP sockets over loopback in the calling
+// thread's network namespace; both close when the test ends.
+func loopbackPair(t *testing.T) (client, server net.Conn) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	client, err = net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = lis.Accept()
+	if err != nil {
+		client.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+	})
+	return client, server
 }
 
 // echoServer accepts on l and echoes with Read and Write until EOF, then
