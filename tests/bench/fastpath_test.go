@@ -66,8 +66,10 @@ func BenchmarkSpliceWatch(b *testing.B) {
 //   - bulk echo in 64 KiB and in 1 KiB writes (rrbin bulk, checksummed);
 //   - bulk in 1 KiB writes through a proxy pod that copies with io.Copy,
 //     i.e. splice (podbin proxy): the proxy never receives redirected data;
-//   - the same shapes with the tools people use: sockperf ping-pong (64 B)
-//     and throughput (1 KiB), iperf3 (one stream).
+//   - the same shapes with the tools people use: sockperf ping-pong (64 B
+//     across CPUs; 14 B and 1 KiB with both ends on one CPU, as the Go
+//     harness's "same CPU" runs) and throughput (1 KiB), iperf3 (one
+//     stream, its default 128 KiB writes and 64 KiB writes).
 func BenchmarkFastPath(b *testing.B) {
 	testutil.Privileged(b)
 	for _, tool := range []string{"sockperf", "iperf3"} {
@@ -203,28 +205,43 @@ func BenchmarkFastPath(b *testing.B) {
 		if err != nil {
 			b.Fatalf("sockperf ping-pong: %v\n%s", err, out)
 		}
-		s["sockperf ping-pong 64B p50 µs"] = sockperfValue(b, out, `percentile 50.000 =\s*([0-9.]+)`)
-		s["sockperf ping-pong 64B p99 µs"] = sockperfValue(b, out, `percentile 99.000 =\s*([0-9.]+)`)
+		s["sockperf ping-pong 64B 2 CPUs p50 µs"] = sockperfValue(b, out, `percentile 50.000 =\s*([0-9.]+)`)
+		s["sockperf ping-pong 64B 2 CPUs p99 µs"] = sockperfValue(b, out, `percentile 99.000 =\s*([0-9.]+)`)
+		// The request/response shapes with the client beside the server,
+		// where a round trip costs what the two sockets cost and not a
+		// cross-CPU wake-up (14 B is sockperf's smallest message).
+		for _, size := range []string{"14", "1024"} {
+			out, err := client.Exec("taskset", pinned("0", "sockperf", "ping-pong", "--tcp", "-i", srv, "-p", "11111", "-t", "3", "-m", size)...)
+			if err != nil {
+				b.Fatalf("sockperf ping-pong: %v\n%s", err, out)
+			}
+			k := "sockperf ping-pong " + size + "B same CPU"
+			s[k+" ops/s"] = sockperfValue(b, out, `\[Valid Duration\].*ReceivedMessages=([0-9]+)`) / sockperfValue(b, out, `\[Valid Duration\] RunTime=([0-9.]+)`)
+			s[k+" p50 µs"] = sockperfValue(b, out, `percentile 50.000 =\s*([0-9.]+)`)
+			s[k+" p99 µs"] = sockperfValue(b, out, `percentile 99.000 =\s*([0-9.]+)`)
+		}
 		out, err = client.Exec("taskset", pinned("1", "sockperf", "throughput", "--tcp", "-i", srv, "-p", "11111", "-t", "3", "-m", "1024")...)
 		if err != nil {
 			b.Fatalf("sockperf throughput: %v\n%s", err, out)
 		}
 		s["sockperf throughput 1KiB msg/s"] = sockperfValue(b, out, `Message Rate is ([0-9.]+)`)
-		out, err = client.Exec("taskset", pinned("1", "iperf3", "-c", srv, "-p", "5201", "-t", "3", "-J")...)
-		if err != nil {
-			b.Fatalf("iperf3: %v\n%s", err, out)
+		for _, w := range []struct{ name, len string }{{"iperf3 Gbit/s", "128K"}, {"iperf3 64KiB writes Gbit/s", "64K"}} {
+			out, err = client.Exec("taskset", pinned("1", "iperf3", "-c", srv, "-p", "5201", "-t", "3", "-l", w.len, "-J")...)
+			if err != nil {
+				b.Fatalf("iperf3: %v\n%s", err, out)
+			}
+			var ip struct {
+				End struct {
+					Received struct {
+						BitsPerSecond float64 `json:"bits_per_second"`
+					} `json:"sum_received"`
+				} `json:"end"`
+			}
+			if err := json.Unmarshal([]byte(out), &ip); err != nil {
+				b.Fatalf("iperf3 output: %v\n%s", err, out)
+			}
+			s[w.name] = ip.End.Received.BitsPerSecond / 1e9
 		}
-		var ip struct {
-			End struct {
-				Received struct {
-					BitsPerSecond float64 `json:"bits_per_second"`
-				} `json:"sum_received"`
-			} `json:"end"`
-		}
-		if err := json.Unmarshal([]byte(out), &ip); err != nil {
-			b.Fatalf("iperf3 output: %v\n%s", err, out)
-		}
-		s["iperf3 Gbit/s"] = ip.End.Received.BitsPerSecond / 1e9
 		results[fast] = append(results[fast], s)
 	}
 	for round := range rounds {
