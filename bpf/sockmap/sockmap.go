@@ -139,11 +139,12 @@ func QueueLength() error {
 
 // QueueMax is how many bytes a receiver may have unread in its psock before
 // its peer's sends go through TCP and TCP's flow control holds the peer
-// back (rule 3 in sockmap.c): this node's tcp_rmem[2], the most TCP lets
-// a reading receiver buffer; the kernel's default 6 MiB if unreadable.
+// back (rule 3 in sockmap.c): this node's tcp_wmem[2], as far as TCP lets
+// a sender get ahead in its own send buffer; the kernel's default 4 MiB
+// if unreadable.
 func QueueMax() uint32 {
-	const fallback = 6 << 20
-	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_rmem")
+	const fallback = 4 << 20
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
 	if err != nil {
 		return fallback
 	}

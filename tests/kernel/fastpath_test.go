@@ -613,7 +613,7 @@ func TestFastPathBackpressure(t *testing.T) {
 		if c.RedirectBytes == 0 || c.Backpressure == 0 {
 			t.Fatalf("want sends redirected, then held back: %+v", c)
 		}
-		// The psock holds up to tcp_rmem[2] (sockmap.QueueMax), then TCP
+		// The psock holds up to tcp_wmem[2] (sockmap.QueueMax), then TCP
 		// lets a few MB more through (3.8 MiB here without the fast path).
 		if limit := int64(sockmap.QueueMax()) + 16<<20; sent > limit {
 			t.Fatalf("%d MiB written before the sender was held back, want at most %d", sent>>20, limit>>20)
