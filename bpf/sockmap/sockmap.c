@@ -208,8 +208,7 @@ struct fp_stats {
 	__u64 receive_only;     /* sockets added without sk_msg: their peer
 	                           never receives, so they send as TCP does */
 	__u64 backpressure;     /* sends that went through TCP because the
-	                           peer had a receive buffer's worth unread
-	                           (rule 3) */
+	                           peer had queue_max unread (rule 3) */
 };
 
 /* sm_fp_cgroups: cgroup id -> cgroup_state for enrolled cgroups. Written by
@@ -776,8 +775,8 @@ static __always_inline void publish(struct sock_state *st, struct tcp_sock *tp)
 }
 
 /* peer_full says whether a send of size bytes would leave more than the
- * peer may hold unread in its psock queue (rule 3, queue_max). A send into an
- * empty queue always may go, however large. The peer is read through the
+ * peer may hold unread in its psock queue (rule 3, queue_max). A send
+ * into an empty queue always may go, however large. The peer is read through the
  * pointer its target entry keeps: the entry leaves when the socket closes,
  * and a socket's memory stays a socket for an RCU grace period after, so a
  * read that races a close sees a stale number, never faults, and the
@@ -792,7 +791,7 @@ static __always_inline int peer_full(const struct target *t, __u32 size)
 		return 0;
 	psock = (struct sk_psock *)((unsigned long)BPF_CORE_READ(peer, sk_user_data) & ~7UL);
 	/* Kernels before 6.8 do not count the queue: the agent does not turn
-	 * the fast path on there (dataplane.FastPathSupported). */
+	 * the fast path on there (sockmap.QueueLength). */
 	if (!psock || !bpf_core_field_exists(psock->msg_tot_len))
 		return 0;
 	queued = BPF_CORE_READ(psock, msg_tot_len);
@@ -818,8 +817,8 @@ static __always_inline int peer_read_all(const struct target *t, struct tcp_sock
 
 /* hand_over says whether this send may go to the peer socket (rules 2 and
  * 3): the peer is a target, had read every byte this socket queued for
- * TCP when the sends were handed over, and does not have a receive
- * buffer's worth unread. A send that finds the peer full goes through TCP
+ * TCP when the sends were handed over, and does not have queue_max (or
+ * its own SO_RCVBUF) unread. A send that finds the peer full goes through TCP
  * and takes the hand-over back: the next ones wait, in TCP, until the peer
  * has read everything again. */
 static __always_inline int hand_over(struct sock_state *st, struct tcp_sock *tp, __u32 size,
