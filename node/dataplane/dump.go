@@ -78,11 +78,11 @@ func (d *Dataplane) Dump() (*Dump, error) {
 		}
 		counts := map[string]int{}
 		for i := range val.Slots {
-			b := val.Table[min(i, uint32(len(val.Table)-1))]
-			if !val.Inline() {
-				if err := d.objs.SmSlots.Lookup(sockaddr.SlotKey{Rev: val.Rev, Slot: i}, &b); err != nil {
-					return nil, fmt.Errorf("read slot %d of %s: %w", i, ds.Service, err)
-				}
+			var b sockaddr.Backend
+			if val.Inline() {
+				b = val.Table[i]
+			} else if err := d.objs.SmSlots.Lookup(sockaddr.SlotKey{Rev: val.Rev, Slot: i}, &b); err != nil {
+				return nil, fmt.Errorf("read slot %d of %s: %w", i, ds.Service, err)
 			}
 			counts[netip.AddrPortFrom(sockaddr.AddrFrom(b.Addr.W), sockaddr.PortFrom(b.Port)).String()]++
 		}
