@@ -10,10 +10,15 @@
  *
  * Which connections join. A socket with sk_msg sends through tcp_bpf,
  * which is slower than TCP's own path when nothing is redirected (half the
- * throughput for large writes, measured): so only connections whose two
- * ends are on this node, and of which at least one end may receive
- * redirected data, join, and only an end whose peer may receive gets
- * sk_msg. The listener's side records every SYN it answers (sm_fp_syns, at
+ * throughput for large writes, measured), and copies what splice or
+ * sendfile write into it where TCP takes the pages (a proxy splicing into
+ * a fast-path socket moved 0.91x of its bytes): so only connections whose
+ * two ends are on this node and may both receive redirected data (rule 1;
+ * such programs cannot splice) join. A program that can splice neither
+ * receives nor sends on the fast path: letting it send to a safe peer won
+ * nothing measurable (request/response 28.6k round trips/s with its
+ * answers redirected, 29.3k through TCP) and cost the splice proxy its
+ * 9%. The listener's side records every SYN it answers (sm_fp_syns, at
  * TIMEOUT_INIT for the request socket); the connecting side joins at
  * ESTABLISHED only if its SYN is there, and the accepting side only if the
  * connecting side joined.
@@ -156,7 +161,6 @@ enum syn_state {
 	SYN_JOINED = 2,         /* the connecting side joined the fast path */
 	SYN_SAFE_LISTENER = 4,  /* the listener's cgroup was safe */
 	SYN_KNOWN_LISTENER = 8, /* the listener is in sm_fp_listeners */
-	SYN_SAFE_ACTIVE = 16,   /* the connecting side may receive */
 };
 
 /* exec_event asks the agent to judge an executable now: a process in an
@@ -205,8 +209,6 @@ struct fp_stats {
 	__u64 dirty_marks;      /* cgroups marked dirty by an exec, a move or
 	                           a splice */
 	__u64 events_lost;      /* exec_events the ring buffer had no room for */
-	__u64 receive_only;     /* sockets added without sk_msg: their peer
-	                           never receives, so they send as TCP does */
 	__u64 backpressure;     /* sends that went through TCP because the
 	                           peer had queue_max unread (rule 3) */
 };
@@ -275,9 +277,8 @@ struct {
 	__type(value, __u64);
 } sm_fp_listeners SEC(".maps");
 
-/* sm_fp_socks: sock_key -> socket, the fast-path sockets whose peer may
- * receive redirected data; sk_msg is attached to it, so only they send
- * through tcp_bpf. Written by sockops at ESTABLISHED; entries leave when the
+/* sm_fp_socks: sock_key -> socket, the fast-path sockets; sk_msg is
+ * attached to it. Written by sockops at ESTABLISHED; entries leave when the
  * socket closes (kernel). 65536 sockets; when full, new connections take
  * the normal path and add_errors counts them. */
 struct {
@@ -289,10 +290,8 @@ struct {
 } sm_fp_socks SEC(".maps");
 
 /* sm_fp_hold: sock_key -> socket, every fast-path socket, and the map
- * sk_msg redirects into. It has no program: a socket only here (one that
- * receives but whose peer never does) keeps TCP's own send path. It also
- * holds every psock for the socket's whole life, so nothing ever drops
- * data already queued there. Written by sockops at ESTABLISHED; entries
+ * sk_msg redirects into. It has no program. It holds every psock for the
+ * socket's whole life, so nothing ever drops data already queued there. Written by sockops at ESTABLISHED; entries
  * leave when the socket closes. Same capacity as sm_fp_socks. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -605,11 +604,11 @@ static __always_inline void syn_seen(struct bpf_sock_ops *ops)
 }
 
 /* established decides whether an established socket joins the fast path
- * (see "Which connections join" at the top) and puts it there: in
- * sm_fp_hold always, and in sm_fp_socks (sk_msg) only if its peer may
- * receive. The connecting side learns that from the listener's cgroup (a
- * listener from before the fast path is assumed to); the accepting side
- * from the connecting side's flags. */
+ * (see "Which connections join" at the top) and puts it there, in
+ * sm_fp_hold and sm_fp_socks. Its own cgroup must be safe, and its peer's:
+ * the connecting side learns that from the listener's cgroup (a listener
+ * from before the fast path is assumed to be), the accepting side from the
+ * connecting side's joining. */
 static __always_inline void established(struct bpf_sock_ops *ops, int active)
 {
 	struct bpf_sock *sk = ops->sk;
@@ -620,7 +619,6 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 	enum cgroup_state self;
 	__u32 *seen, flags;
 	__u64 cookie;
-	int sends;
 
 	if (!sk)
 		return;
@@ -644,21 +642,16 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 		count(remote_peers);
 		return;
 	}
-	if (active) {
-		if (self != CG_SAFE && !(flags & SYN_SAFE_LISTENER))
-			goto unsafe;
-		sends = (flags & SYN_SAFE_LISTENER) || !(flags & SYN_KNOWN_LISTENER);
-	} else {
-		if (!(flags & SYN_JOINED) || (self != CG_SAFE && !(flags & SYN_SAFE_ACTIVE)))
-			goto unsafe;
-		sends = flags & SYN_SAFE_ACTIVE;
-	}
+	if (self != CG_SAFE)
+		goto unsafe;
+	if (active ? (flags & SYN_KNOWN_LISTENER) && !(flags & SYN_SAFE_LISTENER) : !(flags & SYN_JOINED))
+		goto unsafe;
 
 	st = bpf_sk_storage_get(&sm_fp_sock, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st)
 		goto fail;
 	swap_key(&st->peer, &k);
-	st->flags = self == CG_SAFE ? SOCK_F_ELIGIBLE : 0;
+	st->flags = SOCK_F_ELIGIBLE;
 	st->ready_seq = k.rseq; /* what is published below, if eligible */
 
 	cookie = bpf_get_socket_cookie(ops);
@@ -667,25 +660,19 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 	/* Hold first: sm_fp_hold has no program, sm_fp_socks brings sk_msg. */
 	if (bpf_sock_hash_update(ops, &sm_fp_hold, &k, BPF_NOEXIST))
 		goto fail_keys;
-	if (sends && bpf_sock_hash_update(ops, &sm_fp_socks, &k, BPF_NOEXIST))
+	if (bpf_sock_hash_update(ops, &sm_fp_socks, &k, BPF_NOEXIST))
 		goto fail_hold;
 	bpf_sock_ops_cb_flags_set(ops, ops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 	count(socks_added);
-	if (!sends)
-		count(receive_only);
 	if (active) {
 		flags |= SYN_JOINED;
-		if (self == CG_SAFE)
-			flags |= SYN_SAFE_ACTIVE;
 		bpf_map_update_elem(&sm_fp_syns, &syn, &flags, BPF_EXIST);
 	}
 	/* Nothing received yet: ready from the first byte (rule 2). */
-	if (st->flags & SOCK_F_ELIGIBLE) {
-		t.ready_seq = k.rseq;
-		t.sk = (__u64)(unsigned long)sk;
-		if (!bpf_map_update_elem(&sm_fp_targets, &k, &t, BPF_NOEXIST))
-			count(targets);
-	}
+	t.ready_seq = k.rseq;
+	t.sk = (__u64)(unsigned long)sk;
+	if (!bpf_map_update_elem(&sm_fp_targets, &k, &t, BPF_NOEXIST))
+		count(targets);
 	return;
 unsafe:
 	count(unsafe_pairs);

@@ -227,7 +227,6 @@ type Stats struct {
 	UnsafePairs    uint64 `json:"unsafePairs"`
 	DirtyMarks     uint64 `json:"dirtyMarks"`
 	EventsLost     uint64 `json:"eventsLost"`
-	ReceiveOnly    uint64 `json:"receiveOnly"`
 	Backpressure   uint64 `json:"backpressure"`
 }
 
@@ -249,7 +248,6 @@ func (s Stats) Events() map[string]uint64 {
 		"unsafe_pairs":    s.UnsafePairs,
 		"dirty_marks":     s.DirtyMarks,
 		"events_lost":     s.EventsLost,
-		"receive_only":    s.ReceiveOnly,
 		"backpressure":    s.Backpressure,
 	}
 }
@@ -277,7 +275,6 @@ func ReadStats(m *ebpf.Map) (Stats, error) {
 		s.UnsafePairs += p.UnsafePairs
 		s.DirtyMarks += p.DirtyMarks
 		s.EventsLost += p.EventsLost
-		s.ReceiveOnly += p.ReceiveOnly
 		s.Backpressure += p.Backpressure
 	}
 	return s, nil

@@ -60,7 +60,6 @@ type bpfFpStats struct {
 	UnsafePairs    uint64
 	DirtyMarks     uint64
 	EventsLost     uint64
-	ReceiveOnly    uint64
 	Backpressure   uint64
 }
 
