@@ -652,7 +652,7 @@ static __always_inline void established(struct bpf_sock_ops *ops, int active)
 		goto fail;
 	swap_key(&st->peer, &k);
 	st->flags = SOCK_F_ELIGIBLE;
-	st->ready_seq = k.rseq; /* what is published below, if eligible */
+	st->ready_seq = k.rseq; /* what is published below */
 
 	cookie = bpf_get_socket_cookie(ops);
 	if (bpf_map_update_elem(&sm_fp_keys, &cookie, &k, BPF_NOEXIST))
