@@ -44,16 +44,30 @@ func (f *FastPath) seedListeners(ids map[uint64]string) error {
 
 func (f *FastPath) seedProcess(pid int, cgroup uint64, listening map[string]map[string]bool) error {
 	proc := "/proc/" + strconv.Itoa(pid)
-	netns, err := os.Readlink(proc + "/ns/net")
+	// A thread may live in a network namespace of its own (setns, or
+	// unshare after LockOSThread): look at every thread's, not only the
+	// leader's that /proc/PID/net shows. The file descriptors are shared.
+	tasks, err := os.ReadDir(proc + "/task")
 	if err != nil {
 		return err
 	}
-	socks, ok := listening[netns]
-	if !ok {
-		if socks, err = listeningSockets(proc); err != nil {
-			return err
+	socks := map[string]bool{}
+	for _, task := range tasks {
+		dir := proc + "/task/" + task.Name()
+		netns, err := os.Readlink(dir + "/ns/net")
+		if err != nil {
+			continue // the thread exited
 		}
-		listening[netns] = socks
+		ns, ok := listening[netns]
+		if !ok {
+			if ns, err = listeningSockets(dir); err != nil {
+				continue
+			}
+			listening[netns] = ns
+		}
+		for name := range ns {
+			socks[name] = true
+		}
 	}
 	if len(socks) == 0 {
 		return nil
@@ -122,7 +136,7 @@ func (f *FastPath) seedListener(pidfd, n int, cgroup uint64) error {
 }
 
 // listeningSockets returns the "socket:[inode]" names of the TCP sockets
-// listening in the network namespace of the process at proc.
+// listening in the network namespace of the process or thread at proc.
 func listeningSockets(proc string) (map[string]bool, error) {
 	out := map[string]bool{}
 	for _, table := range []string{"tcp", "tcp6"} {
