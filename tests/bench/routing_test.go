@@ -75,8 +75,15 @@ func BenchmarkServiceRouting(b *testing.B) {
 	// on the other vCPU costs ~60 µs on these machines and makes unpinned
 	// round trips bimodal (docs/KERNEL.md), which swamps a few percent.
 	server.StartExec("ready", "taskset", "-c", "0", podbin, "serve", "-id", "server", "-tcp", ":8080")
+	// The same server unpinned, behind a second VIP: connect4 is reported
+	// for both layouts, so pinning cannot flatter it.
+	server.StartExec("ready", podbin, "serve", "-id", "unpinned", "-tcp", ":8081")
+	const vipUnpinned = "10.96.1.2"
+	unpinned := fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: unpinned}\nspec: {clusterIP: %s, ports: [{port: 80, targetPort: 8081}]}\n---\n"+
+		"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: unpinned, labels: {kubernetes.io/service-name: unpinned}}\naddressType: IPv4\nports: [{port: 8081}]\nendpoints: [{addresses: [%s]}]\n",
+		vipUnpinned, server.IP4.String())
 	mesh := filepath.Join(b.TempDir(), "mesh.yaml")
-	if err := os.WriteFile(mesh, []byte(meshOf(services, "10.96.1.1", server.IP4.String())), 0o644); err != nil {
+	if err := os.WriteFile(mesh, []byte(meshOf(services-1, "10.96.1.1", server.IP4.String())+unpinned), 0o644); err != nil {
 		b.Fatal(err)
 	}
 	start := time.Now()
@@ -148,6 +155,15 @@ func BenchmarkServiceRouting(b *testing.B) {
 			}
 			conns[k] = append(conns[k], c.ConnsPerS)
 		}
+		var c connectResult
+		before, _ := connect4.Stats()
+		client.RunJSON(&c, "connect", "-addr", vipUnpinned+":80", "-duration", connectTime.String())
+		after, _ := connect4.Stats()
+		if c.Errors > 0 {
+			b.Fatalf("unpinned server: %d connect errors", c.Errors)
+		}
+		progNs["unpinned"] += after.Runtime - before.Runtime
+		progRuns["unpinned"] += after.RunCount - before.RunCount
 	}
 	// The same program in a tight loop of connects that fail at once (a
 	// filler service's backend and a plain address are both unreachable
@@ -175,6 +191,7 @@ func BenchmarkServiceRouting(b *testing.B) {
 	b.ReportMetric(p99, "p99-latency-ratio")
 	b.ReportMetric(cps, "conns/s-ratio")
 	b.ReportMetric(avgNs, "connect4-ns/run")
+	b.ReportMetric(avg("unpinned"), "connect4-unpinned-server-ns/run")
 	b.Logf("%d services; agent ready in %v; %d interleaved rounds, medians", services, ready.Round(time.Millisecond), rounds)
 	b.Logf("request/response 1 B over one connection, client and server on CPU 0 (%d round trips a round):", rrOps)
 	b.Logf("  via VIP: p50 %.1f µs  p99 %.1f µs  %.0f ops/s", m("vip", "p50"), m("vip", "p99"), m("vip", "ops"))
@@ -186,6 +203,7 @@ func BenchmarkServiceRouting(b *testing.B) {
 	b.ReportMetric(floorAvg, "empty-prog-ns/run")
 	b.Logf("connect4 average run time (BPF stats): %.0f ns translating a VIP (%d runs; target < 500 ns), %.0f ns passing a non-VIP connect (%d runs); an empty program measures %.0f ns here",
 		avgNs, progRuns["vip"], avg("direct"), progRuns["direct"], floorAvg)
+	b.Logf("connect4 translating a VIP whose server is not pinned: %.0f ns (%d runs)", avg("unpinned"), progRuns["unpinned"])
 	b.Logf("connect4 in a tight loop of 20,000 failing connects (warm caches): %.0f ns translating a VIP, %.0f ns passing a non-VIP connect",
 		hot["vip"], hot["direct"])
 }
