@@ -47,12 +47,16 @@ type ServiceValue = bpfSvcVal
 // at most this many is in ServiceValue.Table, a larger one in sm_slots.
 const InlineSlots = len(bpfSvcVal{}.Table)
 
+// InlineTable reports whether a slot table of n slots is kept in the
+// service entry rather than in sm_slots.
+func InlineTable(n int) bool { return n <= InlineSlots }
+
 // NewServiceValue builds the entry of a service whose slot table is slots,
 // written under revision rev: inline if it fits, else the caller writes
 // the slots to sm_slots under rev first.
 func NewServiceValue(rev uint32, slots []Backend, flags ServiceFlags) ServiceValue {
 	v := ServiceValue{Rev: rev, Slots: uint32(len(slots)), Flags: flags}
-	if len(slots) <= InlineSlots {
+	if v.Inline() {
 		copy(v.Table[:], slots)
 	}
 	return v
@@ -60,7 +64,7 @@ func NewServiceValue(rev uint32, slots []Backend, flags ServiceFlags) ServiceVal
 
 // Inline reports whether the slot table is in the entry (Table[:Slots])
 // rather than in sm_slots.
-func (v *bpfSvcVal) Inline() bool { return v.Slots <= uint32(InlineSlots) }
+func (v *bpfSvcVal) Inline() bool { return InlineTable(int(v.Slots)) }
 
 // SlotKey is the key of sm_slots.
 type SlotKey = bpfSlotKey

@@ -323,7 +323,7 @@ func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, flags
 // deleteTable removes revision rev's slots from sm_slots, if its table of
 // slots was there rather than inline.
 func (d *Dataplane) deleteTable(rev uint32, slots []sockaddr.Backend) {
-	if len(slots) > sockaddr.InlineSlots {
+	if !sockaddr.InlineTable(len(slots)) {
 		d.deleteSlots(rev, len(slots))
 	}
 }

@@ -154,7 +154,7 @@ func TestAdoptAndDiff(t *testing.T) {
 			t.Fatalf("%d backends: %+v", n, dump.Services)
 		}
 		want := n
-		if n <= sockaddr.InlineSlots {
+		if sockaddr.InlineTable(n) {
 			want = 0
 		}
 		if got := slotsIn(t, d2); got != want {

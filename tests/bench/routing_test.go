@@ -46,15 +46,18 @@ func median(xs []float64) float64 {
 // with one endpoint, so the maps hold n services.
 func meshOf(n int, vip, backend string) string {
 	var b strings.Builder
-	svc := func(name, vip, ep string) {
-		fmt.Fprintf(&b, "apiVersion: v1\nkind: Service\nmetadata: {name: %s}\nspec: {clusterIP: %s, ports: [{port: 80, targetPort: 8080}]}\n---\n", name, vip)
-		fmt.Fprintf(&b, "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: %s, labels: {kubernetes.io/service-name: %s}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints: [{addresses: [%s]}]\n---\n", name, name, ep)
-	}
-	svc("bench", vip, backend)
+	b.WriteString(serviceYAML("bench", vip, backend, 8080))
 	for i := 1; i < n; i++ {
-		svc(fmt.Sprintf("filler-%d", i), fmt.Sprintf("10.%d.%d.%d", 100+i>>16, (i>>8)&255, i&255), "10.78.0.250") // outside the pods' subnet: unreachable at once
+		b.WriteString(serviceYAML(fmt.Sprintf("filler-%d", i), fmt.Sprintf("10.%d.%d.%d", 100+i>>16, (i>>8)&255, i&255), "10.78.0.250", 8080)) // outside the pods' subnet: unreachable at once
 	}
 	return b.String()
+}
+
+// serviceYAML renders a Service on vip:80 and its EndpointSlice with one
+// endpoint, ep:port.
+func serviceYAML(name, vip, ep string, port int) string {
+	return fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: %s}\nspec: {clusterIP: %s, ports: [{port: 80, targetPort: %d}]}\n---\n", name, vip, port) +
+		fmt.Sprintf("apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: %s, labels: {kubernetes.io/service-name: %s}}\naddressType: IPv4\nports: [{port: %d}]\nendpoints: [{addresses: [%s]}]\n---\n", name, name, port, ep)
 }
 
 // BenchmarkServiceRouting compares, through a VIP and directly to the
@@ -79,9 +82,7 @@ func BenchmarkServiceRouting(b *testing.B) {
 	// for both layouts, so pinning cannot flatter it.
 	server.StartExec("ready", podbin, "serve", "-id", "unpinned", "-tcp", ":8081")
 	const vipUnpinned = "10.96.1.2"
-	unpinned := fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata: {name: unpinned}\nspec: {clusterIP: %s, ports: [{port: 80, targetPort: 8081}]}\n---\n"+
-		"apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: unpinned, labels: {kubernetes.io/service-name: unpinned}}\naddressType: IPv4\nports: [{port: 8081}]\nendpoints: [{addresses: [%s]}]\n",
-		vipUnpinned, server.IP4.String())
+	unpinned := serviceYAML("unpinned", vipUnpinned, server.IP4.String(), 8081)
 	mesh := filepath.Join(b.TempDir(), "mesh.yaml")
 	if err := os.WriteFile(mesh, []byte(meshOf(services-1, "10.96.1.1", server.IP4.String())+unpinned), 0o644); err != nil {
 		b.Fatal(err)
