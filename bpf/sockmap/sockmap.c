@@ -980,7 +980,7 @@ int sm_fp_attach(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* spliced runs before the kernel splices (or sendfiles) from fd; see rule
- * 3 at the top. It only reads the kernel and writes sockmesh's own maps. */
+ * 4 at the top. It only reads the kernel and writes sockmesh's own maps. */
 static __always_inline int spliced(unsigned long fd)
 {
 	struct sk_psock *psock;

@@ -464,10 +464,9 @@ type FastPathCounters struct {
 	Executables int    `json:"executables"`
 	ExeErrors   uint64 `json:"executableErrors"`
 	// Filled by Dump only: entries in sm_fp_hold (every fast-path
-	// socket), sm_fp_socks (those with sk_msg), sm_fp_keys and
+	// socket; sm_fp_socks holds the same ones), sm_fp_keys and
 	// sm_fp_targets now.
 	Sockets    int `json:"sockets"`
-	Senders    int `json:"senders"`
 	Keys       int `json:"keys"`
 	TargetsNow int `json:"targetsNow"`
 }
@@ -507,7 +506,7 @@ func (f *FastPath) Dump() (FastPathCounters, error) {
 	for _, m := range []struct {
 		m *ebpf.Map
 		n *int
-	}{{f.objs.SmFpHold, &c.Sockets}, {f.objs.SmFpSocks, &c.Senders}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
+	}{{f.objs.SmFpHold, &c.Sockets}, {f.objs.SmFpKeys, &c.Keys}, {f.objs.SmFpTargets, &c.TargetsNow}} {
 		if *m.n, err = countKeys(m.m); err != nil {
 			return c, err
 		}
