@@ -1,12 +1,15 @@
 package tests
 
 import (
+	"fmt"
 	"math"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/internal/testutil"
 	"github.com/sockmesh/sockmesh/tests/harness"
 )
@@ -224,6 +227,51 @@ func TestEndpointChangesFollowTheFile(t *testing.T) {
 	if out := w.sm.Output(); !contains(out, "spec.ports[0].port") {
 		t.Errorf("the bad edit was not reported with its field; log:\n%s", out)
 	}
+}
+
+// TestCollidingVIPs routes through VIPs that share their home slot in the
+// service table, so the programs must walk the run the agent laid out with
+// the same hash; deleting the run's head moves the others back.
+func TestCollidingVIPs(t *testing.T) {
+	w := newRoutingWorld(t)
+	var vips []string
+	home := func(a netip.Addr) uint32 { return sockaddr.HomeSlot(sockaddr.NewServiceKey(a, 80, sockaddr.ProtoTCP)) }
+	first := netip.MustParseAddr("10.100.0.0")
+	for a := first; len(vips) < 4; a = a.Next() {
+		if home(a) == home(first) {
+			vips = append(vips, a.String())
+		}
+	}
+	backends := []*harness.Pod{w.be1, w.be2}
+	// The i-th VIP of the run goes to be1 or be2 by turns.
+	mesh := func(vips []string, first int) string {
+		var parts []string
+		for i, v := range vips {
+			name := fmt.Sprintf("c%d", first+i)
+			parts = append(parts, svc(name, []string{v}, "http:80/TCP"),
+				slice(name, name, "IPv4", 0, []string{backends[(first+i)%2].IP4.String()}, "http:8080/TCP"))
+		}
+		return docs(parts...)
+	}
+	check := func(vips []string, first int) {
+		t.Helper()
+		for i, v := range vips {
+			be := fmt.Sprintf("be%d", (first+i)%2+1)
+			if res := w.client.Dial("tcp", v+":80", 10); res.Servers[be] != 10 {
+				t.Fatalf("%s (%d of a run of %d): %v errors %v, want %s", v, first+i+1, len(vips)+first, res.Servers, res.Errors, be)
+			}
+		}
+	}
+	writeMesh(t, w.meshFile, mesh(vips, 0))
+	waitFor(t, 3*time.Second, func() bool { return w.client.Dial("tcp", vips[3]+":80", 1).Servers["be2"] == 1 })
+	check(vips, 0)
+
+	// Without the head of the run (c0 goes; c1..c3 keep their backends).
+	writeMesh(t, w.meshFile, mesh(vips[1:], 1))
+	waitFor(t, 3*time.Second, func() bool {
+		return w.client.Dial("tcp", vips[0]+":80", 1).Errors["network is unreachable"] == 1
+	})
+	check(vips[1:], 1)
 }
 
 func TestStateSurvivesAgentRestart(t *testing.T) {

@@ -94,7 +94,7 @@ func TestNACKIsVisibleAndNotResent(t *testing.T) {
 		out = sockmeshCLI(t, "proxy-status", "--xds-address", sm.XDS)
 		return strings.Contains(out, "ERROR")
 	})
-	if !strings.Contains(out, "program kernel") || !strings.Contains(out, "write service entry") {
+	if !strings.Contains(out, "program kernel") || !strings.Contains(out, "service table full") {
 		t.Fatalf("proxy-status does not show the NACK's detail:\n%s", out)
 	}
 	if res := client.Dial("tcp", vip4+":80", 10); res.Servers["be"] != 10 {

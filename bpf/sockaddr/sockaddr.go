@@ -2,8 +2,11 @@ package sockaddr
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/cilium/ebpf"
 
@@ -37,10 +40,10 @@ const FlagAgentLive = bpfSvcFlagsSVC_F_AGENT_LIVE
 // down to fit.
 const MaxSlots = 1024
 
-// ServiceKey is the key of sm_services.
+// ServiceKey names a service port in a service table.
 type ServiceKey = bpfSvcKey
 
-// ServiceValue is the value of sm_services.
+// ServiceValue is what a service table holds for a service port.
 type ServiceValue = bpfSvcVal
 
 // InlineSlots is how many slots a service entry holds itself: a table of
@@ -107,11 +110,11 @@ type LoadOptions struct {
 	// PinDir is where maps are pinned in, or adopted from; empty pins
 	// nothing.
 	PinDir string
-	// MaxServices and MaxSlots override the capacity of sm_services and
-	// sm_slots (0: the compiled-in 65536 and 262144). A pinned map of
-	// another layout (another capacity, an older release) is replaced,
-	// its entries carried over where they fit (see package pins).
-	MaxServices, MaxSlots uint32
+	// MaxSlots overrides the capacity of sm_slots (0: the compiled-in
+	// 262144). A pinned map of another layout (another capacity, an older
+	// release) is replaced, its entries carried over where they fit (see
+	// package pins; services: ReadLegacyServices).
+	MaxSlots uint32
 	// Migrated, if set, hears of every pinned map replaced.
 	Migrated func(pins.Migration)
 }
@@ -128,9 +131,6 @@ func Load(o LoadOptions) (*Objects, error) {
 		for _, m := range spec.Maps {
 			m.Pinning = ebpf.PinNone
 		}
-	}
-	if o.MaxServices > 0 {
-		spec.Maps[MapServices].MaxEntries = o.MaxServices
 	}
 	if o.MaxSlots > 0 {
 		spec.Maps[MapSlots].MaxEntries = o.MaxSlots
@@ -150,6 +150,35 @@ func Load(o LoadOptions) (*Objects, error) {
 		return nil, verifier.Explain("sockaddr programs", err)
 	}
 	return &objs, nil
+}
+
+// ReadLegacyServices reads the services from an sm_services pinned in
+// pinDir by a release that kept them in a hash map (which Load replaces),
+// so the agent can write them to the service table before its programs
+// replace the old ones: connects keep being translated across the upgrade.
+// It returns nil if there is no such map.
+func ReadLegacyServices(pinDir string) (map[ServiceKey]ServiceValue, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, MapServices), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, fmt.Errorf("pinned %s: %w", MapServices, err)
+	}
+	defer m.Close()
+	if m.Type() != ebpf.Hash || m.KeySize() != uint32(binary.Size(ServiceKey{})) || m.ValueSize() != uint32(binary.Size(ServiceValue{})) {
+		return nil, nil
+	}
+	out := map[ServiceKey]ServiceValue{}
+	var k ServiceKey
+	var v ServiceValue
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read pinned %s: %w", MapServices, err)
+	}
+	return out, nil
 }
 
 // Addr encodes an address the way the programs store it: IPv4 v4-mapped,

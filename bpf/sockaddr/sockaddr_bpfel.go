@@ -61,6 +61,13 @@ const (
 	bpfStatSTAT_MAX          bpfStat = 7
 )
 
+type bpfSvcEntry struct {
+	_   structs.HostLayout
+	Key bpfSvcKey
+	Val bpfSvcVal
+	Pad [16]uint8
+}
+
 type bpfSvcFlags uint32
 
 const (
@@ -116,6 +123,8 @@ const (
 	bpfMapSmServices      = "sm_services"
 	bpfMapSmSlots         = "sm_slots"
 	bpfMapSmStats         = "sm_stats"
+	bpfMapSmSvcA          = "sm_svc_a"
+	bpfMapSmSvcB          = "sm_svc_b"
 	bpfMapSmUdpRev        = "sm_udp_rev"
 	bpfProgSmConnect4     = "sm_connect4"
 	bpfProgSmConnect6     = "sm_connect6"
@@ -190,6 +199,8 @@ type bpfMapSpecs struct {
 	SmServices *ebpf.MapSpec `ebpf:"sm_services"`
 	SmSlots    *ebpf.MapSpec `ebpf:"sm_slots"`
 	SmStats    *ebpf.MapSpec `ebpf:"sm_stats"`
+	SmSvcA     *ebpf.MapSpec `ebpf:"sm_svc_a"`
+	SmSvcB     *ebpf.MapSpec `ebpf:"sm_svc_b"`
 	SmUdpRev   *ebpf.MapSpec `ebpf:"sm_udp_rev"`
 }
 
@@ -224,6 +235,8 @@ type bpfMaps struct {
 	SmServices *ebpf.Map `ebpf:"sm_services"`
 	SmSlots    *ebpf.Map `ebpf:"sm_slots"`
 	SmStats    *ebpf.Map `ebpf:"sm_stats"`
+	SmSvcA     *ebpf.Map `ebpf:"sm_svc_a"`
+	SmSvcB     *ebpf.Map `ebpf:"sm_svc_b"`
 	SmUdpRev   *ebpf.Map `ebpf:"sm_udp_rev"`
 }
 
@@ -234,6 +247,8 @@ func (m *bpfMaps) Close() error {
 		m.SmServices,
 		m.SmSlots,
 		m.SmStats,
+		m.SmSvcA,
+		m.SmSvcB,
 		m.SmUdpRev,
 	)
 }

@@ -296,7 +296,7 @@ func bindAgentFlags(cmd *cobra.Command, ag *node.Config) {
 	f.StringVar(&ag.PinDir, "pin-dir", ag.PinDir, "bpffs directory for this instance's maps and links (bpffs is mounted if needed)")
 	f.StringVar(&ag.AdminAddress, "admin-address", ag.AdminAddress, "admin HTTP address (/ready, /config_dump, /maps); keep it on loopback")
 	f.StringVar(&ag.MetricsAddress, "metrics-address", ag.MetricsAddress, "Prometheus /metrics address (empty: off)")
-	f.Uint32Var(&ag.MaxServices, "max-services", 0, "capacity of the kernel's service map (0: 65536)")
+	f.Uint32Var(&ag.MaxServices, "max-services", 0, "most service ports in the kernel's service table (0: and at most 32768)")
 	f.Uint32Var(&ag.MaxSlots, "max-backend-slots", 0, "capacity of the kernel's backend slot map (0: 262144)")
 	f.StringVar(&ag.Cluster, "cluster-id", ag.Cluster, "mesh cluster id reported to the control plane")
 	f.StringVar(&ag.Region, "region", ag.Region, "this node's region")

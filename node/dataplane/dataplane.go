@@ -27,8 +27,9 @@ type Config struct {
 	// Cgroup is the cgroup v2 directory the programs attach to; sockets of
 	// processes in it and below are routed.
 	Cgroup string
-	// MaxServices and MaxSlots size the service and backend-slot maps
-	// (0: the defaults, 65536 and 262144).
+	// MaxServices caps the service ports in the service table (0: and at
+	// most sockaddr.MaxServices, 32768); MaxSlots sizes the map of
+	// backend slots of larger services (0: 262144).
 	MaxServices, MaxSlots uint32
 }
 
@@ -81,7 +82,12 @@ type Dataplane struct {
 	objs *sockaddr.Objects
 
 	mu      sync.Mutex
+	table   *sockaddr.Table
 	current map[sockaddr.ServiceKey]entry
+	// retired are the slot tables of revisions replaced in memory, to be
+	// deleted once a Commit has put the table that no longer points at
+	// them in place.
+	retired []entry
 	nextRev uint32
 	links   []link.Link
 
@@ -95,7 +101,11 @@ func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
 	if err := cfg.prepare(); err != nil {
 		return nil, err
 	}
-	objs, err := sockaddr.Load(sockaddr.LoadOptions{PinDir: cfg.mapDir(), MaxServices: cfg.MaxServices, MaxSlots: cfg.MaxSlots, Migrated: logMigration(log)})
+	legacy, err := sockaddr.ReadLegacyServices(cfg.mapDir())
+	if err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	objs, err := sockaddr.Load(sockaddr.LoadOptions{PinDir: cfg.mapDir(), MaxSlots: cfg.MaxSlots, Migrated: logMigration(log)})
 	if err != nil {
 		return nil, fmt.Errorf("dataplane: %w", err)
 	}
@@ -105,7 +115,10 @@ func Open(cfg Config, log *slog.Logger) (_ *Dataplane, err error) {
 			d.Close()
 		}
 	}()
-	if err := d.adopt(); err != nil {
+	if d.table, err = sockaddr.OpenTable(objs, int(cfg.MaxServices)); err != nil {
+		return nil, fmt.Errorf("dataplane: %w", err)
+	}
+	if err := d.adopt(legacy); err != nil {
 		return nil, err
 	}
 	if err := d.attach(); err != nil {
@@ -186,8 +199,10 @@ func (c Config) attachCgroup(as []cgroupAttachment, log *slog.Logger) ([]link.Li
 
 // adopt reads what the pinned maps hold, so the first Sync writes only
 // differences, and drops slots no service points at (left by a run that
-// stopped between writing slots and switching the service).
-func (d *Dataplane) adopt() error {
+// stopped between writing slots and switching the service). Services an
+// older release kept in a hash map (legacy) go into the table, which is
+// put in place before the new programs are attached.
+func (d *Dataplane) adopt(legacy map[sockaddr.ServiceKey]sockaddr.ServiceValue) error {
 	byRev := map[uint32][]struct {
 		slot uint32
 		b    sockaddr.Backend
@@ -204,11 +219,19 @@ func (d *Dataplane) adopt() error {
 	if err := it.Err(); err != nil {
 		return fmt.Errorf("dataplane: read slots: %w", err)
 	}
-	var key sockaddr.ServiceKey
-	var val sockaddr.ServiceValue
 	used := map[uint32]bool{}
-	sit := d.objs.SmServices.Iterate()
-	for sit.Next(&key, &val) {
+	services := d.table.All()
+	for k, v := range legacy {
+		if _, ok := services[k]; ok {
+			continue
+		}
+		if err := d.table.Set(k, v); err != nil {
+			d.log.Warn("service of the previous release not carried over", "err", err)
+			continue
+		}
+		services[k] = v
+	}
+	for key, val := range services {
 		var slots []sockaddr.Backend
 		if val.Inline() {
 			slots = slices.Clone(val.Table[:val.Slots])
@@ -224,8 +247,8 @@ func (d *Dataplane) adopt() error {
 		d.current[key] = entry{rev: val.Rev, slots: slots, flags: val.Flags}
 		d.nextRev = max(d.nextRev, val.Rev+1)
 	}
-	if err := sit.Err(); err != nil {
-		return fmt.Errorf("dataplane: read services: %w", err)
+	if err := d.table.Commit(); err != nil {
+		return fmt.Errorf("dataplane: %w", err)
 	}
 	for rev, slots := range byRev {
 		d.nextRev = max(d.nextRev, rev+1)
@@ -242,12 +265,12 @@ func (d *Dataplane) adopt() error {
 	return nil
 }
 
-// Sync makes the kernel's service maps equal to desired. Per service, the
-// new backends are written under a fresh revision before the service entry
-// is switched to it, and the old revision is deleted after: a connect sees
-// either the old or the new backend set, never a mix or a gap. Services
-// that fail (e.g. a full map) keep their previous state; the errors are
-// returned together.
+// Sync makes the kernel's service maps equal to desired. Changed services
+// get their backends under a fresh revision, written before the service
+// table that points at it is put in place, and the old revision is deleted
+// after: a connect sees either the old or the new backend set, never a mix
+// or a gap. Services that fail (e.g. a full table) keep their previous
+// state; the errors are returned together.
 func (d *Dataplane) Sync(desired []Service) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -283,12 +306,19 @@ func (d *Dataplane) Sync(desired []Service) error {
 		if _, ok := want[k]; ok {
 			continue
 		}
-		if err := d.objs.SmServices.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("delete service %s: %w", cur.name, err))
-			continue
-		}
-		d.deleteTable(cur.rev, cur.slots)
+		d.table.Delete(k)
+		d.retired = append(d.retired, cur)
 		delete(d.current, k)
+	}
+	if err := d.table.Commit(); err != nil {
+		// The programs may still read a table pointing at the retired
+		// revisions: keep them until a Commit succeeds.
+		errs = append(errs, err)
+	} else {
+		for _, old := range d.retired {
+			d.deleteTable(old.rev, old.slots)
+		}
+		d.retired = nil
 	}
 	if len(errs) > 0 {
 		d.syncErrors += uint64(len(errs))
@@ -309,12 +339,12 @@ func (d *Dataplane) write(k sockaddr.ServiceKey, slots []sockaddr.Backend, flags
 			}
 		}
 	}
-	if err := d.objs.SmServices.Update(k, val, ebpf.UpdateAny); err != nil {
+	if err := d.table.Set(k, val); err != nil {
 		d.deleteTable(rev, slots)
-		return fmt.Errorf("write service entry: %w", err)
+		return err
 	}
 	if old, ok := d.current[k]; ok {
-		d.deleteTable(old.rev, old.slots)
+		d.retired = append(d.retired, old)
 	}
 	d.current[k] = entry{rev: rev, slots: slots, flags: flags, name: name}
 	return nil

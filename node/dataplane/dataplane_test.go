@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -8,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cilium/ebpf"
 
 	"github.com/sockmesh/sockmesh/bpf/sockaddr"
 	"github.com/sockmesh/sockmesh/internal/testutil"
@@ -56,15 +60,15 @@ func TestFullMapIsAnErrorAndKeepsTheRest(t *testing.T) {
 		want = append(want, svc(netip.AddrFrom4([4]byte{10, 96, 0, byte(i + 1)}).String(), 80, backends(5)...))
 	}
 	err := d.Sync(want)
-	if err == nil || !strings.Contains(err.Error(), "write service entry") {
-		t.Fatalf("syncing 5 services into a map of 4: %v", err)
+	if !errors.Is(err, sockaddr.ErrTableFull) {
+		t.Fatalf("syncing 5 services into a table of 4: %v", err)
 	}
 	dump, err := d.Dump()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(dump.Services) != 4 || dump.SyncErrors != 1 {
-		t.Fatalf("%d services in the map, %d sync errors; want 4 and 1", len(dump.Services), dump.SyncErrors)
+		t.Fatalf("%d services in the table, %d sync errors; want 4 and 1", len(dump.Services), dump.SyncErrors)
 	}
 	// No slot of the failed service is left behind.
 	var n int
@@ -193,5 +197,45 @@ func TestPinDirOfAnotherCgroupIsRefused(t *testing.T) {
 	other.Cgroup = testutil.Cgroup(t)
 	if _, err := Open(other, quiet); err == nil || !strings.Contains(err.Error(), "another cgroup") {
 		t.Fatalf("opening a pin dir attached elsewhere: %v", err)
+	}
+}
+
+// TestUpgradeFromHashMap: services a release that kept them in a hash map
+// pinned are in the table before the new programs are attached, so
+// connects keep being translated across the upgrade.
+func TestUpgradeFromHashMap(t *testing.T) {
+	cfg := testConfig(t)
+	if err := cfg.prepare(); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMapWithOptions(&ebpf.MapSpec{
+		Name: sockaddr.MapServices, Type: ebpf.Hash, Pinning: ebpf.PinByName, MaxEntries: 16,
+		KeySize: uint32(binary.Size(sockaddr.ServiceKey{})), ValueSize: uint32(binary.Size(sockaddr.ServiceValue{})),
+	}, ebpf.MapOptions{PinPath: cfg.mapDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := svc("10.96.0.1", 80, "10.0.0.3", "10.0.0.4")
+	slots, err := Slots(s.Backends)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Put(s.key(), sockaddr.NewServiceValue(7, slots, 0)); err != nil {
+		t.Fatal(err)
+	}
+	old.Close()
+
+	d := open(t, cfg)
+	defer d.Close()
+	dump, err := d.Dump()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dump.Services) != 1 || dump.Services[0].Revision != 7 || len(dump.Services[0].Backends) != 2 {
+		t.Fatalf("after the upgrade the table holds %+v, want the old release's service", dump.Services)
+	}
+	// The next sync with the same state rewrites nothing.
+	if err := d.Sync([]Service{s}); err != nil || d.current[s.key()].rev != 7 {
+		t.Fatalf("sync after upgrade: %v, revision %d", err, d.current[s.key()].rev)
 	}
 }

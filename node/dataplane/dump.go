@@ -59,13 +59,15 @@ func (d *Dataplane) Dump() (*Dump, error) {
 		names[k] = e.name
 	}
 	syncErrors := d.syncErrors
+	// Under the lock: after a swap, Sync writes the table swapped out.
+	services, err := d.table.Installed()
 	d.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 
 	out := &Dump{SyncErrors: syncErrors}
-	var key sockaddr.ServiceKey
-	var val sockaddr.ServiceValue
-	it := d.objs.SmServices.Iterate()
-	for it.Next(&key, &val) {
+	for key, val := range services {
 		proto := "tcp"
 		if key.Proto == sockaddr.ProtoUDP {
 			proto = "udp"
@@ -91,9 +93,6 @@ func (d *Dataplane) Dump() (*Dump, error) {
 		}
 		slices.SortFunc(ds.Backends, func(a, b DumpBackend) int { return cmp.Compare(a.Address, b.Address) })
 		out.Services = append(out.Services, ds)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read services: %w", err)
 	}
 	slices.SortFunc(out.Services, func(a, b DumpService) int { return cmp.Compare(a.Service, b.Service) })
 	stats, err := sockaddr.ReadStats(d.objs.SmStats)
