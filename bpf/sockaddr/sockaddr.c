@@ -151,7 +151,7 @@ struct {
 		__uint(type, BPF_MAP_TYPE_ARRAY);
 		__uint(max_entries, SVC_TABLE_SLOTS);
 		__type(key, __u32);
-		__uint(value_size, sizeof(struct svc_entry));
+		__type(value, struct svc_entry);
 	});
 } sm_services SEC(".maps");
 
