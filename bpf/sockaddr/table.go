@@ -66,10 +66,11 @@ func HomeSlot(k ServiceKey) uint32 { return home(k) }
 // dist is how many slots after k's home slot s is.
 func dist(k ServiceKey, s uint32) uint32 { return (s - home(k)) & (TableSlots - 1) }
 
-// OpenTable adopts the tables of objs: it reads the services of the table
-// sm_services holds, if any, and lays them out afresh, so a table another
-// release or a stopped agent left half written is repaired by the next
-// Commit. limit caps the number of services (0: MaxServices).
+// OpenTable adopts the tables of objs: it takes the services of the table
+// sm_services holds, if any, where they are, and marks what the spare
+// table lacks (a stopped agent may have left it half written), for the
+// next Commit to repair. limit caps the number of services (0:
+// MaxServices).
 func OpenTable(objs *Objects, limit int) (*Table, error) {
 	if limit <= 0 {
 		limit = MaxServices
@@ -110,13 +111,8 @@ func OpenTable(objs *Objects, limit int) (*Table, error) {
 		}
 	}
 	if t.active >= 0 {
-		for _, e := range contents[t.active] {
-			if e.Key.Proto == 0 {
-				continue
-			}
-			if err := t.Set(e.Key, e.Val); err != nil {
-				return nil, fmt.Errorf("service table: adopt %v: %w", e.Key, err)
-			}
+		if err := t.adopt(contents[t.active]); err != nil {
+			return nil, err
 		}
 	}
 	// What each table must be told: where it differs from the layout.
@@ -129,6 +125,57 @@ func OpenTable(objs *Objects, limit int) (*Table, error) {
 		}
 	}
 	return t, nil
+}
+
+// adopt takes the layout of the table in use as it is, so a restart writes
+// nothing. If an entry is one a lookup could not reach, or a second one of
+// its key (which this code never writes), all are laid out again. The
+// limit does not apply: a lower --max-services takes effect as services
+// are added.
+func (t *Table) adopt(entries []Entry) error {
+	ok := true
+	for s, e := range entries {
+		if e.Key.Proto == 0 {
+			continue
+		}
+		if _, dup := t.at[e.Key]; dup {
+			ok = false
+			continue
+		}
+		t.slots[uint32(s)], t.at[e.Key] = e, uint32(s)
+	}
+	for s, e := range t.slots {
+		ok = ok && t.reachable(e.Key, s)
+	}
+	if ok {
+		return nil
+	}
+	clear(t.slots)
+	clear(t.at)
+	for _, e := range entries {
+		if e.Key.Proto == 0 {
+			continue
+		}
+		if err := t.set(e.Key, e.Val, false); err != nil {
+			return fmt.Errorf("service table: adopt %v: %w", e.Key, err)
+		}
+	}
+	return nil
+}
+
+// reachable reports whether a lookup of k finds slot s: s is within
+// TableProbes of k's home and no free slot lies between.
+func (t *Table) reachable(k ServiceKey, s uint32) bool {
+	d := dist(k, s)
+	if d >= TableProbes {
+		return false
+	}
+	for i := range d {
+		if _, taken := t.slots[(home(k)+i)&(TableSlots-1)]; !taken {
+			return false
+		}
+	}
+	return true
 }
 
 // readTable reads every slot of a table.
@@ -183,7 +230,9 @@ func (t *Table) put(s uint32, e Entry) {
 }
 
 // Set adds k or changes its value, in memory until Commit.
-func (t *Table) Set(k ServiceKey, v ServiceValue) error {
+func (t *Table) Set(k ServiceKey, v ServiceValue) error { return t.set(k, v, true) }
+
+func (t *Table) set(k ServiceKey, v ServiceValue, limited bool) error {
 	if k.Proto == 0 {
 		return fmt.Errorf("service key %v: protocol 0 marks a free slot", k)
 	}
@@ -191,7 +240,7 @@ func (t *Table) Set(k ServiceKey, v ServiceValue) error {
 		t.put(s, Entry{Key: k, Val: v})
 		return nil
 	}
-	if len(t.at) >= t.limit {
+	if limited && len(t.at) >= t.limit {
 		return fmt.Errorf("%w: %d services", ErrTableFull, t.limit)
 	}
 	h := home(k)

@@ -172,4 +172,35 @@ func TestTableCommitAndAdopt(t *testing.T) {
 		// others move back.
 		tab.Delete(keys[round])
 	}
+	if err := tab.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	// A lower limit than the table holds does not stop a restart.
+	if low, err := OpenTable(objs, 2); err != nil || low.Len() != tab.Len() {
+		t.Fatalf("adopting %d services under a limit of 2: %v", tab.Len(), err)
+	}
+	// An entry a lookup cannot reach (far from its home, after a free
+	// slot) makes the adopter lay the table out again, so it is found.
+	stray := key(5000)
+	far := (home(stray) + TableProbes + 3) & (TableSlots - 1)
+	if _, taken := tab.slots[far]; taken {
+		t.Fatal("test setup: slot taken")
+	}
+	if err := tab.bufs[tab.active].Put(far, Entry{Key: stray, Val: ServiceValue{Rev: 99, Slots: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	fixed, err := OpenTable(objs, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := fixed.find(stray); !ok || v.Rev != 99 || !fixed.Pending() || fixed.Len() != tab.Len()+1 {
+		t.Fatalf("stray entry after adoption: %v %v (pending %v, %d services)", v, ok, fixed.Pending(), fixed.Len())
+	}
+	if err := fixed.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	installed, err := fixed.Installed()
+	if err != nil || installed[stray].Rev != 99 {
+		t.Fatalf("after repair: %v, %v", installed[stray], err)
+	}
 }
