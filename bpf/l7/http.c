@@ -600,10 +600,10 @@ int sm_http_client_start(struct regs *r)
 	return 0;
 }
 
-/* A RET of (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0
- * when there is no response (the error's). */
-SEC("uprobe/round_trip_ret")
-int sm_http_client_end(struct regs *r)
+/* client_done ends a client request at a return point of
+ * (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0 when there
+ * is no response (the error's). */
+static __always_inline int client_done(struct regs *r)
 {
 	__u64 resp = GO_R1(r), req, url, clen, code, bytes, proto, host, hostlen;
 	struct scratch s;
@@ -623,6 +623,27 @@ int sm_http_client_end(struct regs *r)
 	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(bytes), nonneg(clen), req + off_request_method,
 	       url ? url + off_url_path : 0, 0, 0);
 	return 0;
+}
+
+/* A RET of (*Transport).roundTrip: every return but the one the next
+ * probe sees, or every return when that probe could not be placed. */
+SEC("uprobe/round_trip_ret")
+int sm_http_client_end(struct regs *r)
+{
+	return client_done(r);
+}
+
+/* The jump on the error right after roundTrip's call to
+ * (*persistConn).roundTrip (gobin.SuccessReturn): the results are still in
+ * AX, BX and CX, and the kernel emulates a jump where it single-steps a
+ * RET (16-26 µs a hit here). An error here may be retried; the request
+ * ends at a RET then. */
+SEC("uprobe/round_trip_ok")
+int sm_http_client_ok(struct regs *r)
+{
+	if (GO_R2(r))
+		return 0;
+	return client_done(r);
 }
 
 /* grpc_code reads the code of a *status.Status (nil: OK). Codes beyond

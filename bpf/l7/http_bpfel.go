@@ -71,6 +71,7 @@ const (
 	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
 	bpfProgSmH2Done               = "sm_h2_done"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
+	bpfProgSmHttpClientOk         = "sm_http_client_ok"
 	bpfProgSmHttpClientStart      = "sm_http_client_start"
 	bpfProgSmHttpFinish           = "sm_http_finish"
 	bpfProgSmHttpHijack           = "sm_http_hijack"
@@ -156,6 +157,7 @@ type bpfProgramSpecs struct {
 	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
 	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
+	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
 	SmHttpClientStart *ebpf.ProgramSpec `ebpf:"sm_http_client_start"`
 	SmHttpFinish      *ebpf.ProgramSpec `ebpf:"sm_http_finish"`
 	SmHttpHijack      *ebpf.ProgramSpec `ebpf:"sm_http_hijack"`
@@ -289,6 +291,7 @@ type bpfPrograms struct {
 	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
 	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
+	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
 	SmHttpClientStart *ebpf.Program `ebpf:"sm_http_client_start"`
 	SmHttpFinish      *ebpf.Program `ebpf:"sm_http_finish"`
 	SmHttpHijack      *ebpf.Program `ebpf:"sm_http_hijack"`
@@ -305,6 +308,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmGrpcServeEnd,
 		p.SmH2Done,
 		p.SmHttpClientEnd,
+		p.SmHttpClientOk,
 		p.SmHttpClientStart,
 		p.SmHttpFinish,
 		p.SmHttpHijack,

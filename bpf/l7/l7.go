@@ -99,6 +99,7 @@ func init() {
 		"sm_xh2_done":          {"off_xh2rw_rws", "off_xh2rws_req", "off_xh2rws_status", "off_xh2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_http_client_start": nil,
 		"sm_http_client_end":   {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_http_client_ok":    {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_grpc_serve":        nil,
 		"sm_grpc_serve_end":    {"off_status_s", "off_spb_status_code", "off_grpc_server_peer_addr", "off_tcpaddr_ip", "off_grpc_stream_method"},
 		"sm_grpc_call":         nil,

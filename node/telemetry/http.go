@@ -71,6 +71,13 @@ type probe struct {
 	fn      string
 	prog    string
 	returns bool
+	// after names a function fn calls that returns (pointer, error): a
+	// probe with returns goes only on the RETs a return can reach
+	// without the success of that call, and one without on the jump
+	// testing its error (gobin.SuccessReturn), emulated where a RET is
+	// single-stepped. When that cannot be proven, every RET is probed and
+	// the jump is not.
+	after string
 	// optional probes are attached when their function is linked; the
 	// group works without them.
 	optional bool
@@ -98,7 +105,8 @@ var groups = []struct {
 	}},
 	{HTTPClient, "net/http client", []probe{
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
-		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true},
+		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true, after: "net/http.(*persistConn).roundTrip"},
+		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_ok", after: "net/http.(*persistConn).roundTrip", optional: true},
 	}},
 	// x/net's HTTP/2 transport used on its own (h2c clients); under a
 	// net/http Transport the inner call is the one counted, once.
@@ -235,6 +243,22 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 			}
 			return nil, err.Error()
 		}
+		if p.after != "" {
+			at, rets, err := successReturn(bin, f, p.after)
+			switch {
+			case err != nil && p.returns:
+				if out[i], err = bin.Returns(f); err != nil {
+					return nil, err.Error()
+				}
+			case err != nil:
+				// No success point: the RETs see every return.
+			case p.returns:
+				out[i] = rets
+			default:
+				out[i] = []uint64{at}
+			}
+			continue
+		}
 		if p.returns {
 			if out[i], err = bin.Returns(f); err != nil {
 				return nil, err.Error()
@@ -248,6 +272,15 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 		out[i] = []uint64{at}
 	}
 	return out, ""
+}
+
+// successReturn is gobin.SuccessReturn of fn after its call to callee.
+func successReturn(bin *gobin.Binary, fn gobin.Func, callee string) (uint64, []uint64, error) {
+	c, err := bin.Func(callee)
+	if err != nil {
+		return 0, nil, err
+	}
+	return bin.SuccessReturn(fn, c)
 }
 
 // Totals are aggregated requests of one status code: counts and

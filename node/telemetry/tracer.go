@@ -103,7 +103,8 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 		"sm_http_serve": ps.progs.SmHttpServe, "sm_http_finish": ps.progs.SmHttpFinish, "sm_h2_done": ps.progs.SmH2Done,
 		"sm_http_hijack": ps.progs.SmHttpHijack,
 		"sm_xh2_done":    ps.progs.SmXh2Done, "sm_http_client_start": ps.progs.SmHttpClientStart,
-		"sm_http_client_end": ps.progs.SmHttpClientEnd, "sm_grpc_serve": ps.progs.SmGrpcServe,
+		"sm_http_client_end": ps.progs.SmHttpClientEnd, "sm_http_client_ok": ps.progs.SmHttpClientOk,
+		"sm_grpc_serve":     ps.progs.SmGrpcServe,
 		"sm_grpc_serve_end": ps.progs.SmGrpcServeEnd, "sm_grpc_call": ps.progs.SmGrpcCall,
 		"sm_grpc_call_ret": ps.progs.SmGrpcCallRet, "sm_grpc_call_end": ps.progs.SmGrpcCallEnd,
 	}

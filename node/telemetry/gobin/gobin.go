@@ -203,3 +203,168 @@ func (b *Binary) EntryProbe(fn Func) (uint64, error) {
 	}
 	return fn.Offset, nil
 }
+
+// ErrNoSuccessPoint means SuccessReturn found no probe point it can prove.
+var ErrNoSuccessPoint = errors.New("no provable success point")
+
+// SuccessReturn finds where fn goes on after a successful call to callee,
+// a function returning (pointer, error): the conditional jump that tests
+// the error right after the call (TEST BX, BX; JE/JNE), while the results
+// are still in AX, BX and CX. A jump is emulated by the kernel, a RET is
+// single-stepped (16-26 µs a hit here), so a probe there makes the common
+// return cheap. It also returns the RETs of fn a return can reach without
+// the success edge of that jump (error exits, returns on other paths),
+// which still need probes; the RETs reached only through it do not.
+//
+// The control flow is built from the decoded instructions; a function
+// with an indirect jump, undecodable bytes, or no such test after the
+// call gives ErrNoSuccessPoint, and the caller probes every RET instead.
+func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err error) {
+	code := make([]byte, fn.End-fn.Entry)
+	if _, err := b.text.ReadAt(code, int64(fn.Entry-b.text.Addr)); err != nil {
+		return 0, nil, fmt.Errorf("%s: read code: %w", fn.Name, err)
+	}
+	type node struct {
+		inst x86asm.Inst
+		pc   int
+	}
+	var insts []node
+	index := map[int]int{} // pc -> position in insts
+	for pc := 0; pc < len(code); {
+		inst, err := x86asm.Decode(code[pc:], 64)
+		if err != nil || inst.Len == 0 {
+			return 0, nil, fmt.Errorf("%s: %w: undecodable byte at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(pc))
+		}
+		index[pc] = len(insts)
+		insts = append(insts, node{inst, pc})
+		pc += inst.Len
+	}
+	target := func(n node) (int, bool) {
+		if rel, ok := n.inst.Args[0].(x86asm.Rel); ok {
+			return n.pc + n.inst.Len + int(rel), true
+		}
+		return 0, false
+	}
+	// The call, then only instructions that write no register up to the
+	// test of BX and the jump on it.
+	probe, success := -1, -1
+	for i, n := range insts {
+		if n.inst.Op != x86asm.CALL {
+			continue
+		}
+		if t, ok := target(n); !ok || fn.Entry+uint64(t) != callee.Entry {
+			continue
+		}
+		for j := i + 1; j+1 < len(insts) && j <= i+3; j++ {
+			in := insts[j].inst
+			if in.Op == x86asm.NOP {
+				continue
+			}
+			jmp := insts[j+1]
+			if in.Op != x86asm.TEST || in.Args[0] != x86asm.RBX || in.Args[1] != x86asm.RBX ||
+				(jmp.inst.Op != x86asm.JE && jmp.inst.Op != x86asm.JNE) {
+				break
+			}
+			t, _ := target(jmp)
+			probe, success = j+1, t // JE: taken when BX (the error) is nil
+			if jmp.inst.Op == x86asm.JNE {
+				success = jmp.pc + jmp.inst.Len
+			}
+			break
+		}
+		if probe >= 0 {
+			break
+		}
+	}
+	if probe < 0 {
+		return 0, nil, fmt.Errorf("%s: %w: no test of the error after a call to %s", fn.Name, ErrNoSuccessPoint, callee.Name)
+	}
+	// RETs reachable from the entry, with and without the success edge.
+	// A RET reachable neither way (the deferreturn block a recovered panic
+	// resumes at) keeps its probe too.
+	walk := func(withSuccess bool) (map[int]bool, error) {
+		found := map[int]bool{}
+		seen := make([]bool, len(insts))
+		work := []int{0}
+		push := func(pc int) bool {
+			i, ok := index[pc]
+			if !ok {
+				return pc < 0 || pc >= len(code) // a jump out of fn (morestack) is fine
+			}
+			if !seen[i] {
+				seen[i] = true
+				work = append(work, i)
+			}
+			return true
+		}
+		seen[0] = true
+		for len(work) > 0 {
+			i := work[len(work)-1]
+			work = work[:len(work)-1]
+			n := insts[i]
+			next := n.pc + n.inst.Len
+			switch op := n.inst.Op; {
+			case op == x86asm.RET || op == x86asm.INT || op == x86asm.UD2:
+				if op == x86asm.RET {
+					found[n.pc] = true
+				}
+				continue
+			case op == x86asm.JMP:
+				t, ok := target(n)
+				if !ok {
+					return nil, fmt.Errorf("%s: %w: indirect jump at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(n.pc))
+				}
+				if !push(t) {
+					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(n.pc))
+				}
+				continue
+			case isCondJump(op):
+				t, _ := target(n)
+				if i == probe && !withSuccess {
+					// Only the error edge.
+					if t == success {
+						t = next
+					}
+					push(t)
+					continue
+				}
+				if !push(t) {
+					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(n.pc))
+				}
+			}
+			push(next)
+		}
+		return found, nil
+	}
+	all, err := walk(true)
+	if err != nil {
+		return 0, nil, err
+	}
+	withoutSuccess, err := walk(false)
+	if err != nil {
+		return 0, nil, err
+	}
+	total := 0
+	for _, n := range insts {
+		if n.inst.Op != x86asm.RET {
+			continue
+		}
+		total++
+		if withoutSuccess[n.pc] || !all[n.pc] {
+			rets = append(rets, fn.Offset+uint64(n.pc))
+		}
+	}
+	if len(rets) == total {
+		return 0, nil, fmt.Errorf("%s: %w: every return is reachable without the success edge", fn.Name, ErrNoSuccessPoint)
+	}
+	return fn.Offset + uint64(insts[probe].pc), rets, nil
+}
+
+func isCondJump(op x86asm.Op) bool {
+	switch op {
+	case x86asm.JA, x86asm.JAE, x86asm.JB, x86asm.JBE, x86asm.JE, x86asm.JG, x86asm.JGE, x86asm.JL, x86asm.JLE,
+		x86asm.JNE, x86asm.JNO, x86asm.JNP, x86asm.JNS, x86asm.JO, x86asm.JP, x86asm.JS, x86asm.JCXZ, x86asm.JECXZ, x86asm.JRCXZ:
+		return true
+	}
+	return false
+}

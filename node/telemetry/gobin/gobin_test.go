@@ -8,7 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"testing"
+
+	"golang.org/x/arch/x86/x86asm"
 )
 
 var update = flag.Bool("update", false, "rewrite offsets.json for this Go version")
@@ -126,6 +129,52 @@ func TestNotGo(t *testing.T) {
 	for _, p := range []string{"/bin/sh", "gobin.go"} {
 		if _, err := Open(p); !errors.Is(err, ErrNotGo) {
 			t.Errorf("%s: %v, want ErrNotGo", p, err)
+		}
+	}
+}
+
+// TestSuccessReturn: in net/http's client, the test of the error right
+// after (*Transport).roundTrip calls (*persistConn).roundTrip is found in
+// every build flavour, is a conditional jump (emulated by the kernel), and
+// takes the success RET off the list of returns that need probes.
+func TestSuccessReturn(t *testing.T) {
+	bins := fixtures(t)
+	for _, name := range []string{"plain", "s", "w", "sw"} {
+		b, err := Open(bins[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		fn, err := b.Func("net/http.(*Transport).roundTrip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		callee, err := b.Func("net/http.(*persistConn).roundTrip")
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, rets, err := b.SuccessReturn(fn, callee)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		insts, _ := b.Instructions(fn)
+		i := slices.IndexFunc(insts, func(in Instruction) bool { return in.Offset == at })
+		if i < 1 || (insts[i].Op != x86asm.JE && insts[i].Op != x86asm.JNE) || !Emulated(insts[i].Op) || insts[i-1].Op != x86asm.TEST {
+			t.Fatalf("%s: success point %#x is not a jump after a test", name, at)
+		}
+		all, _ := b.Returns(fn)
+		if len(rets) == 0 || len(rets) >= len(all) {
+			t.Fatalf("%s: %d of %d RETs still probed, want fewer but some (error exits)", name, len(rets), len(all))
+		}
+		for _, r := range rets {
+			if !slices.Contains(all, r) {
+				t.Fatalf("%s: %#x is not a RET of the function", name, r)
+			}
+		}
+		// A function it does not call directly has no success point.
+		other, _ := b.Func("net/http.serverHandler.ServeHTTP")
+		if _, _, err := b.SuccessReturn(fn, other); !errors.Is(err, ErrNoSuccessPoint) {
+			t.Fatalf("%s: success after a call that is not there: %v", name, err)
 		}
 	}
 }
