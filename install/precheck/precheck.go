@@ -55,6 +55,18 @@ func Checks() []Check {
 		{"hash and LRU hash maps", true, "4.10", "no service routing", func() error {
 			return errors.Join(features.HaveMapType(ebpf.Hash), features.HaveMapType(ebpf.LRUHash), features.HaveMapType(ebpf.PerCPUArray))
 		}},
+		{"array-of-maps and batch updates", true, "5.6", "no service routing: services live in two arrays swapped through an array-of-maps, written in batches", func() error {
+			if err := errors.Join(features.HaveMapType(ebpf.Array), features.HaveMapType(ebpf.ArrayOfMaps)); err != nil {
+				return err
+			}
+			m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			_, err = m.BatchUpdate([]uint32{0}, []uint32{1}, nil)
+			return err
+		}},
 		{"cgroup sock programs (sock_release)", true, "5.9", "getpeername and connected UDP cannot show the VIP", prog(ebpf.CGroupSock)},
 		{"bpf_set_retval in sock_addr", true, "5.18", "a service without backends cannot be refused cleanly", helper(ebpf.CGroupSockAddr, asm.FnSetRetval)},
 		{"sockaddr programs pass the verifier", true, "5.18", "no service routing", func() error {
