@@ -19,6 +19,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	testgrpc "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sockmesh/sockmesh/internal/testutil"
 	"github.com/sockmesh/sockmesh/node/telemetry"
@@ -364,10 +366,20 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	if !maps.Equal(lines, want) {
 		t.Errorf("access log lines by reporter and code %v, want %v", lines, want)
 	}
-	// gRPC message sizes are not seen: no size series for gRPC, rather
-	// than zeros.
-	if regexp.MustCompile(`(?m)^istio_re(quest|sponse)_bytes_count\{[^}]*request_protocol="grpc"`).MatchString(m) {
-		t.Errorf("/metrics has size series for gRPC")
+	// gRPC sizes are the messages with their 5-byte prefixes, at both
+	// ends: 4 OK calls (an empty request, the server's id back), 2 asking
+	// for NotFound (no response message).
+	okReq, okResp := 5+proto.Size(&testgrpc.SimpleRequest{}), 5+proto.Size(&testgrpc.SimpleResponse{ServerId: "rpc"})
+	nfReq := 5 + proto.Size(&testgrpc.SimpleRequest{ResponseStatus: &testgrpc.EchoStatus{Code: 5, Message: "asked"}})
+	wantSizes := map[string]float64{}
+	for _, reporter := range []string{"source", "destination"} {
+		wantSizes["istio_request_bytes "+reporter+" 0"] = float64(4 * okReq)
+		wantSizes["istio_response_bytes "+reporter+" 0"] = float64(4 * okResp)
+		wantSizes["istio_request_bytes "+reporter+" 5"] = float64(2 * nfReq)
+		wantSizes["istio_response_bytes "+reporter+" 5"] = 0
+	}
+	if got := grpcSizeSums(t, m); !maps.Equal(got, wantSizes) {
+		t.Errorf("gRPC size sums %v, want %v", got, wantSizes)
 	}
 	if !regexp.MustCompile(`(?m)^istio_response_bytes_count\{[^}]*request_protocol="http"`).MatchString(m) {
 		t.Errorf("/metrics has no size series for HTTP")
@@ -390,6 +402,30 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 			t.Errorf("series %v: destination labels disagree", s)
 		}
 	}
+}
+
+// grpcSizeSums reads the sums of istio_request_bytes and
+// istio_response_bytes of gRPC series, by "metric reporter grpc-status".
+func grpcSizeSums(t *testing.T, page string) map[string]float64 {
+	t.Helper()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(page))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	out := map[string]float64{}
+	for _, name := range []string{"istio_request_bytes", "istio_response_bytes"} {
+		for _, m := range fams[name].GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			if l["request_protocol"] == "grpc" {
+				out[name+" "+l["reporter"]+" "+l["grpc_response_status"]] += m.GetHistogram().GetSampleSum()
+			}
+		}
+	}
+	return out
 }
 
 // requestSeries reads istio_requests_total from a /metrics page: counts by

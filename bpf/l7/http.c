@@ -179,6 +179,10 @@ volatile const __u64 off_status_s = 0;
 volatile const __u64 off_spb_status_code = 40;
 volatile const __u64 off_status_error_s = 0;
 volatile const __u64 off_grpc_cc_target = 24;
+volatile const __u64 off_grpc_sstream_stream = 0;
+volatile const __u64 off_grpc_cstream_stream = 0;
+volatile const __u64 off_grpc_cs_attempt = 0;
+volatile const __u64 off_grpc_attempt_stream = 0;
 
 /* sm_http_start: request starts, in slots chosen by a hash of the
  * goroutine key (g pointer + pid), claimed with compare-and-swap and freed
@@ -301,6 +305,52 @@ static __always_inline int take_key(__u64 key, struct start *out)
 		return 1;
 	}
 	return 0;
+}
+
+/* gRPC message bytes of one transport stream (a *transport.Stream) are
+ * counted in a start slot of their own, keyed by the stream's address:
+ * arg[0] received, arg[1] sent, each message with its 5-byte prefix, as
+ * Envoy counts an HTTP/2 body. The call's end takes them. A stream whose
+ * first send and first receive race on two CPUs may count in two slots;
+ * the end then sees one of them. */
+static __always_inline __u64 bytes_key(__u64 stream)
+{
+	return stream ^ (3ULL << 61);
+}
+
+static __always_inline void bytes_add(__u64 stream, __u64 recv, __u64 sent)
+{
+	__u64 key = bytes_key(stream);
+	__u32 base = start_slot(key);
+
+	if (!stream)
+		return;
+#pragma unroll
+	for (int i = 0; i < START_PROBES; i++) {
+		__u32 idx = (base + i) & (START_SLOTS - 1);
+		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
+
+		if (!s)
+			return;
+		if (s->key == key) {
+			__sync_fetch_and_add(&s->arg[0], recv);
+			__sync_fetch_and_add(&s->arg[1], sent);
+			return;
+		}
+	}
+	begin_key(key, bpf_ktime_get_ns(), recv, sent, 0);
+}
+
+/* bytes_take returns and frees the counts of stream (0 if none). */
+static __always_inline void bytes_take(__u64 stream, __u64 *recv, __u64 *sent)
+{
+	struct start st;
+
+	*recv = *sent = 0;
+	if (stream && take_key(bytes_key(stream), &st)) {
+		*recv = st.arg[0];
+		*sent = st.arg[1];
+	}
 }
 
 /* begin claims a start slot for the goroutine's request of kind. */
@@ -675,7 +725,7 @@ int sm_grpc_serve(struct regs *r)
 SEC("uprobe/grpc_write_status")
 int sm_grpc_serve_end(struct regs *r)
 {
-	__u64 t = GO_R1(r), stream = GO_R2(r), addr;
+	__u64 t = GO_R1(r), stream = GO_R2(r), addr, recv, sent;
 	struct { __u64 ptr; __s64 len; } ip = {};
 	struct scratch s;
 	struct start st;
@@ -692,7 +742,47 @@ int sm_grpc_serve_end(struct regs *r)
 		s.key.peer[1] = ip.len;
 		bpf_probe_read_user(&s.key.peer[2], ip.len & 16 ? 16 : 4, (void *)ip.ptr);
 	}
-	finish(&s, bpf_ktime_get_ns() - st.ns, 0, 0, 0, stream + off_grpc_stream_method, 0, 0);
+	bytes_take(stream + off_grpc_sstream_stream, &recv, &sent);
+	finish(&s, bpf_ktime_get_ns() - st.ns, sent, recv, 0, stream + off_grpc_stream_method, 0, 0);
+	return 0;
+}
+
+/* (*transport.Stream).read(s, n): n bytes of one message are read from a
+ * stream, client or server, after its 5-byte prefix. */
+SEC("uprobe/grpc_read")
+int sm_grpc_read(struct regs *r)
+{
+	__s64 n = GO_R2(r);
+
+	if (n >= 0)
+		bytes_add(GO_R1(r), n + 5, 0);
+	return 0;
+}
+
+/* grpc_sent counts a message written to a stream: write(t, s, hdr, data,
+ * opts) with hdr the 5-byte prefix (flag, big-endian length) in CX, DI. */
+static __always_inline void grpc_sent(struct regs *r, __u64 stream)
+{
+	__u8 hdr[5] = {};
+
+	if (GO_R4(r) < 5 || bpf_probe_read_user(hdr, sizeof(hdr), (void *)GO_R3(r)))
+		return;
+	bytes_add(stream, 0, 5 + ((__u64)hdr[1] << 24 | (__u64)hdr[2] << 16 | (__u64)hdr[3] << 8 | hdr[4]));
+}
+
+/* (*http2Server).write(t, s *ServerStream, hdr, data, opts). */
+SEC("uprobe/grpc_server_write")
+int sm_grpc_srv_write(struct regs *r)
+{
+	grpc_sent(r, GO_R2(r) + off_grpc_sstream_stream);
+	return 0;
+}
+
+/* (*http2Client).write(t, s *ClientStream, hdr, data, opts). */
+SEC("uprobe/grpc_client_write")
+int sm_grpc_cli_write(struct regs *r)
+{
+	grpc_sent(r, GO_R2(r) + off_grpc_cstream_stream);
 	return 0;
 }
 
@@ -721,8 +811,9 @@ static __always_inline __u8 grpc_error_code(__u64 itab, __u64 data)
 	return code ? code : 2;
 }
 
-/* grpc_call_done reports a client call that started st, with code. */
-static __always_inline void grpc_call_done(struct start *st, __u8 code)
+/* grpc_call_done reports a client call that started st, with code and
+ * the bytes it sent and received. */
+static __always_inline void grpc_call_done(struct start *st, __u8 code, __u64 sent, __u64 recv)
 {
 	struct scratch s;
 	__u64 cc = st->arg[0];
@@ -731,7 +822,7 @@ static __always_inline void grpc_call_done(struct start *st, __u8 code)
 	s.proto_major = 2;
 	if (cc)
 		read_gostring(s.key.peer, PEER_LEN, cc + off_grpc_cc_target);
-	finish(&s, bpf_ktime_get_ns() - st->ns, 0, 0, 0, 0, st->arg[1], st->arg[2]);
+	finish(&s, bpf_ktime_get_ns() - st->ns, recv, sent, 0, 0, st->arg[1], st->arg[2]);
 }
 
 /* The client stream a call ends on is keyed by its address. */
@@ -761,7 +852,7 @@ int sm_grpc_call_ret(struct regs *r)
 	if (!take_start(r, KIND_GRPC_CLIENT, &st))
 		return 0;
 	if (!cs) {
-		grpc_call_done(&st, grpc_error_code(GO_R3(r), GO_R4(r)));
+		grpc_call_done(&st, grpc_error_code(GO_R3(r), GO_R4(r)), 0, 0);
 		return 0;
 	}
 	begin_key(stream_key(cs), st.ns, st.arg[0], st.arg[1], st.arg[2]);
@@ -775,8 +866,16 @@ int sm_grpc_call_end(struct regs *r)
 {
 	struct start st;
 
+	__u64 attempt, ts, recv = 0, sent = 0;
+
 	if (!take_key(stream_key(GO_R1(r)), &st))
 		return 0;
-	grpc_call_done(&st, grpc_error_code(GO_R2(r), GO_R3(r)));
+	/* cs.attempt.transportStream: the transport stream the bytes were
+	 * counted on (the last attempt's). */
+	attempt = read_u64(GO_R1(r) + off_grpc_cs_attempt);
+	ts = attempt ? read_u64(attempt + off_grpc_attempt_stream) : 0;
+	if (ts)
+		bytes_take(ts + off_grpc_cstream_stream, &recv, &sent);
+	grpc_call_done(&st, grpc_error_code(GO_R2(r), GO_R3(r)), sent, recv);
 	return 0;
 }

@@ -67,8 +67,11 @@ const (
 	bpfProgSmGrpcCall             = "sm_grpc_call"
 	bpfProgSmGrpcCallEnd          = "sm_grpc_call_end"
 	bpfProgSmGrpcCallRet          = "sm_grpc_call_ret"
+	bpfProgSmGrpcCliWrite         = "sm_grpc_cli_write"
+	bpfProgSmGrpcRead             = "sm_grpc_read"
 	bpfProgSmGrpcServe            = "sm_grpc_serve"
 	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
+	bpfProgSmGrpcSrvWrite         = "sm_grpc_srv_write"
 	bpfProgSmH2Done               = "sm_h2_done"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientOk         = "sm_http_client_ok"
@@ -78,8 +81,12 @@ const (
 	bpfProgSmHttpServe            = "sm_http_serve"
 	bpfProgSmXh2Done              = "sm_xh2_done"
 	bpfVarEmitEvents              = "emit_events"
+	bpfVarOffGrpcAttemptStream    = "off_grpc_attempt_stream"
 	bpfVarOffGrpcCcTarget         = "off_grpc_cc_target"
+	bpfVarOffGrpcCsAttempt        = "off_grpc_cs_attempt"
+	bpfVarOffGrpcCstreamStream    = "off_grpc_cstream_stream"
 	bpfVarOffGrpcServerPeerAddr   = "off_grpc_server_peer_addr"
+	bpfVarOffGrpcSstreamStream    = "off_grpc_sstream_stream"
 	bpfVarOffGrpcStreamMethod     = "off_grpc_stream_method"
 	bpfVarOffH2rwRws              = "off_h2rw_rws"
 	bpfVarOffH2rwsReq             = "off_h2rws_req"
@@ -153,8 +160,11 @@ type bpfProgramSpecs struct {
 	SmGrpcCall        *ebpf.ProgramSpec `ebpf:"sm_grpc_call"`
 	SmGrpcCallEnd     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_end"`
 	SmGrpcCallRet     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_ret"`
+	SmGrpcCliWrite    *ebpf.ProgramSpec `ebpf:"sm_grpc_cli_write"`
+	SmGrpcRead        *ebpf.ProgramSpec `ebpf:"sm_grpc_read"`
 	SmGrpcServe       *ebpf.ProgramSpec `ebpf:"sm_grpc_serve"`
 	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
+	SmGrpcSrvWrite    *ebpf.ProgramSpec `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
@@ -180,8 +190,12 @@ type bpfMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
 	EmitEvents              *ebpf.VariableSpec `ebpf:"emit_events"`
+	OffGrpcAttemptStream    *ebpf.VariableSpec `ebpf:"off_grpc_attempt_stream"`
 	OffGrpcCcTarget         *ebpf.VariableSpec `ebpf:"off_grpc_cc_target"`
+	OffGrpcCsAttempt        *ebpf.VariableSpec `ebpf:"off_grpc_cs_attempt"`
+	OffGrpcCstreamStream    *ebpf.VariableSpec `ebpf:"off_grpc_cstream_stream"`
 	OffGrpcServerPeerAddr   *ebpf.VariableSpec `ebpf:"off_grpc_server_peer_addr"`
+	OffGrpcSstreamStream    *ebpf.VariableSpec `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.VariableSpec `ebpf:"off_grpc_stream_method"`
 	OffH2rwRws              *ebpf.VariableSpec `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.VariableSpec `ebpf:"off_h2rws_req"`
@@ -250,8 +264,12 @@ func (m *bpfMaps) Close() error {
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
 	EmitEvents              *ebpf.Variable `ebpf:"emit_events"`
+	OffGrpcAttemptStream    *ebpf.Variable `ebpf:"off_grpc_attempt_stream"`
 	OffGrpcCcTarget         *ebpf.Variable `ebpf:"off_grpc_cc_target"`
+	OffGrpcCsAttempt        *ebpf.Variable `ebpf:"off_grpc_cs_attempt"`
+	OffGrpcCstreamStream    *ebpf.Variable `ebpf:"off_grpc_cstream_stream"`
 	OffGrpcServerPeerAddr   *ebpf.Variable `ebpf:"off_grpc_server_peer_addr"`
+	OffGrpcSstreamStream    *ebpf.Variable `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.Variable `ebpf:"off_grpc_stream_method"`
 	OffH2rwRws              *ebpf.Variable `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.Variable `ebpf:"off_h2rws_req"`
@@ -287,8 +305,11 @@ type bpfPrograms struct {
 	SmGrpcCall        *ebpf.Program `ebpf:"sm_grpc_call"`
 	SmGrpcCallEnd     *ebpf.Program `ebpf:"sm_grpc_call_end"`
 	SmGrpcCallRet     *ebpf.Program `ebpf:"sm_grpc_call_ret"`
+	SmGrpcCliWrite    *ebpf.Program `ebpf:"sm_grpc_cli_write"`
+	SmGrpcRead        *ebpf.Program `ebpf:"sm_grpc_read"`
 	SmGrpcServe       *ebpf.Program `ebpf:"sm_grpc_serve"`
 	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
+	SmGrpcSrvWrite    *ebpf.Program `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
@@ -304,8 +325,11 @@ func (p *bpfPrograms) Close() error {
 		p.SmGrpcCall,
 		p.SmGrpcCallEnd,
 		p.SmGrpcCallRet,
+		p.SmGrpcCliWrite,
+		p.SmGrpcRead,
 		p.SmGrpcServe,
 		p.SmGrpcServeEnd,
+		p.SmGrpcSrvWrite,
 		p.SmH2Done,
 		p.SmHttpClientEnd,
 		p.SmHttpClientOk,

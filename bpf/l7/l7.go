@@ -81,10 +81,14 @@ var variables = map[string][]string{
 		"google.golang.org/grpc/internal/transport.Stream.method"},
 	"off_grpc_server_peer_addr": {"google.golang.org/grpc/internal/transport.http2Server.peer",
 		"google.golang.org/grpc/peer.Peer.Addr"},
-	"off_status_s":        {"google.golang.org/grpc/internal/status.Status.s"},
-	"off_spb_status_code": {"google.golang.org/genproto/googleapis/rpc/status.Status.Code"},
-	"off_status_error_s":  {"google.golang.org/grpc/internal/status.Error.s"},
-	"off_grpc_cc_target":  {"google.golang.org/grpc.ClientConn.target"},
+	"off_status_s":            {"google.golang.org/grpc/internal/status.Status.s"},
+	"off_spb_status_code":     {"google.golang.org/genproto/googleapis/rpc/status.Status.Code"},
+	"off_status_error_s":      {"google.golang.org/grpc/internal/status.Error.s"},
+	"off_grpc_cc_target":      {"google.golang.org/grpc.ClientConn.target"},
+	"off_grpc_sstream_stream": {"google.golang.org/grpc/internal/transport.ServerStream.Stream"},
+	"off_grpc_cstream_stream": {"google.golang.org/grpc/internal/transport.ClientStream.Stream"},
+	"off_grpc_cs_attempt":     {"google.golang.org/grpc.clientStream.attempt"},
+	"off_grpc_attempt_stream": {"google.golang.org/grpc.csAttempt.transportStream"},
 }
 
 // Fields lists the struct fields whose offsets a program needs.
@@ -101,10 +105,13 @@ func init() {
 		"sm_http_client_end":   {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_http_client_ok":    {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_grpc_serve":        nil,
-		"sm_grpc_serve_end":    {"off_status_s", "off_spb_status_code", "off_grpc_server_peer_addr", "off_tcpaddr_ip", "off_grpc_stream_method"},
+		"sm_grpc_serve_end":    {"off_status_s", "off_spb_status_code", "off_grpc_server_peer_addr", "off_tcpaddr_ip", "off_grpc_stream_method", "off_grpc_sstream_stream"},
+		"sm_grpc_read":         nil,
+		"sm_grpc_srv_write":    {"off_grpc_sstream_stream"},
+		"sm_grpc_cli_write":    {"off_grpc_cstream_stream"},
 		"sm_grpc_call":         nil,
 		"sm_grpc_call_ret":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
-		"sm_grpc_call_end":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
+		"sm_grpc_call_end":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target", "off_grpc_cs_attempt", "off_grpc_attempt_stream", "off_grpc_cstream_stream"},
 	}
 	for prog, vars := range uses {
 		Fields[prog] = []string{}

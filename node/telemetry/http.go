@@ -117,12 +117,17 @@ var groups = []struct {
 	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
+		// Message sizes: each message read (either side) and written.
+		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
+		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).write", prog: "sm_grpc_srv_write"},
 	}},
 	// Unary calls (Invoke makes a stream too) and streaming calls.
 	{GRPCClient, "grpc client", []probe{
 		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call"},
 		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call_ret", returns: true},
 		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
+		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
+		{fn: "google.golang.org/grpc/internal/transport.(*http2Client).write", prog: "sm_grpc_cli_write"},
 	}},
 }
 

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sockmesh/sockmesh/bpf/l7"
 	"github.com/sockmesh/sockmesh/internal/testutil"
@@ -86,7 +87,8 @@ func TestRequests(t *testing.T) {
 			}
 			defer cc.Close()
 			for _, m := range []string{"/test.Svc/Ok", "/test.Svc/NotFound"} {
-				cc.Invoke(context.Background(), m, &emptypb.Empty{}, &emptypb.Empty{})
+				// 7 bytes of protobuf, 12 with the message prefix.
+				cc.Invoke(context.Background(), m, wrapperspb.String("ping!"), &emptypb.Empty{})
 			}
 			want := []string{
 				"http-server 1 GET /ok 200 - 5 0 127.0.0.1",
@@ -95,8 +97,10 @@ func TestRequests(t *testing.T) {
 				"http-server 2 GET /ok 200 - 5 0 127.0.0.1",
 				"http-server 2 POST /fail 500 - 5 7 127.0.0.1",
 				"http-server 2 GET /missing 404 - 19 0 127.0.0.1",
-				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
-				"grpc-server 2  /test.Svc/NotFound 200 5 0 0 127.0.0.1",
+				// Sizes: messages with their 5-byte prefixes, request
+				// 12, response 11 (none on an error).
+				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
+				"grpc-server 2  /test.Svc/NotFound 200 5 0 12 127.0.0.1",
 			}
 			got := collect(t, tr, len(want))
 			if !slices.Equal(got, want) {
@@ -119,15 +123,15 @@ func TestRequests(t *testing.T) {
 				"http-server 2 GET /fail 500 - 5 0 127.0.0.1",
 				"http-client 2 GET /fail 500 - 5 0 " + xnetAddr,
 				"http-client 0 GET /refused 0 - 0 0 127.0.0.1:1",
-				"grpc-server 2  /test.Svc/Internal 200 13 0 0 127.0.0.1",
-				"grpc-client 2  /test.Svc/Internal 200 13 0 0 " + grpcAddr,
-				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
-				"grpc-client 2  /test.Svc/Ok 200 0 0 0 " + grpcAddr,
+				"grpc-server 2  /test.Svc/Internal 200 13 0 12 127.0.0.1",
+				"grpc-client 2  /test.Svc/Internal 200 13 0 12 " + grpcAddr,
+				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
+				"grpc-client 2  /test.Svc/Ok 200 0 11 12 " + grpcAddr,
 				// Streaming, both ways.
-				"grpc-server 2  /test.Svc/Ok 200 0 0 0 127.0.0.1",
-				"grpc-client 2  /test.Svc/Ok 200 0 0 0 " + grpcAddr,
-				"grpc-server 2  /test.Svc/NotFound 200 5 0 0 127.0.0.1",
-				"grpc-client 2  /test.Svc/NotFound 200 5 0 0 " + grpcAddr,
+				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
+				"grpc-client 2  /test.Svc/Ok 200 0 11 12 " + grpcAddr,
+				"grpc-server 2  /test.Svc/NotFound 200 5 0 12 127.0.0.1",
+				"grpc-client 2  /test.Svc/NotFound 200 5 0 12 " + grpcAddr,
 				// Nothing listens: the call fails as it starts.
 				"grpc-client 2  /test.Svc/Ok 200 14 0 0 127.0.0.1:1",
 			}

@@ -63,8 +63,8 @@ func NewMetrics(totals func() map[Series]Totals, health func() Health) *Metrics 
 		attachErrors: prometheus.NewDesc("sockmesh_telemetry_attach_errors_total", "Go processes that could not be probed (see the agent's log).", nil, nil),
 		requests:     prometheus.NewDesc("istio_requests_total", "Requests, as Istio counts them.", istioLabels, nil),
 		duration:     prometheus.NewDesc("istio_request_duration_milliseconds", "Request duration in milliseconds.", istioLabels, nil),
-		reqSize:      prometheus.NewDesc("istio_request_bytes", "Request body size in bytes (Content-Length; 0 when chunked).", istioLabels, nil),
-		respSize:     prometheus.NewDesc("istio_response_bytes", "Response body size in bytes.", istioLabels, nil),
+		reqSize:      prometheus.NewDesc("istio_request_bytes", "Request body size in bytes (HTTP: Content-Length, 0 when chunked; gRPC: messages with their 5-byte prefixes).", istioLabels, nil),
+		respSize:     prometheus.NewDesc("istio_response_bytes", "Response body size in bytes (gRPC: messages with their 5-byte prefixes).", istioLabels, nil),
 	}
 }
 
@@ -91,11 +91,6 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		labels := seriesLabels(s)
 		ch <- prometheus.MustNewConstMetric(m.requests, prometheus.CounterValue, float64(t.Count), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.duration, t.Count, float64(t.DurationSumNs)/1e6, cumulative(t.DurationBuckets[:], l7.DurationBoundsMs), labels...)
-		if s.Kind.Protocol() == "grpc" {
-			// The probes do not see gRPC message sizes: no series
-			// rather than zeros a dashboard would take for sizes.
-			continue
-		}
 		ch <- prometheus.MustNewConstHistogram(m.reqSize, t.Count, float64(t.ReqBytesSum), cumulative(t.ReqBytesBuckets[:], l7.BytesBounds), labels...)
 		ch <- prometheus.MustNewConstHistogram(m.respSize, t.Count, float64(t.BytesSum), cumulative(t.BytesBuckets[:], l7.BytesBounds), labels...)
 	}

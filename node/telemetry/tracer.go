@@ -107,7 +107,12 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 		"sm_grpc_serve":     ps.progs.SmGrpcServe,
 		"sm_grpc_serve_end": ps.progs.SmGrpcServeEnd, "sm_grpc_call": ps.progs.SmGrpcCall,
 		"sm_grpc_call_ret": ps.progs.SmGrpcCallRet, "sm_grpc_call_end": ps.progs.SmGrpcCallEnd,
+		"sm_grpc_read": ps.progs.SmGrpcRead, "sm_grpc_srv_write": ps.progs.SmGrpcSrvWrite,
+		"sm_grpc_cli_write": ps.progs.SmGrpcCliWrite,
 	}
+	// A probe two groups share (gRPC's stream read, for a program that
+	// serves and calls) is attached once: twice would count twice.
+	attached := map[string]bool{}
 	for _, pg := range pl.groups {
 		g, addrs := groups[pg.group], pg.addrs
 		if t.ServersOnly && !g.kind.Server() {
@@ -117,21 +122,29 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 		// hold a slot until it goes stale.
 		for i := len(g.probes) - 1; i >= 0; i-- {
 			pr := g.probes[i]
-			if len(addrs[i]) == 0 {
-				continue // optional, not linked
+			var at []uint64
+			for _, a := range addrs[i] {
+				if k := fmt.Sprintf("%s@%#x", pr.prog, a); !attached[k] {
+					attached[k] = true
+					at = append(at, a)
+				}
 			}
+			if len(at) == 0 {
+				continue // optional and not linked, or already attached
+			}
+			p.Probes += len(at)
 			if multi {
-				l, err := ex.UprobeMulti(nil, progs[pr.prog], &link.UprobeMultiOptions{Addresses: addrs[i], PID: uint32(pid)})
+				l, err := ex.UprobeMulti(nil, progs[pr.prog], &link.UprobeMultiOptions{Addresses: at, PID: uint32(pid)})
 				if err != nil {
-					return nil, fmt.Errorf("uprobe %s at %#x: %w", pr.fn, addrs[i], err)
+					return nil, fmt.Errorf("uprobe %s at %#x: %w", pr.fn, at, err)
 				}
 				p.links = append(p.links, l)
 				continue
 			}
-			for _, at := range addrs[i] {
-				l, err := ex.Uprobe(pr.fn, progs[pr.prog], &link.UprobeOptions{Address: at, PID: pid})
+			for _, a := range at {
+				l, err := ex.Uprobe(pr.fn, progs[pr.prog], &link.UprobeOptions{Address: a, PID: pid})
 				if err != nil {
-					return nil, fmt.Errorf("uprobe %s at %#x: %w", pr.fn, at, err)
+					return nil, fmt.Errorf("uprobe %s at %#x: %w", pr.fn, a, err)
 				}
 				p.links = append(p.links, l)
 			}
@@ -139,9 +152,6 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 		p.Libraries = append(p.Libraries, g.name)
 		if !slices.Contains(p.Kinds, g.kind) {
 			p.Kinds = append(p.Kinds, g.kind)
-		}
-		for _, a := range addrs {
-			p.Probes += len(a)
 		}
 	}
 	if len(p.Kinds) == 0 {

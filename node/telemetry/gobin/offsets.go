@@ -59,6 +59,9 @@ var Fields = []Field{
 	// protoc-gen-go, not the module's version): read with grpc's.
 	{grpcModule, "google.golang.org/genproto/googleapis/rpc/status.Status", "Code"},
 	{grpcModule, "google.golang.org/grpc.ClientConn", "target"},
+	{grpcModule, "google.golang.org/grpc/internal/transport.ClientStream", "Stream"},
+	{grpcModule, "google.golang.org/grpc.clientStream", "attempt"},
+	{grpcModule, "google.golang.org/grpc.csAttempt", "transportStream"},
 }
 
 // ErrNoOffsets means neither DWARF nor the embedded table knows the
