@@ -274,6 +274,77 @@ func TestCollidingVIPs(t *testing.T) {
 	check(vips[1:], 1)
 }
 
+// TestChurnNeverFailsAConnect changes a service's backends, and the
+// services sharing its run of table slots (so its entry moves back and
+// forth), every 150 ms while a client connects to it: no connect may fail
+// or reach anything but a backend. A layout the programs cannot follow,
+// or a table swapped in without the service, would show as an
+// unreachable VIP. (Serving a table one change old is not an error here.)
+func TestChurnNeverFailsAConnect(t *testing.T) {
+	w := newRoutingWorld(t)
+	be1, be2 := w.be1.IP4.String(), w.be2.IP4.String()
+	home := func(a netip.Addr) uint32 { return sockaddr.HomeSlot(sockaddr.NewServiceKey(a, 80, sockaddr.ProtoTCP)) }
+	// Three VIPs sharing the home slot of web's (taken by web): the
+	// target and two that come and go ahead of it or behind it.
+	web := netip.MustParseAddr(vip4)
+	var vips []string
+	for a := netip.MustParseAddr("10.100.0.0"); len(vips) < 3; a = a.Next() {
+		if home(a) == home(web) {
+			vips = append(vips, a.String())
+		}
+	}
+	target := vips[2]
+	service := func(name, vip string, backends ...string) string {
+		return docs(svc(name, []string{vip}, "http:80/TCP"), slice(name, name, "IPv4", 0, backends, "http:8080/TCP"))
+	}
+	base := w.backendYAML([]string{be1, be2}, nil)
+	states := []string{
+		docs(base, service("target", target, be1, be2), service("f0", vips[0], be1), service("f1", vips[1], be1)),
+		docs(base, service("target", target, be1)),
+		docs(base, service("f0", vips[0], be2), service("target", target, be2)),
+		docs(base, service("f1", vips[1], be1), service("target", target, be1, be2)),
+	}
+	// f0 and f1 first, then the target behind them (three slots from
+	// home): the first change deletes both, and the target must move back.
+	writeMesh(t, w.meshFile, docs(base, service("f0", vips[0], be1), service("f1", vips[1], be1)))
+	waitFor(t, 3*time.Second, func() bool { return len(w.client.Dial("tcp", vips[1]+":80", 1).Servers) == 1 })
+	writeMesh(t, w.meshFile, states[0])
+	waitFor(t, 3*time.Second, func() bool { return len(w.client.Dial("tcp", target+":80", 1).Servers) == 1 })
+	// Each state long enough to outlast the file source's 100 ms
+	// debounce, so every one reaches the kernel.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= 20; i++ {
+			writeMesh(t, w.meshFile, states[i%len(states)])
+			time.Sleep(150 * time.Millisecond)
+		}
+	}()
+	servers, errs, dials := map[string]int{}, map[string]int{}, 0
+	for running := true; running; {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		res := w.client.Dial("tcp", target+":80", 50)
+		for k, v := range res.Servers {
+			servers[k] += v
+		}
+		for k, v := range res.Errors {
+			errs[k] += v
+		}
+		dials += 50
+	}
+	if len(errs) > 0 || servers["be1"]+servers["be2"] != dials {
+		t.Fatalf("%d connects during churn: servers %v, errors %v", dials, servers, errs)
+	}
+	if servers["be1"] == 0 || servers["be2"] == 0 {
+		t.Fatalf("churn did not reach both backends: %v", servers)
+	}
+	t.Logf("%d connects during 20 changes: %v", dials, servers)
+}
+
 func TestStateSurvivesAgentRestart(t *testing.T) {
 	w := newRoutingWorld(t)
 	w.sm.Stop()
