@@ -62,7 +62,9 @@ func BenchmarkSpliceWatch(b *testing.B) {
 // interleaved rounds, reporting medians and ratios on/off:
 //
 //   - request/response over one connection, 1 B and 1 KiB (tests/rrbin):
-//     ops/s, p50, p99;
+//     ops/s, p50, p99; through Go's net package, and with blocking system
+//     calls on locked threads at both ends (rr blocking: the transport
+//     without Go's netpoller, as sockperf measures it, but down to 1 B);
 //   - bulk echo in 64 KiB and in 1 KiB writes (rrbin bulk, checksummed);
 //   - bulk in 1 KiB writes through a proxy pod that copies with io.Copy,
 //     i.e. splice (podbin proxy): its connections stay off the fast path;
@@ -103,6 +105,7 @@ func BenchmarkFastPath(b *testing.B) {
 	startServers := func() []*harness.Proc {
 		procs := []*harness.Proc{
 			server.StartExec("ready", "taskset", pinned("0", rrbin, "serve", "-addr", ":8081")...),
+			server.StartExec("ready", "taskset", pinned("0", rrbin, "serve", "-addr", ":8082", "-blocking")...),
 			proxy.StartExec("ready", "taskset", pinned("0", podbin, "proxy", "-listen", ":9000", "-to", srv+":8081")...),
 			// Neither flushes its output into a pipe: wait for their sockets.
 			server.StartExec("", "taskset", pinned("0", "sockperf", "server", "--tcp", "-i", srv, "-p", "11111")...),
@@ -181,6 +184,13 @@ func BenchmarkFastPath(b *testing.B) {
 				var r rrResult
 				client.RunJSONWith(&r, "taskset", pinned(cpu, rrbin, "rr", "-addr", srv+":8081", "-n", fmt.Sprint(rrOps), "-size", fmt.Sprint(size))...)
 				k := fmt.Sprintf("rr %dB %s", size, map[string]string{"0": "same CPU", "1": "2 CPUs"}[cpu])
+				s[k+" ops/s"], s[k+" p50 µs"], s[k+" p99 µs"] = r.OpsPerS, r.P50us, r.P99us
+				// The same with blocking system calls at both ends
+				// (workload.BlockingConn): the transport without Go's
+				// netpoller and scheduler, as sockperf measures it, but
+				// down to 1 byte.
+				client.RunJSONWith(&r, "taskset", pinned(cpu, rrbin, "rr", "-blocking", "-addr", srv+":8082", "-n", fmt.Sprint(rrOps), "-size", fmt.Sprint(size))...)
+				k = fmt.Sprintf("rr blocking %dB %s", size, map[string]string{"0": "same CPU", "1": "2 CPUs"}[cpu])
 				s[k+" ops/s"], s[k+" p50 µs"], s[k+" p99 µs"] = r.OpsPerS, r.P50us, r.P99us
 			}
 		}

@@ -4,8 +4,8 @@
 // redirected data (see bpf/sockmap, rule 1). Its wire protocol is podbin's:
 // the server greets with "ID\n", then echoes.
 //
-//	rrbin serve -addr :8080 [-id ID]
-//	rrbin rr -addr HOST:PORT [-n 10000] [-size 1]
+//	rrbin serve -addr :8080 [-id ID] [-blocking]
+//	rrbin rr -addr HOST:PORT [-n 10000] [-size 1] [-blocking]
 //	rrbin bulk -addr HOST:PORT [-bytes N] [-write 65536]
 package main
 
@@ -51,15 +51,24 @@ func serve(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	addr := fs.String("addr", ":8080", "TCP address to listen on")
 	id := fs.String("id", "rrbin", "name to greet with")
+	blocking := fs.Bool("blocking", false, "echo with blocking system calls, a locked thread per connection (see workload.BlockingConn)")
 	fs.Parse(args)
 	l, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
 	}
 	go workload.Accept(l, func(c net.Conn) {
-		defer c.Close()
-		if _, err := c.Write([]byte(*id + "\n")); err == nil {
+		if _, err := c.Write([]byte(*id + "\n")); err != nil {
+			c.Close()
+			return
+		}
+		if !*blocking {
+			defer c.Close()
 			workload.Echo(c)
+			return
+		}
+		if b, err := workload.Blocking(c); err == nil {
+			workload.EchoBlocking(b)
 		}
 	})
 	workload.Ready()

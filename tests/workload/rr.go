@@ -77,13 +77,20 @@ func RequestResponse(args []string) error {
 	addr := fs.String("addr", "", "host:port of an echo server that greets")
 	n := fs.Int("n", 10000, "round trips")
 	size := fs.Int("size", 1, "bytes per request")
+	blocking := fs.Bool("blocking", false, "blocking system calls on a locked thread, no netpoller (see BlockingConn)")
 	fs.Parse(args)
 	c, err := DialGreeted(*addr)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
-	res, err := RoundTrips(c, c, *n, *size)
+	var rw io.ReadWriteCloser = c
+	if *blocking {
+		if rw, err = Blocking(c); err != nil {
+			return err
+		}
+	}
+	defer rw.Close()
+	res, err := RoundTrips(rw, rw, *n, *size)
 	if err != nil {
 		return err
 	}
