@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/link"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	testgrpc "google.golang.org/grpc/interop/grpc_testing"
@@ -404,24 +405,40 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 	}
 }
 
-// grpcSizeSums reads the sums of istio_request_bytes and
-// istio_response_bytes of gRPC series, by "metric reporter grpc-status".
-func grpcSizeSums(t *testing.T, page string) map[string]float64 {
+// series is one sample of a /metrics page: its labels and the metric.
+type series struct {
+	labels map[string]string
+	metric *dto.Metric
+}
+
+// metricSeries parses a /metrics page and returns the series of family.
+func metricSeries(t *testing.T, page, family string) []series {
 	t.Helper()
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	fams, err := p.TextToMetricFamilies(strings.NewReader(page))
 	if err != nil {
 		t.Fatalf("parse /metrics: %v", err)
 	}
+	var out []series
+	for _, m := range fams[family].GetMetric() {
+		l := map[string]string{}
+		for _, lp := range m.GetLabel() {
+			l[lp.GetName()] = lp.GetValue()
+		}
+		out = append(out, series{l, m})
+	}
+	return out
+}
+
+// grpcSizeSums reads the sums of istio_request_bytes and
+// istio_response_bytes of gRPC series, by "metric reporter grpc-status".
+func grpcSizeSums(t *testing.T, page string) map[string]float64 {
+	t.Helper()
 	out := map[string]float64{}
 	for _, name := range []string{"istio_request_bytes", "istio_response_bytes"} {
-		for _, m := range fams[name].GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l["request_protocol"] == "grpc" {
-				out[name+" "+l["reporter"]+" "+l["grpc_response_status"]] += m.GetHistogram().GetSampleSum()
+		for _, s := range metricSeries(t, page, name) {
+			if l := s.labels; l["request_protocol"] == "grpc" {
+				out[name+" "+l["reporter"]+" "+l["grpc_response_status"]] += s.metric.GetHistogram().GetSampleSum()
 			}
 		}
 	}
@@ -433,21 +450,13 @@ func grpcSizeSums(t *testing.T, page string) map[string]float64 {
 // destination-service", and every series' labels.
 func requestSeries(t *testing.T, page string) (map[string]float64, []map[string]string) {
 	t.Helper()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(page))
-	if err != nil {
-		t.Fatalf("parse /metrics: %v", err)
-	}
 	out := map[string]float64{}
 	var all []map[string]string
-	for _, m := range fams["istio_requests_total"].GetMetric() {
-		l := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			l[lp.GetName()] = lp.GetValue()
-		}
+	for _, s := range metricSeries(t, page, "istio_requests_total") {
+		l := s.labels
 		all = append(all, l)
 		out[strings.Join([]string{l["reporter"], l["request_protocol"], l["response_code"], l["grpc_response_status"],
-			l["source_workload"], l["destination_workload"], l["destination_service"]}, " ")] += m.GetCounter().GetValue()
+			l["source_workload"], l["destination_workload"], l["destination_service"]}, " ")] += s.metric.GetCounter().GetValue()
 	}
 	return out, all
 }

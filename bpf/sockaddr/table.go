@@ -94,14 +94,9 @@ func OpenTable(objs *Objects, limit int) (*Table, error) {
 		}
 		t.ids[i] = id
 	}
-	var cur uint32
-	if err := t.outer.Lookup(uint32(0), &cur); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, fmt.Errorf("service table: read sm_services: %w", err)
-	}
-	for i, id := range t.ids {
-		if cur != 0 && ebpf.MapID(cur) == id {
-			t.active = i
-		}
+	var err error
+	if t.active, err = t.inUse(); err != nil {
+		return nil, err
 	}
 	var contents [2][]Entry
 	for i, m := range t.bufs {
@@ -176,6 +171,19 @@ func (t *Table) reachable(k ServiceKey, s uint32) bool {
 		}
 	}
 	return true
+}
+
+// inUse says which of bufs sm_services holds, as the kernel has it: -1
+// for none, or for a table that is not one of them (tables of another
+// layout that pins.Migrate replaced), which the next Commit swaps out.
+func (t *Table) inUse() (int, error) {
+	var cur uint32
+	if err := t.outer.Lookup(uint32(0), &cur); errors.Is(err, ebpf.ErrKeyNotExist) {
+		return -1, nil
+	} else if err != nil {
+		return 0, fmt.Errorf("service table: read sm_services: %w", err)
+	}
+	return slices.Index(t.ids[:], ebpf.MapID(cur)), nil
 }
 
 // readTable reads every slot of a table.
@@ -322,15 +330,9 @@ func (t *Table) write(i int) error {
 // Installed reads back the table the programs read now: every service in
 // it and its value (nil before the first Commit).
 func (t *Table) Installed() (map[ServiceKey]ServiceValue, error) {
-	var cur uint32
-	if err := t.outer.Lookup(uint32(0), &cur); errors.Is(err, ebpf.ErrKeyNotExist) || cur == 0 {
-		return nil, nil
-	} else if err != nil {
-		return nil, fmt.Errorf("service table: read sm_services: %w", err)
-	}
-	i := slices.Index(t.ids[:], ebpf.MapID(cur))
-	if i < 0 {
-		return nil, fmt.Errorf("service table: sm_services holds map %d, not one of ours", cur)
+	i, err := t.inUse()
+	if err != nil || i < 0 {
+		return nil, err
 	}
 	entries, err := readTable(t.bufs[i])
 	if err != nil {

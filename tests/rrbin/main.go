@@ -68,7 +68,8 @@ func serve(args []string) error {
 			return
 		}
 		if b, err := workload.Blocking(c); err == nil {
-			workload.EchoBlocking(b)
+			defer b.Close()
+			workload.Echo(b)
 		}
 	})
 	workload.Ready()

@@ -76,21 +76,3 @@ func (b *BlockingConn) Close() error {
 	runtime.UnlockOSThread()
 	return b.f.Close()
 }
-
-// EchoBlocking echoes what b reads until EOF, then half-closes and closes.
-func EchoBlocking(b *BlockingConn) {
-	defer b.Close()
-	buf := make([]byte, 256<<10)
-	for {
-		n, err := b.Read(buf)
-		if n > 0 {
-			if _, werr := b.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			b.CloseWrite()
-			return
-		}
-	}
-}

@@ -2,6 +2,7 @@ package workload
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -30,9 +31,9 @@ func Accept(l net.Listener, handle func(net.Conn)) {
 }
 
 // Echo writes back what it reads from c, with Read and Write (never a
-// splice), until the peer's EOF, then half-closes c; it returns at the
-// first error. The caller closes c.
-func Echo(c net.Conn) {
+// splice), until the peer's EOF, then half-closes c (a *net.TCPConn or a
+// *BlockingConn); it returns at the first error. The caller closes c.
+func Echo(c io.ReadWriter) {
 	buf := make([]byte, 256<<10)
 	for {
 		n, err := c.Read(buf)
@@ -42,8 +43,8 @@ func Echo(c net.Conn) {
 			}
 		}
 		if err != nil {
-			if tc, ok := c.(*net.TCPConn); ok {
-				tc.CloseWrite()
+			if cw, ok := c.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
 			}
 			return
 		}
