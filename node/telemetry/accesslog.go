@@ -101,11 +101,13 @@ func (w *Watcher) drainAccessLog(ctx context.Context, interval time.Duration) {
 			return
 		case <-t.C:
 		}
+		// Read and name under w.mu: a process retired between the two
+		// would be named by addresses already forgotten ("unknown").
+		w.mu.Lock()
 		reqs, err := w.tr.Read(0)
 		if err != nil && !errors.Is(err, os.ErrClosed) {
 			w.log.Warn("telemetry: access log", "err", err)
 		}
-		w.mu.Lock()
 		w.logRequests(reqs)
 		w.mu.Unlock()
 	}
