@@ -209,15 +209,6 @@ func readTable(m *ebpf.Map) ([]Entry, error) {
 // Len is the number of services.
 func (t *Table) Len() int { return len(t.at) }
 
-// Lookup returns the value of k.
-func (t *Table) Lookup(k ServiceKey) (ServiceValue, bool) {
-	s, ok := t.at[k]
-	if !ok {
-		return ServiceValue{}, false
-	}
-	return t.slots[s].Val, true
-}
-
 // All returns every service and its value.
 func (t *Table) All() map[ServiceKey]ServiceValue {
 	out := make(map[ServiceKey]ServiceValue, len(t.at))

@@ -1,6 +1,7 @@
 package sockaddr
 
 import (
+	"encoding/binary"
 	"errors"
 	"math/rand/v2"
 	"net/netip"
@@ -202,5 +203,23 @@ func TestTableCommitAndAdopt(t *testing.T) {
 	installed, err := fixed.Installed()
 	if err != nil || installed[stray].Rev != 99 {
 		t.Fatalf("after repair: %v, %v", installed[stray], err)
+	}
+}
+
+// TestTableSizeMatchesProgram: TableSlots and the entry layout are written
+// twice, in sockaddr.c and here; the compiled maps must agree with them.
+func TestTableSizeMatchesProgram(t *testing.T) {
+	spec, err := Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"sm_svc_a", "sm_svc_b"} {
+		m := spec.Maps[name]
+		if m.MaxEntries != TableSlots || m.ValueSize != uint32(binary.Size(Entry{})) {
+			t.Errorf("%s: %d slots of %d bytes, Go has %d of %d", name, m.MaxEntries, m.ValueSize, TableSlots, binary.Size(Entry{}))
+		}
+	}
+	if inner := spec.Maps[MapServices].InnerMap; inner == nil || inner.MaxEntries != TableSlots {
+		t.Errorf("sm_services' inner template: %+v, want %d slots", inner, TableSlots)
 	}
 }

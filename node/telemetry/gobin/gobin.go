@@ -129,11 +129,20 @@ type Instruction struct {
 	Addr   uint64
 	Op     x86asm.Op
 	Len    int
+	inst   x86asm.Inst
 }
+
+// errUndecodable is what decode says, when strict, of bytes that decode
+// to no instruction.
+var errUndecodable = errors.New("undecodable byte")
 
 // Instructions decodes fn. Go pads functions with INT3; decoding stops at
 // the function's end.
-func (b *Binary) Instructions(fn Func) ([]Instruction, error) {
+func (b *Binary) Instructions(fn Func) ([]Instruction, error) { return b.decode(fn, false) }
+
+// decode decodes fn; bytes that decode to nothing are skipped, or, when
+// strict, an error (a control-flow graph needs every instruction).
+func (b *Binary) decode(fn Func, strict bool) ([]Instruction, error) {
 	code := make([]byte, fn.End-fn.Entry)
 	if _, err := b.text.ReadAt(code, int64(fn.Entry-b.text.Addr)); err != nil {
 		return nil, fmt.Errorf("%s: read code: %w", fn.Name, err)
@@ -142,11 +151,14 @@ func (b *Binary) Instructions(fn Func) ([]Instruction, error) {
 	for pc := 0; pc < len(code); {
 		inst, err := x86asm.Decode(code[pc:], 64)
 		if err != nil || inst.Len == 0 {
+			if strict {
+				return nil, fmt.Errorf("%s: %w at %#x", fn.Name, errUndecodable, fn.Entry+uint64(pc))
+			}
 			// Data or padding inside the range: skip a byte.
 			pc++
 			continue
 		}
-		out = append(out, Instruction{Offset: fn.Offset + uint64(pc), Addr: fn.Entry + uint64(pc), Op: inst.Op, Len: inst.Len})
+		out = append(out, Instruction{Offset: fn.Offset + uint64(pc), Addr: fn.Entry + uint64(pc), Op: inst.Op, Len: inst.Len, inst: inst})
 		pc += inst.Len
 	}
 	return out, nil
@@ -220,24 +232,22 @@ var ErrNoSuccessPoint = errors.New("no provable success point")
 // with an indirect jump, undecodable bytes, or no such test after the
 // call gives ErrNoSuccessPoint, and the caller probes every RET instead.
 func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err error) {
-	code := make([]byte, fn.End-fn.Entry)
-	if _, err := b.text.ReadAt(code, int64(fn.Entry-b.text.Addr)); err != nil {
-		return 0, nil, fmt.Errorf("%s: read code: %w", fn.Name, err)
+	decoded, err := b.decode(fn, true)
+	if errors.Is(err, errUndecodable) {
+		return 0, nil, fmt.Errorf("%w: %w", ErrNoSuccessPoint, err)
+	} else if err != nil {
+		return 0, nil, err
 	}
 	type node struct {
 		inst x86asm.Inst
 		pc   int
 	}
-	var insts []node
+	size := int(fn.End - fn.Entry)
+	insts := make([]node, len(decoded))
 	index := map[int]int{} // pc -> position in insts
-	for pc := 0; pc < len(code); {
-		inst, err := x86asm.Decode(code[pc:], 64)
-		if err != nil || inst.Len == 0 {
-			return 0, nil, fmt.Errorf("%s: %w: undecodable byte at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(pc))
-		}
-		index[pc] = len(insts)
-		insts = append(insts, node{inst, pc})
-		pc += inst.Len
+	for i, d := range decoded {
+		insts[i] = node{d.inst, int(d.Addr - fn.Entry)}
+		index[insts[i].pc] = i
 	}
 	target := func(n node) (int, bool) {
 		if rel, ok := n.inst.Args[0].(x86asm.Rel); ok {
@@ -289,7 +299,7 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 		push := func(pc int) bool {
 			i, ok := index[pc]
 			if !ok {
-				return pc < 0 || pc >= len(code) // a jump out of fn (morestack) is fine
+				return pc < 0 || pc >= size // a jump out of fn (morestack) is fine
 			}
 			if !seen[i] {
 				seen[i] = true
