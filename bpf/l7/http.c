@@ -90,7 +90,7 @@ const struct http_event *unused_http_event __attribute__((unused));
 struct start {
 	__u64 key; /* the goroutine whose request holds the slot; 0: free */
 	__u64 ns;
-	__u64 arg[3]; /* what the end probe needs of the start's arguments */
+	__u64 arg[4]; /* what the end probe needs of the start's arguments */
 };
 
 /* Whether to emit one ring-buffer event per request (access logs, tests).
@@ -256,7 +256,7 @@ static __always_inline __u32 start_slot(__u64 key)
 /* begin_key claims a start slot for key (a goroutine's request, or a
  * client stream's) with start time ns and the arguments an end probe
  * needs. */
-static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2)
+static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
 {
 	__u32 base = start_slot(key);
 
@@ -277,6 +277,7 @@ static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, _
 		s->arg[0] = a0;
 		s->arg[1] = a1;
 		s->arg[2] = a2;
+		s->arg[3] = a3;
 		return;
 	}
 	count_drop();
@@ -300,6 +301,7 @@ static __always_inline int take_key(__u64 key, struct start *out)
 		out->arg[0] = s->arg[0];
 		out->arg[1] = s->arg[1];
 		out->arg[2] = s->arg[2];
+		out->arg[3] = s->arg[3];
 		if (__sync_val_compare_and_swap(&s->key, key, 0) != key)
 			return 0;
 		return 1;
@@ -338,7 +340,7 @@ static __always_inline void bytes_add(__u64 stream, __u64 recv, __u64 sent)
 			return;
 		}
 	}
-	begin_key(key, bpf_ktime_get_ns(), recv, sent, 0);
+	begin_key(key, bpf_ktime_get_ns(), recv, sent, 0, 0);
 }
 
 /* bytes_take returns and frees the counts of stream (0 if none). */
@@ -356,7 +358,7 @@ static __always_inline void bytes_take(__u64 stream, __u64 *recv, __u64 *sent)
 /* begin claims a start slot for the goroutine's request of kind. */
 static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u64 a1, __u64 a2)
 {
-	begin_key(goroutine_key(r, kind), bpf_ktime_get_ns(), a0, a1, a2);
+	begin_key(goroutine_key(r, kind), bpf_ktime_get_ns(), a0, a1, a2, 0);
 }
 
 /* take_start copies and frees the start of the goroutine's request of
@@ -831,6 +833,24 @@ static __always_inline __u64 stream_key(__u64 cs)
 	return cs ^ ((__u64)(KIND_GRPC_CLIENT + 1) << 44) ^ (1ULL << 63);
 }
 
+/* find_key returns the start slot key holds, or NULL. */
+static __always_inline struct start *find_key(__u64 key)
+{
+	__u32 base = start_slot(key);
+
+#pragma unroll
+	for (int i = 0; i < START_PROBES; i++) {
+		__u32 idx = (base + i) & (START_SLOTS - 1);
+		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
+
+		if (!s)
+			return NULL;
+		if (s->key == key)
+			return s;
+	}
+	return NULL;
+}
+
 /* newClientStream(ctx, desc, cc, method, opts...): a gRPC call starts,
  * unary (Invoke makes one) or streaming. */
 SEC("uprobe/grpc_new_stream")
@@ -840,9 +860,72 @@ int sm_grpc_call(struct regs *r)
 	return 0;
 }
 
-/* A RET of newClientStream: (stream, err) in AX, BX and CX, DI. The start
- * moves to the stream, which may end on any goroutine; a call that failed
- * to start ends here. */
+/* How a client call is followed, where grpc's functions allow it, with
+ * probes on function entries only (the kernel emulates what is there;
+ * it single-steps a RET, 16-26 µs a hit here):
+ *
+ *   newClientStream        the call starts: a start keyed by goroutine
+ *   newAttemptLocked(cs)   the call has a stream: its start is copied to
+ *                          a start keyed by cs (which may end on any
+ *                          goroutine), and each start names the other
+ *                          (the goroutine's arg[3] is cs, the stream's
+ *                          arg[3] the goroutine's key)
+ *   finish(cs, err)        the call ends: the stream's start is taken,
+ *                          and the goroutine's if it still names cs
+ *   endOfClientStream(cc, err)
+ *                          newClientStream failed (its deferred cleanup;
+ *                          finish calls it too, after the above): a
+ *                          goroutine start still there is a call that
+ *                          never reached finish, failed with err
+ *
+ * Where they do not (older grpc, or endOfClientStream inlined), the RETs of
+ * newClientStream do what newAttemptLocked and endOfClientStream do. */
+
+/* (*clientStream).newAttemptLocked(cs, isTransparent): an attempt of the
+ * call cs begins. The first one, on the goroutine that started the call,
+ * moves its start to the stream; a retry's finds it done. */
+SEC("uprobe/grpc_new_attempt")
+int sm_grpc_attempt(struct regs *r)
+{
+	__u64 cs = GO_R1(r), key = goroutine_key(r, KIND_GRPC_CLIENT);
+	struct start *s = find_key(key);
+
+	if (!s || s->arg[3] || !cs)
+		return 0;
+	s->arg[3] = cs;
+	begin_key(stream_key(cs), s->ns, s->arg[0], s->arg[1], s->arg[2], key);
+	return 0;
+}
+
+/* take_if frees the start key holds if its arg[3] is v. */
+static __always_inline void take_if(__u64 key, __u64 v)
+{
+	struct start *s = find_key(key);
+
+	if (s && s->arg[3] == v)
+		__sync_val_compare_and_swap(&s->key, key, 0);
+}
+
+/* endOfClientStream(cc, err, opts...) with an error: the call this
+ * goroutine started ends now unless finish has ended it. */
+SEC("uprobe/grpc_call_cleanup")
+int sm_grpc_call_failed(struct regs *r)
+{
+	struct start st, ss;
+
+	if (!GO_R2(r) || !take_start(r, KIND_GRPC_CLIENT, &st))
+		return 0;
+	/* A call with a stream that finish ended took both starts; one whose
+	 * stream start is left never reached finish. */
+	if (st.arg[3] && !take_key(stream_key(st.arg[3]), &ss))
+		return 0;
+	grpc_call_done(&st, grpc_error_code(GO_R2(r), GO_R3(r)), 0, 0);
+	return 0;
+}
+
+/* A RET of newClientStream (where the probes above cannot be placed):
+ * (stream, err) in AX, BX and CX, DI. The start moves to the stream; a
+ * call that failed to start ends here. */
 SEC("uprobe/grpc_new_stream_ret")
 int sm_grpc_call_ret(struct regs *r)
 {
@@ -855,7 +938,7 @@ int sm_grpc_call_ret(struct regs *r)
 		grpc_call_done(&st, grpc_error_code(GO_R3(r), GO_R4(r)), 0, 0);
 		return 0;
 	}
-	begin_key(stream_key(cs), st.ns, st.arg[0], st.arg[1], st.arg[2]);
+	begin_key(stream_key(cs), st.ns, st.arg[0], st.arg[1], st.arg[2], 0);
 	return 0;
 }
 
@@ -864,15 +947,16 @@ int sm_grpc_call_ret(struct regs *r)
 SEC("uprobe/grpc_stream_finish")
 int sm_grpc_call_end(struct regs *r)
 {
+	__u64 cs = GO_R1(r), attempt, ts, recv = 0, sent = 0;
 	struct start st;
 
-	__u64 attempt, ts, recv = 0, sent = 0;
-
-	if (!take_key(stream_key(GO_R1(r)), &st))
+	if (!take_key(stream_key(cs), &st))
 		return 0;
+	if (st.arg[3])
+		take_if(st.arg[3], cs);
 	/* cs.attempt.transportStream: the transport stream the bytes were
 	 * counted on (the last attempt's). */
-	attempt = read_u64(GO_R1(r) + off_grpc_cs_attempt);
+	attempt = read_u64(cs + off_grpc_cs_attempt);
 	ts = attempt ? read_u64(attempt + off_grpc_attempt_stream) : 0;
 	if (ts)
 		bytes_take(ts + off_grpc_cstream_stream, &recv, &sent);

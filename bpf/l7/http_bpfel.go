@@ -53,7 +53,7 @@ type bpfStart struct {
 	_   structs.HostLayout
 	Key uint64
 	Ns  uint64
-	Arg [3]uint64
+	Arg [4]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -64,8 +64,10 @@ const (
 	bpfMapSmHttpEvents            = "sm_http_events"
 	bpfMapSmHttpStart             = "sm_http_start"
 	bpfMapSmHttpStats             = "sm_http_stats"
+	bpfProgSmGrpcAttempt          = "sm_grpc_attempt"
 	bpfProgSmGrpcCall             = "sm_grpc_call"
 	bpfProgSmGrpcCallEnd          = "sm_grpc_call_end"
+	bpfProgSmGrpcCallFailed       = "sm_grpc_call_failed"
 	bpfProgSmGrpcCallRet          = "sm_grpc_call_ret"
 	bpfProgSmGrpcCliWrite         = "sm_grpc_cli_write"
 	bpfProgSmGrpcRead             = "sm_grpc_read"
@@ -157,8 +159,10 @@ type bpfSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfProgramSpecs struct {
+	SmGrpcAttempt     *ebpf.ProgramSpec `ebpf:"sm_grpc_attempt"`
 	SmGrpcCall        *ebpf.ProgramSpec `ebpf:"sm_grpc_call"`
 	SmGrpcCallEnd     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_end"`
+	SmGrpcCallFailed  *ebpf.ProgramSpec `ebpf:"sm_grpc_call_failed"`
 	SmGrpcCallRet     *ebpf.ProgramSpec `ebpf:"sm_grpc_call_ret"`
 	SmGrpcCliWrite    *ebpf.ProgramSpec `ebpf:"sm_grpc_cli_write"`
 	SmGrpcRead        *ebpf.ProgramSpec `ebpf:"sm_grpc_read"`
@@ -302,8 +306,10 @@ type bpfVariables struct {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfPrograms struct {
+	SmGrpcAttempt     *ebpf.Program `ebpf:"sm_grpc_attempt"`
 	SmGrpcCall        *ebpf.Program `ebpf:"sm_grpc_call"`
 	SmGrpcCallEnd     *ebpf.Program `ebpf:"sm_grpc_call_end"`
+	SmGrpcCallFailed  *ebpf.Program `ebpf:"sm_grpc_call_failed"`
 	SmGrpcCallRet     *ebpf.Program `ebpf:"sm_grpc_call_ret"`
 	SmGrpcCliWrite    *ebpf.Program `ebpf:"sm_grpc_cli_write"`
 	SmGrpcRead        *ebpf.Program `ebpf:"sm_grpc_read"`
@@ -322,8 +328,10 @@ type bpfPrograms struct {
 
 func (p *bpfPrograms) Close() error {
 	return _BpfClose(
+		p.SmGrpcAttempt,
 		p.SmGrpcCall,
 		p.SmGrpcCallEnd,
+		p.SmGrpcCallFailed,
 		p.SmGrpcCallRet,
 		p.SmGrpcCliWrite,
 		p.SmGrpcRead,

@@ -111,6 +111,8 @@ func init() {
 		"sm_grpc_cli_write":    {"off_grpc_cstream_stream"},
 		"sm_grpc_call":         nil,
 		"sm_grpc_call_ret":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
+		"sm_grpc_attempt":      nil,
+		"sm_grpc_call_failed":  {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
 		"sm_grpc_call_end":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target", "off_grpc_cs_attempt", "off_grpc_attempt_stream", "off_grpc_cstream_stream"},
 	}
 	for prog, vars := range uses {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -81,6 +82,10 @@ type probe struct {
 	// optional probes are attached when their function is linked; the
 	// group works without them.
 	optional bool
+	// calledFrom, if set, is a prefix of the names of functions of which
+	// one must call fn: a probe on fn sees those calls only if fn was not
+	// inlined into its callers there.
+	calledFrom string
 }
 
 // groups are the probes that must all attach for one kind of request, of
@@ -89,6 +94,9 @@ var groups = []struct {
 	kind   Kind
 	name   string
 	probes []probe
+	// insteadOf names a group this one stands in for where that one
+	// cannot be placed; it is not attached where that one is.
+	insteadOf string
 }{
 	{HTTPServer, "net/http server", []probe{
 		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
@@ -98,37 +106,48 @@ var groups = []struct {
 		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
 		// A hijacked connection's request never finishes: free its start.
 		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
-	}},
+	}, ""},
 	{HTTPServer, "x/net/http2 server", []probe{
 		{fn: "golang.org/x/net/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
 		{fn: "golang.org/x/net/http2.(*responseWriter).handlerDone", prog: "sm_xh2_done"},
-	}},
+	}, ""},
 	{HTTPClient, "net/http client", []probe{
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true, after: "net/http.(*persistConn).roundTrip"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_ok", after: "net/http.(*persistConn).roundTrip", optional: true},
-	}},
+	}, ""},
 	// x/net's HTTP/2 transport used on its own (h2c clients); under a
 	// net/http Transport the inner call is the one counted, once.
 	{HTTPClient, "x/net/http2 client", []probe{
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_end", returns: true},
-	}},
+	}, ""},
 	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
 		// Message sizes: each message read (either side) and written.
 		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).write", prog: "sm_grpc_srv_write"},
-	}},
-	// Unary calls (Invoke makes a stream too) and streaming calls.
+	}, ""},
+	// Unary calls (Invoke makes a stream too) and streaming calls, seen
+	// from function entries only (how: bpf/l7/http.c).
 	{GRPCClient, "grpc client", []probe{
+		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call"},
+		{fn: "google.golang.org/grpc.(*clientStream).newAttemptLocked", prog: "sm_grpc_attempt"},
+		{fn: "google.golang.org/grpc.endOfClientStream", prog: "sm_grpc_call_failed", calledFrom: "google.golang.org/grpc.newClientStream.func"},
+		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
+		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
+		{fn: "google.golang.org/grpc/internal/transport.(*http2Client).write", prog: "sm_grpc_cli_write"},
+	}, ""},
+	// The same where those functions are not there to probe: the RETs of
+	// newClientStream, which the kernel single-steps.
+	{GRPCClient, "grpc client (returns)", []probe{
 		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call"},
 		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call_ret", returns: true},
 		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
 		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Client).write", prog: "sm_grpc_cli_write"},
-	}},
+	}, "grpc client"},
 }
 
 // multiUprobes says whether to attach with uprobe_multi links (tests
@@ -216,7 +235,15 @@ func readPlan(path string) (*plan, error) {
 		return nil, err
 	}
 	pl := &plan{off: off}
+	planned := map[string]bool{}
 	for i, g := range groups {
+		if g.insteadOf != "" && planned[g.insteadOf] {
+			continue
+		}
+		if slices.Contains(unplannedGroups, g.name) {
+			pl.missing = append(pl.missing, g.name+": left out (test)")
+			continue
+		}
 		addrs, why := probeAddrs(bin, g.probes, off)
 		if why != "" {
 			pl.missing = append(pl.missing, g.name+": "+why)
@@ -226,9 +253,14 @@ func readPlan(path string) (*plan, error) {
 			group int
 			addrs [][]uint64
 		}{i, addrs})
+		planned[g.name] = true
 	}
 	return pl, nil
 }
+
+// unplannedGroups are groups readPlan leaves out, as if their functions
+// were not there (tests of the groups standing in for them).
+var unplannedGroups []string
 
 // probeAddrs finds where each probe of a group goes (none for an optional
 // probe whose function is not linked), or says why the group cannot be
@@ -247,6 +279,9 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 				continue
 			}
 			return nil, err.Error()
+		}
+		if p.calledFrom != "" && !calledFrom(bin, f, p.calledFrom) {
+			return nil, fmt.Sprintf("%s: not called from %s* (inlined there)", p.fn, p.calledFrom)
 		}
 		if p.after != "" {
 			at, rets, err := successReturn(bin, f, p.after)
@@ -277,6 +312,21 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 		out[i] = []uint64{at}
 	}
 	return out, ""
+}
+
+// calledFrom says whether a function whose name starts with prefix calls
+// fn.
+func calledFrom(bin *gobin.Binary, fn gobin.Func, prefix string) bool {
+	for _, name := range bin.Funcs(prefix) {
+		caller, err := bin.Func(name)
+		if err != nil {
+			continue
+		}
+		if ok, err := bin.Calls(caller, fn); err == nil && ok {
+			return true
+		}
+	}
+	return false
 }
 
 // successReturn is gobin.SuccessReturn of fn after its call to callee.

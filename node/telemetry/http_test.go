@@ -31,14 +31,22 @@ func TestRequests(t *testing.T) {
 	for _, c := range []struct {
 		ldflags string
 		multi   bool
-	}{{"", true}, {"-s -w", true}, {"", false}} {
+		// without: a group left out, as if its functions were not
+		// linked, so that the one standing in for it is tested.
+		without string
+	}{{"", true, ""}, {"-s -w", true, ""}, {"", false, ""}, {"", true, "grpc client"}} {
 		ldflags := c.ldflags
-		t.Run(fmt.Sprintf("ldflags=%s,multi=%v", ldflags, c.multi), func(t *testing.T) {
+		t.Run(fmt.Sprintf("ldflags=%s,multi=%v,without=%s", ldflags, c.multi, c.without), func(t *testing.T) {
 			if c.multi && !l7.MultiUprobes() {
 				t.Skip("no uprobe_multi links on this kernel")
 			}
 			defer func(f func() bool) { multiUprobes = f }(multiUprobes)
 			multiUprobes = func() bool { return c.multi }
+			if c.without != "" {
+				unplannedGroups = []string{c.without}
+				clearPlans()
+				defer func() { unplannedGroups = nil; clearPlans() }()
+			}
 			bin := testutil.BuildGo(t, "./testdata/httpserver", ldflags)
 			srv := testutil.Start(t, bin, "-grpc", "-xnet")
 			readLine := func() string { return srv.Line(t) }
@@ -52,8 +60,14 @@ func TestRequests(t *testing.T) {
 			if want := []Kind{HTTPServer, HTTPClient, GRPCServer, GRPCClient}; !slices.Equal(tr.Kinds, want) {
 				t.Fatalf("probed kinds %v, want %v", tr.Kinds, want)
 			}
-			if len(tr.Libraries) != len(groups) {
-				t.Fatalf("probed libraries %v, want all %d", tr.Libraries, len(groups))
+			var libs []string // every group, or the one standing in for it
+			for _, g := range groups {
+				if g.insteadOf == "" && g.name != c.without || g.insteadOf != "" && g.insteadOf == c.without {
+					libs = append(libs, g.name)
+				}
+			}
+			if !slices.Equal(tr.Libraries, libs) {
+				t.Fatalf("probed libraries %v, want %v", tr.Libraries, libs)
 			}
 
 			// Served: HTTP/1.1 and h2c from this test's clients.
@@ -111,7 +125,7 @@ func TestRequests(t *testing.T) {
 			// so each call is seen at both ends).
 			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok", "XH2 http://" + xnetAddr + "/fail",
 				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok",
-				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok"} {
+				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok", "GRPCBADMD " + grpcAddr + " /test.Svc/Ok"} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -134,6 +148,8 @@ func TestRequests(t *testing.T) {
 				"grpc-client 2  /test.Svc/NotFound 200 5 0 12 " + grpcAddr,
 				// Nothing listens: the call fails as it starts.
 				"grpc-client 2  /test.Svc/Ok 200 14 0 0 127.0.0.1:1",
+				// Refused before it has a stream: never sent.
+				"grpc-client 2  /test.Svc/Ok 200 13 0 0 " + grpcAddr,
 			}
 			got = collect(t, tr, len(want))
 			slices.Sort(got)
@@ -185,7 +201,7 @@ func TestRequests(t *testing.T) {
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    3,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 13, Peer: "127.0.0.1"}:   1,
-				{Kind: GRPCClient, Status: 200, GRPCStatus: 13, Peer: grpcAddr}:      1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 13, Peer: grpcAddr}:      2,
 				{Kind: GRPCClient, Status: 200, GRPCStatus: 0, Peer: grpcAddr}:       2,
 				{Kind: GRPCClient, Status: 200, GRPCStatus: 5, Peer: grpcAddr}:       1,
 				{Kind: GRPCClient, Status: 200, GRPCStatus: 14, Peer: "127.0.0.1:1"}: 1,
@@ -345,4 +361,11 @@ func TestServersOnly(t *testing.T) {
 	if want := []Kind{HTTPServer, GRPCServer}; !slices.Equal(p.Kinds, want) {
 		t.Fatalf("kinds %v, want %v", p.Kinds, want)
 	}
+}
+
+// clearPlans forgets every executable read.
+func clearPlans() {
+	plans.Lock()
+	clear(plans.m)
+	plans.Unlock()
 }

@@ -108,7 +108,8 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 		"sm_grpc_serve_end": ps.progs.SmGrpcServeEnd, "sm_grpc_call": ps.progs.SmGrpcCall,
 		"sm_grpc_call_ret": ps.progs.SmGrpcCallRet, "sm_grpc_call_end": ps.progs.SmGrpcCallEnd,
 		"sm_grpc_read": ps.progs.SmGrpcRead, "sm_grpc_srv_write": ps.progs.SmGrpcSrvWrite,
-		"sm_grpc_cli_write": ps.progs.SmGrpcCliWrite,
+		"sm_grpc_cli_write": ps.progs.SmGrpcCliWrite, "sm_grpc_attempt": ps.progs.SmGrpcAttempt,
+		"sm_grpc_call_failed": ps.progs.SmGrpcCallFailed,
 	}
 	// A probe two groups share (gRPC's stream read, for a program that
 	// serves and calls) is attached once: twice would count twice.
@@ -307,7 +308,7 @@ func (t *Tracer) Open() (int, error) {
 	var k uint32
 	var v struct {
 		Key, Ns uint64
-		Arg     [3]uint64
+		Arg     [4]uint64
 	}
 	it := t.maps.SmHttpStart.Iterate()
 	for it.Next(&k, &v) {
@@ -343,7 +344,8 @@ func (t *Tracer) RunTime() (time.Duration, uint64, error) {
 	for _, ps := range t.progs {
 		p := ps.progs
 		for _, prog := range []*ebpf.Program{p.SmHttpServe, p.SmHttpFinish, p.SmH2Done, p.SmHttpHijack, p.SmXh2Done, p.SmHttpClientStart,
-			p.SmHttpClientEnd, p.SmGrpcServe, p.SmGrpcServeEnd, p.SmGrpcCall, p.SmGrpcCallRet, p.SmGrpcCallEnd} {
+			p.SmHttpClientEnd, p.SmGrpcServe, p.SmGrpcServeEnd, p.SmGrpcCall, p.SmGrpcCallRet, p.SmGrpcCallEnd,
+			p.SmGrpcAttempt, p.SmGrpcCallFailed} {
 			st, err := prog.Stats()
 			if err != nil {
 				return 0, 0, err

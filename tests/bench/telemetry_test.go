@@ -233,3 +233,83 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	b.Logf("Go HTTP client, %d sequential GETs, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (%.1f µs more a request); %d of %d requests counted; BPF run time %.0f ns a request (the RET probe's single-step is not in it)",
 		n, median(off), median(on), ratio, extra, counted, 5*n, perReq)
 }
+
+// BenchmarkGRPCClientProbes measures what the client-side probes cost a
+// gRPC client (podbin grpc-call: 2,000 sequential unary calls over one
+// channel to a server on loopback), probes off and on, interleaved.
+func BenchmarkGRPCClientProbes(b *testing.B) {
+	testutil.Privileged(b)
+	_, podbin, err := harness.Binaries()
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := testutil.Start(b, podbin, "grpc-serve", "-id", "bench", "-addr", "127.0.0.1:0", "-print-addr")
+	addr := srv.Line(b)
+	if ready := srv.Line(b); ready != "ready" {
+		b.Fatalf("grpc-serve: %q", ready)
+	}
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("enable BPF stats: %v", err)
+	}
+	defer stats.Close()
+	const n = 2000
+	var off, on []float64
+	var counted uint64
+	var bpfTime time.Duration
+	var libs []string
+	run := func(probed bool) float64 {
+		goFile := filepath.Join(b.TempDir(), "go")
+		cmd := exec.Command(podbin, "grpc-call", "-wait-for", goFile, "-target", addr, "-n", strconv.Itoa(n))
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		r := bufio.NewReader(out)
+		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
+			b.Fatalf("grpc-call: %q %v", line, err)
+		}
+		var tr *telemetry.HTTPTracer
+		if probed {
+			if tr, err = telemetry.TraceHTTP(podbin, cmd.Process.Pid, false); err != nil {
+				b.Fatal(err)
+			}
+			libs = tr.Libraries
+		}
+		start := time.Now()
+		os.WriteFile(goFile, nil, 0o644)
+		result, _ := io.ReadAll(r)
+		if err := cmd.Wait(); err != nil || !strings.Contains(string(result), `"bench":`+strconv.Itoa(n)) {
+			b.Fatalf("grpc-call: %v %s", err, result)
+		}
+		rate := n / time.Since(start).Seconds()
+		if tr != nil {
+			st, _ := tr.Stats()
+			for k, t := range st {
+				if k.Kind == telemetry.GRPCClient {
+					counted += t.Count
+				}
+			}
+			rt, _, _ := tr.RunTime()
+			bpfTime += rt
+			tr.Close()
+		}
+		return rate
+	}
+	for round := range 5 {
+		if round%2 == 0 {
+			off = append(off, run(false))
+			on = append(on, run(true))
+		} else {
+			on = append(on, run(true))
+			off = append(off, run(false))
+		}
+	}
+	ratio := median(on) / median(off)
+	perCall := float64(bpfTime.Nanoseconds()) / float64(max(counted, 1))
+	extra := (1/median(on) - 1/median(off)) * 1e6
+	b.ReportMetric(ratio, "grpc-client-calls/s-ratio")
+	b.ReportMetric(extra, "grpc-client-extra-µs/call")
+	b.Logf("gRPC client (%s), %d sequential unary calls, 5 interleaved rounds, medians: probes off %.0f calls/s, on %.0f calls/s, ratio %.3fx (%.1f µs more a call); %d of %d calls counted; BPF run time %.0f ns a call",
+		strings.Join(libs, ", "), n, median(off), median(on), ratio, extra, counted, 5*n, perCall)
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"time"
@@ -36,10 +37,14 @@ func grpcServe(args []string) error {
 	fs := flag.NewFlagSet("grpc-serve", flag.ExitOnError)
 	id := fs.String("id", "", "server id")
 	addr := fs.String("addr", ":50051", "listen address")
+	printAddr := fs.Bool("print-addr", false, "print the address listened on first (for port 0)")
 	fs.Parse(args)
 	l, err := net.Listen("tcp", *addr)
 	if err != nil {
 		return err
+	}
+	if *printAddr {
+		fmt.Println(l.Addr())
 	}
 	gs := grpc.NewServer()
 	testgrpc.RegisterTestServiceServer(gs, &testServer{id: *id})
@@ -61,8 +66,18 @@ func grpcCall(args []string) error {
 	until := fs.String("until", "", "keep calling until this server answers")
 	code := fs.Int("code", 0, "gRPC status code the server is asked to answer with")
 	after := fs.Duration("after", 0, "wait before the first call")
+	waitFor := fs.String("wait-for", "", "print ready, then wait until this file exists before the first call")
 	fs.Parse(args)
 	time.Sleep(*after)
+	if *waitFor != "" {
+		fmt.Println("ready")
+		for {
+			if _, err := os.Stat(*waitFor); err == nil {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err

@@ -183,6 +183,25 @@ func (b *Binary) Returns(fn Func) ([]uint64, error) {
 	return out, nil
 }
 
+// Calls reports whether fn calls callee directly (a CALL to its entry):
+// where it does, callee was not inlined into fn, and a probe on callee's
+// entry sees the call.
+func (b *Binary) Calls(fn, callee Func) (bool, error) {
+	insts, err := b.Instructions(fn)
+	if err != nil {
+		return false, err
+	}
+	for _, in := range insts {
+		if in.Op != x86asm.CALL {
+			continue
+		}
+		if rel, ok := in.inst.Args[0].(x86asm.Rel); ok && in.Addr+uint64(in.Len)+uint64(int64(rel)) == callee.Entry {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Emulated reports whether the kernel emulates op when a uprobe sits on it
 // (x86: jumps, calls, push, nop) instead of single-stepping it. On the
 // project's machines an emulated probe costs 1-2 µs a hit, a single-stepped

@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -158,13 +159,18 @@ func client(in io.Reader, out io.Writer) {
 			cancel()
 			cc.Close()
 			fmt.Fprintln(out, status.Code(err))
-		case len(f) == 3 && f[0] == "GRPC":
+		case len(f) == 3 && (f[0] == "GRPC" || f[0] == "GRPCBADMD"):
 			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
 				fmt.Fprintln(out, "error:", err)
 				continue
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if f[0] == "GRPCBADMD" {
+				// A key grpc refuses: the call fails before it has a
+				// stream (Internal).
+				ctx = metadata.AppendToOutgoingContext(ctx, "bad key", "x")
+			}
 			err = cc.Invoke(ctx, f[2], ping, &emptypb.Empty{})
 			cancel()
 			cc.Close()
