@@ -60,7 +60,7 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 		v, _ := strconv.ParseFloat(string(m[1]), 64)
 		return v
 	}
-	var off, on, empty []float64
+	var off, on, empty, one []float64
 	var events int
 	var drops uint64
 	var bpfTime time.Duration
@@ -68,9 +68,14 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 		// The floor: programs that do nothing, at the same two points.
 		// What they cost is the uprobes' own (the trap, the emulated
 		// instruction, running a program), which no program can avoid.
+		// And at the end point alone: what any design that sees a
+		// request's end in the program costs at least.
 		measureEmpty := func() {
-			closeEmpty := emptyProbes(b, bin, pid)
+			closeEmpty := emptyProbes(b, bin, pid, serverPoints)
 			empty = append(empty, run())
+			closeEmpty()
+			closeEmpty = emptyProbes(b, bin, pid, serverPoints[1:])
+			one = append(one, run())
 			closeEmpty()
 		}
 		measureOff := func() { off = append(off, run()) }
@@ -109,18 +114,25 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 	}
 	ratio := median(on) / median(off)
 	floor := median(empty) / median(off)
+	floor1 := median(one) / median(off)
 	b.ReportMetric(floor, strings.ReplaceAll(name, " ", "-")+"-empty-probes-ratio")
+	b.ReportMetric(floor1, strings.ReplaceAll(name, " ", "-")+"-one-empty-probe-ratio")
 	target := map[string]string{"trivial handler": "0.90x", "1 ms handler": "0.99x"}[name]
 	b.ReportMetric(ratio, strings.ReplaceAll(name, " ", "-")+"-req/s-ratio")
 	perReq := float64(bpfTime.Nanoseconds()) / float64(max(events, 1))
 	b.ReportMetric(perReq, strings.ReplaceAll(name, " ", "-")+"-bpf-ns/req")
-	b.Logf("%s, wrk -t1 -c16 -d3s, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (target >= %s); empty programs at the same two points %.0f req/s, %.3fx (the floor); %d requests counted, %d dropped; BPF run time %.0f ns a request (both probes, BPF stats; the uprobe traps are not in it)",
-		name, median(off), median(on), ratio, target, median(empty), floor, events, drops, perReq)
+	b.Logf("%s, wrk -t1 -c16 -d3s, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (target >= %s); empty programs at the same two points %.0f req/s, %.3fx (the floor), at the end point alone %.0f req/s, %.3fx; %d requests counted, %d dropped; BPF run time %.0f ns a request (both probes, BPF stats; the uprobe traps are not in it)",
+		name, median(off), median(on), ratio, target, median(empty), floor, median(one), floor1, events, drops, perReq)
 }
 
-// emptyProbes attaches programs that only return at the two points the
-// HTTP server probes use, for process pid, and returns what detaches them.
-func emptyProbes(b *testing.B, bin string, pid int) func() {
+// serverPoints are the functions the HTTP/1 server probes sit on: the
+// request's start, then its end.
+var serverPoints = []string{"net/http.serverHandler.ServeHTTP", "net/http.(*response).finishRequest"}
+
+// emptyProbes attaches programs that only return at the entries of fns
+// (where the HTTP server probes go), for process pid, and returns what
+// detaches them.
+func emptyProbes(b *testing.B, bin string, pid int, fns []string) func() {
 	b.Helper()
 	gb, err := gobin.Open(bin)
 	if err != nil {
@@ -128,7 +140,7 @@ func emptyProbes(b *testing.B, bin string, pid int) func() {
 	}
 	defer gb.Close()
 	var addrs []uint64
-	for _, fn := range []string{"net/http.serverHandler.ServeHTTP", "net/http.(*response).finishRequest"} {
+	for _, fn := range fns {
 		f, err := gb.Func(fn)
 		if err != nil {
 			b.Fatal(err)
