@@ -214,6 +214,88 @@ func TestRequests(t *testing.T) {
 	}
 }
 
+// TestConcurrentGRPCCalls: many gRPC calls at once from one process, unary
+// and streaming (whose ends can come on other goroutines), are each counted
+// once with their status, at the client as at the server, and leave no
+// start behind.
+func TestConcurrentGRPCCalls(t *testing.T) {
+	testutil.Privileged(t)
+	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
+	for _, without := range []string{"", "grpc client"} {
+		t.Run("without="+without, func(t *testing.T) {
+			if without != "" {
+				unplannedGroups = []string{without}
+				clearPlans()
+				defer func() { unplannedGroups = nil; clearPlans() }()
+			}
+			concurrentGRPCCalls(t, bin)
+		})
+	}
+}
+
+func concurrentGRPCCalls(t *testing.T, bin string) {
+	srv := testutil.Start(t, bin, "-grpc")
+	srv.Line(t) // the HTTP address
+	grpcAddr := srv.Line(t)
+	tr, err := TraceHTTP(bin, srv.Pid(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	const n, goroutines = 1200, 24
+	fmt.Fprintf(srv.Stdin, "GRPCMANY %s %d %d\n", grpcAddr, n, goroutines)
+	if got, want := srv.Line(t), "map[Internal:300 NotFound:300 OK:600]"; got != want {
+		t.Fatalf("calls answered %s, want %s", got, want)
+	}
+	want := map[int]uint64{0: 600, 5: 300, 13: 300}
+	var stats map[StatsKey]Totals
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if stats, err = tr.Stats(); err != nil {
+			t.Fatal(err)
+		}
+		done := true
+		for code, c := range want {
+			for _, kind := range []Kind{GRPCClient, GRPCServer} {
+				peer := map[Kind]string{GRPCClient: grpcAddr, GRPCServer: "127.0.0.1"}[kind]
+				if stats[StatsKey{Kind: kind, Status: 200, GRPCStatus: code, Peer: peer}].Count != c {
+					done = false
+				}
+			}
+		}
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var total uint64
+	for k, v := range stats {
+		if k.Kind == GRPCClient || k.Kind == GRPCServer {
+			total += v.Count
+		}
+	}
+	if total != 2*n {
+		t.Errorf("%d gRPC calls counted at both ends, want %d: %+v", total, 2*n, stats)
+	}
+	for code, c := range want {
+		k := StatsKey{Kind: GRPCClient, Status: 200, GRPCStatus: code, Peer: grpcAddr}
+		if stats[k].Count != c {
+			t.Errorf("client calls with status %d: %d, want %d", code, stats[k].Count, c)
+		}
+		// 12 bytes a call sent (the 7-byte ping with its prefix); 11
+		// received on OK.
+		if stats[k].ReqBytesSum != 12*c || (code == 0) != (stats[k].BytesSum == 11*c) {
+			t.Errorf("client calls with status %d: %d bytes sent, %d received", code, stats[k].ReqBytesSum, stats[k].BytesSum)
+		}
+	}
+	if d, _ := tr.Drops(); d != 0 {
+		t.Errorf("%d dropped", d)
+	}
+	if open, err := tr.Open(); err != nil || open != 0 {
+		t.Errorf("%d calls still open (%v), want none", open, err)
+	}
+}
+
 // collect reads n requests from tr, as "kind proto method path status
 // grpc-status bytes req-bytes peer" lines.
 func collect(t *testing.T, tr *HTTPTracer, n int) []string {

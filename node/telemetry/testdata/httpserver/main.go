@@ -15,6 +15,8 @@
 //	GRPC target method   a unary gRPC call
 //	GRPCS target method  a streaming gRPC call (one message each way)
 //	XH2 url        a GET with golang.org/x/net's HTTP/2 transport (h2c)
+//	GRPCBADMD target method     a unary call grpc refuses (bad metadata)
+//	GRPCMANY target n goroutines  n calls at once, unary and streaming
 //
 // and it answers each with one line: the status, or "error: ...".
 package main
@@ -29,7 +31,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -175,11 +179,49 @@ func client(in io.Reader, out io.Writer) {
 			cancel()
 			cc.Close()
 			fmt.Fprintln(out, status.Code(err))
+		case len(f) == 4 && f[0] == "GRPCMANY":
+			// GRPCMANY addr n goroutines: n calls over one channel
+			// from that many goroutines at once, unary and streaming,
+			// with the statuses in turn.
+			n, _ := strconv.Atoi(f[2])
+			par, _ := strconv.Atoi(f[3])
+			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			codes := map[string]int{}
+			for g := range par {
+				wg.Go(func() {
+					for i := g; i < n; i += par {
+						ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+						method := manyMethods[i%len(manyMethods)]
+						var err error
+						if i%2 == 0 {
+							err = cc.Invoke(ctx, method, ping, &emptypb.Empty{})
+						} else {
+							err = stream(ctx, cc, method)
+						}
+						cancel()
+						mu.Lock()
+						codes[status.Code(err).String()]++
+						mu.Unlock()
+					}
+				})
+			}
+			wg.Wait()
+			cc.Close()
+			fmt.Fprintln(out, codes)
 		default:
 			fmt.Fprintln(out, "error: bad command", sc.Text())
 		}
 	}
 }
+
+// manyMethods are the methods GRPCMANY calls in turn.
+var manyMethods = []string{"/test.Svc/Ok", "/test.Svc/NotFound", "/test.Svc/Ok", "/test.Svc/Internal"}
 
 // stream makes a bidirectional streaming call of method: one message
 // sent, the sending side closed, then everything received until the end.
