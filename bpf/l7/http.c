@@ -860,9 +860,9 @@ int sm_grpc_call(struct regs *r)
 	return 0;
 }
 
-/* How a client call is followed, where grpc's functions allow it, with
- * probes on function entries only (the kernel emulates what is there;
- * it single-steps a RET, 16-26 µs a hit here):
+/* How a client call is followed, where grpc's functions allow it, without
+ * a probe on a RET (the kernel single-steps a RET, 16-26 µs a hit here;
+ * the probes below sit on entries and one CALL, which it emulates):
  *
  *   newClientStream        the call starts: a start keyed by goroutine
  *   newAttemptLocked(cs)   the call has a stream: its start is copied to
@@ -872,14 +872,18 @@ int sm_grpc_call(struct regs *r)
  *                          arg[3] the goroutine's key)
  *   finish(cs, err)        the call ends: the stream's start is taken,
  *                          and the goroutine's if it still names cs
- *   endOfClientStream(cc, err)
- *                          newClientStream failed (its deferred cleanup;
- *                          finish calls it too, after the above): a
- *                          goroutine start still there is a call that
- *                          never reached finish, failed with err
+ *   endOfClientStream(cc, err), called by newClientStream's deferred
+ *   cleanup (the probe is on that CALL, not the entry: finish calls it
+ *   too, on whatever goroutine ends a stream)
+ *                          newClientStream is returning an error: the
+ *                          goroutine's start is this call's (the call's
+ *                          entry replaced any older one), and it ends
+ *                          here unless finish ended it
  *
- * Where they do not (older grpc, or endOfClientStream inlined), the RETs of
- * newClientStream do what newAttemptLocked and endOfClientStream do. */
+ * A successful streaming call leaves its goroutine's start until finish
+ * (or the goroutine's next call) frees it. Where these cannot be placed
+ * (older grpc, or endOfClientStream inlined), the RETs of newClientStream
+ * do what newAttemptLocked and endOfClientStream do. */
 
 /* (*clientStream).newAttemptLocked(cs, isTransparent): an attempt of the
  * call cs begins. The first one, on the goroutine that started the call,
@@ -906,8 +910,10 @@ static __always_inline void take_if(__u64 key, __u64 v)
 		__sync_val_compare_and_swap(&s->key, key, 0);
 }
 
-/* endOfClientStream(cc, err, opts...) with an error: the call this
- * goroutine started ends now unless finish has ended it. */
+/* The CALL of endOfClientStream(cc, err, opts...) in newClientStream's
+ * deferred cleanup, which makes it only when newClientStream returns an
+ * error: the call this goroutine started ends now unless finish has ended
+ * it. */
 SEC("uprobe/grpc_call_cleanup")
 int sm_grpc_call_failed(struct regs *r)
 {

@@ -82,10 +82,11 @@ type probe struct {
 	// optional probes are attached when their function is linked; the
 	// group works without them.
 	optional bool
-	// calledFrom, if set, is a prefix of the names of functions of which
-	// one must call fn: a probe on fn sees those calls only if fn was not
-	// inlined into its callers there.
-	calledFrom string
+	// callsIn, if set, puts the probe on the CALLs to fn in the
+	// functions whose names start with it, instead of fn's entry: it
+	// sees fn called from there only (at least one such call must be
+	// found; one inlined is not seen).
+	callsIn string
 }
 
 // groups are the probes that must all attach for one kind of request, of
@@ -134,7 +135,11 @@ var groups = []struct {
 	{GRPCClient, "grpc client", []probe{
 		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call"},
 		{fn: "google.golang.org/grpc.(*clientStream).newAttemptLocked", prog: "sm_grpc_attempt"},
-		{fn: "google.golang.org/grpc.endOfClientStream", prog: "sm_grpc_call_failed", calledFrom: "google.golang.org/grpc.newClientStream.func"},
+		// Only where newClientStream's deferred cleanup calls it: a
+		// failed start. finish calls it too, for any stream, on any
+		// goroutine (whose own start, of another call, is not this
+		// one's).
+		{fn: "google.golang.org/grpc.endOfClientStream", prog: "sm_grpc_call_failed", callsIn: "google.golang.org/grpc.newClientStream.func"},
 		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
 		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Client).write", prog: "sm_grpc_cli_write"},
@@ -280,8 +285,11 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 			}
 			return nil, err.Error()
 		}
-		if p.calledFrom != "" && !calledFrom(bin, f, p.calledFrom) {
-			return nil, fmt.Sprintf("%s: not called from %s* (inlined there)", p.fn, p.calledFrom)
+		if p.callsIn != "" {
+			if out[i] = callSites(bin, f, p.callsIn); len(out[i]) == 0 {
+				return nil, fmt.Sprintf("%s: no call to it in %s* (inlined there)", p.fn, p.callsIn)
+			}
+			continue
 		}
 		if p.after != "" {
 			at, rets, err := successReturn(bin, f, p.after)
@@ -314,19 +322,21 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 	return out, ""
 }
 
-// calledFrom says whether a function whose name starts with prefix calls
-// fn.
-func calledFrom(bin *gobin.Binary, fn gobin.Func, prefix string) bool {
+// callSites lists the CALLs to fn in the functions whose names start with
+// prefix.
+func callSites(bin *gobin.Binary, fn gobin.Func, prefix string) []uint64 {
+	var out []uint64
 	for _, name := range bin.Funcs(prefix) {
 		caller, err := bin.Func(name)
 		if err != nil {
 			continue
 		}
-		if ok, err := bin.Calls(caller, fn); err == nil && ok {
-			return true
+		at, err := bin.CallSites(caller, fn)
+		if err == nil {
+			out = append(out, at...)
 		}
 	}
-	return false
+	return out
 }
 
 // successReturn is gobin.SuccessReturn of fn after its call to callee.

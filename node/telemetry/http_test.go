@@ -125,7 +125,7 @@ func TestRequests(t *testing.T) {
 			// so each call is seen at both ends).
 			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok", "XH2 http://" + xnetAddr + "/fail",
 				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok",
-				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok", "GRPCBADMD " + grpcAddr + " /test.Svc/Ok"} {
+				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok", "GRPCBADMD " + grpcAddr + " /test.Svc/Ok", "GRPCTWO " + grpcAddr} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -150,6 +150,12 @@ func TestRequests(t *testing.T) {
 				"grpc-client 2  /test.Svc/Ok 200 14 0 0 127.0.0.1:1",
 				// Refused before it has a stream: never sent.
 				"grpc-client 2  /test.Svc/Ok 200 13 0 0 " + grpcAddr,
+				// Two streams of one goroutine, the first failing
+				// while the second is open: each ends as itself.
+				"grpc-server 2  /test.Svc/NotFound 200 5 0 12 127.0.0.1",
+				"grpc-client 2  /test.Svc/NotFound 200 5 0 12 " + grpcAddr,
+				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
+				"grpc-client 2  /test.Svc/Ok 200 0 11 12 " + grpcAddr,
 			}
 			got = collect(t, tr, len(want))
 			slices.Sort(got)
@@ -198,12 +204,12 @@ func TestRequests(t *testing.T) {
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
 				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   1,
-				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    3,
-				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    2,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
+				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 13, Peer: "127.0.0.1"}:   1,
 				{Kind: GRPCClient, Status: 200, GRPCStatus: 13, Peer: grpcAddr}:      2,
-				{Kind: GRPCClient, Status: 200, GRPCStatus: 0, Peer: grpcAddr}:       2,
-				{Kind: GRPCClient, Status: 200, GRPCStatus: 5, Peer: grpcAddr}:       1,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 0, Peer: grpcAddr}:       3,
+				{Kind: GRPCClient, Status: 200, GRPCStatus: 5, Peer: grpcAddr}:       2,
 				{Kind: GRPCClient, Status: 200, GRPCStatus: 14, Peer: "127.0.0.1:1"}: 1,
 			} {
 				if stats[k].Count != n {

@@ -183,23 +183,25 @@ func (b *Binary) Returns(fn Func) ([]uint64, error) {
 	return out, nil
 }
 
-// Calls reports whether fn calls callee directly (a CALL to its entry):
-// where it does, callee was not inlined into fn, and a probe on callee's
-// entry sees the call.
-func (b *Binary) Calls(fn, callee Func) (bool, error) {
+// CallSites lists the file offsets of fn's CALL instructions to callee
+// (none where callee was inlined into fn, or is called indirectly). A probe
+// there sees the call's arguments in registers, as one on callee's entry
+// would, but only for calls from fn; the kernel emulates a CALL.
+func (b *Binary) CallSites(fn, callee Func) ([]uint64, error) {
 	insts, err := b.Instructions(fn)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
+	var out []uint64
 	for _, in := range insts {
 		if in.Op != x86asm.CALL {
 			continue
 		}
 		if rel, ok := in.inst.Args[0].(x86asm.Rel); ok && in.Addr+uint64(in.Len)+uint64(int64(rel)) == callee.Entry {
-			return true, nil
+			out = append(out, in.Offset)
 		}
 	}
-	return false, nil
+	return out, nil
 }
 
 // Emulated reports whether the kernel emulates op when a uprobe sits on it

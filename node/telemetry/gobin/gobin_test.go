@@ -171,6 +171,20 @@ func TestSuccessReturn(t *testing.T) {
 				t.Fatalf("%s: %#x is not a RET of the function", name, r)
 			}
 		}
+		// Its calls of the callee: CALL instructions, none to a
+		// function it does not call.
+		sites, err := b.CallSites(fn, callee)
+		if err != nil || len(sites) == 0 {
+			t.Fatalf("%s: calls of %s: %v %v", name, callee.Name, sites, err)
+		}
+		for _, at := range sites {
+			if i := slices.IndexFunc(insts, func(in Instruction) bool { return in.Offset == at }); i < 0 || insts[i].Op != x86asm.CALL {
+				t.Fatalf("%s: %#x is not a CALL", name, at)
+			}
+		}
+		if none, _ := b.CallSites(callee, fn); len(none) != 0 {
+			t.Fatalf("%s: %s calls %s at %v?", name, callee.Name, fn.Name, none)
+		}
 		// A function it does not call directly has no success point.
 		other, _ := b.Func("net/http.serverHandler.ServeHTTP")
 		if _, _, err := b.SuccessReturn(fn, other); !errors.Is(err, ErrNoSuccessPoint) {

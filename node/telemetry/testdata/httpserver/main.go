@@ -17,6 +17,7 @@
 //	XH2 url        a GET with golang.org/x/net's HTTP/2 transport (h2c)
 //	GRPCBADMD target method     a unary call grpc refuses (bad metadata)
 //	GRPCMANY target n goroutines  n calls at once, unary and streaming
+//	GRPCTWO target  two streams from one goroutine, the first ending first
 //
 // and it answers each with one line: the status, or "error: ...".
 package main
@@ -179,6 +180,26 @@ func client(in io.Reader, out io.Writer) {
 			cancel()
 			cc.Close()
 			fmt.Fprintln(out, status.Code(err))
+		case len(f) == 2 && f[0] == "GRPCTWO":
+			// GRPCTWO target: one goroutine opens a stream that
+			// fails (NotFound) and then one that succeeds, and ends
+			// the first while the second is open.
+			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			desc := &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+			var codes []string
+			a, errA := cc.NewStream(ctx, desc, "/test.Svc/NotFound")
+			b, errB := cc.NewStream(ctx, desc, "/test.Svc/Ok")
+			if errA == nil && errB == nil {
+				codes = append(codes, status.Code(finishStream(a)).String(), status.Code(finishStream(b)).String())
+			}
+			cancel()
+			cc.Close()
+			fmt.Fprintln(out, codes, errA, errB)
 		case len(f) == 4 && f[0] == "GRPCMANY":
 			// GRPCMANY addr n goroutines: n calls over one channel
 			// from that many goroutines at once, unary and streaming,
@@ -230,6 +251,12 @@ func stream(ctx context.Context, cc *grpc.ClientConn, method string) error {
 	if err != nil {
 		return err
 	}
+	return finishStream(s)
+}
+
+// finishStream sends one message on s, closes its sending side and
+// receives everything until the end.
+func finishStream(s grpc.ClientStream) error {
 	if err := s.SendMsg(ping); err != nil {
 		return err
 	}
