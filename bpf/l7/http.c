@@ -283,8 +283,8 @@ static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, _
 	count_drop();
 }
 
-/* take_key copies and frees the start held for key; 0 if there is none. */
-static __always_inline int take_key(__u64 key, struct start *out)
+/* find_key returns the start slot key holds, or NULL. */
+static __always_inline struct start *find_key(__u64 key)
 {
 	__u32 base = start_slot(key);
 
@@ -294,19 +294,26 @@ static __always_inline int take_key(__u64 key, struct start *out)
 		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
 
 		if (!s)
-			return 0;
-		if (s->key != key)
-			continue;
-		out->ns = s->ns;
-		out->arg[0] = s->arg[0];
-		out->arg[1] = s->arg[1];
-		out->arg[2] = s->arg[2];
-		out->arg[3] = s->arg[3];
-		if (__sync_val_compare_and_swap(&s->key, key, 0) != key)
-			return 0;
-		return 1;
+			return NULL;
+		if (s->key == key)
+			return s;
 	}
-	return 0;
+	return NULL;
+}
+
+/* take_key copies and frees the start held for key; 0 if there is none. */
+static __always_inline int take_key(__u64 key, struct start *out)
+{
+	struct start *s = find_key(key);
+
+	if (!s)
+		return 0;
+	out->ns = s->ns;
+	out->arg[0] = s->arg[0];
+	out->arg[1] = s->arg[1];
+	out->arg[2] = s->arg[2];
+	out->arg[3] = s->arg[3];
+	return __sync_val_compare_and_swap(&s->key, key, 0) == key;
 }
 
 /* gRPC message bytes of one transport stream (a *transport.Stream) are
@@ -323,22 +330,15 @@ static __always_inline __u64 bytes_key(__u64 stream)
 static __always_inline void bytes_add(__u64 stream, __u64 recv, __u64 sent)
 {
 	__u64 key = bytes_key(stream);
-	__u32 base = start_slot(key);
+	struct start *s;
 
 	if (!stream)
 		return;
-#pragma unroll
-	for (int i = 0; i < START_PROBES; i++) {
-		__u32 idx = (base + i) & (START_SLOTS - 1);
-		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
-
-		if (!s)
-			return;
-		if (s->key == key) {
-			__sync_fetch_and_add(&s->arg[0], recv);
-			__sync_fetch_and_add(&s->arg[1], sent);
-			return;
-		}
+	s = find_key(key);
+	if (s) {
+		__sync_fetch_and_add(&s->arg[0], recv);
+		__sync_fetch_and_add(&s->arg[1], sent);
+		return;
 	}
 	begin_key(key, bpf_ktime_get_ns(), recv, sent, 0, 0);
 }
@@ -831,24 +831,6 @@ static __always_inline void grpc_call_done(struct start *st, __u8 code, __u64 se
 static __always_inline __u64 stream_key(__u64 cs)
 {
 	return cs ^ ((__u64)(KIND_GRPC_CLIENT + 1) << 44) ^ (1ULL << 63);
-}
-
-/* find_key returns the start slot key holds, or NULL. */
-static __always_inline struct start *find_key(__u64 key)
-{
-	__u32 base = start_slot(key);
-
-#pragma unroll
-	for (int i = 0; i < START_PROBES; i++) {
-		__u32 idx = (base + i) & (START_SLOTS - 1);
-		struct start *s = bpf_map_lookup_elem(&sm_http_start, &idx);
-
-		if (!s)
-			return NULL;
-		if (s->key == key)
-			return s;
-	}
-	return NULL;
 }
 
 /* newClientStream(ctx, desc, cc, method, opts...): a gRPC call starts,

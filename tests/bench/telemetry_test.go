@@ -169,19 +169,44 @@ func emptyProbes(b *testing.B, bin string, pid int, fns []string) func() {
 
 // BenchmarkHTTPClientProbes measures what the client-side probes cost a Go
 // HTTP client (podbin http-call: 2,000 sequential GETs over one keep-alive
-// connection to a server on loopback), probes off and on, interleaved:
-// the end probes sit on roundTrip's RET instructions, which the kernel
-// single-steps.
+// connection to a server on loopback), probes off and on, interleaved: a
+// request ends on the jump testing the transport's error (emulated), or
+// on a RET of roundTrip (single-stepped) on other paths.
 func BenchmarkHTTPClientProbes(b *testing.B) {
+	testutil.Privileged(b)
+	bin := testutil.BuildGo(b, "../../node/telemetry/testdata/httpserver", "")
+	srv := testutil.Start(b, bin)
+	url := "http://" + srv.Line(b) + "/ok"
+	benchClient(b, telemetry.HTTPClient, "Go HTTP client", "request", `"HTTP/1.1 200":`,
+		"http-call", "-url", url)
+}
+
+// BenchmarkGRPCClientProbes measures what the client-side probes cost a
+// gRPC client (podbin grpc-call: 2,000 sequential unary calls over one
+// channel to a server on loopback), probes off and on, interleaved.
+func BenchmarkGRPCClientProbes(b *testing.B) {
 	testutil.Privileged(b)
 	_, podbin, err := harness.Binaries()
 	if err != nil {
 		b.Fatal(err)
 	}
-	bin := testutil.BuildGo(b, "../../node/telemetry/testdata/httpserver", "")
-	srv := testutil.Start(b, bin)
+	srv := testutil.Start(b, podbin, "grpc-serve", "-id", "bench", "-addr", "127.0.0.1:0", "-print-addr")
 	addr := srv.Line(b)
-	url := "http://" + addr + "/ok"
+	if ready := srv.Line(b); ready != "ready" {
+		b.Fatalf("grpc-serve: %q", ready)
+	}
+	benchClient(b, telemetry.GRPCClient, "gRPC client", "call", `"bench":`, "grpc-call", "-target", addr)
+}
+
+// benchClient runs podbin with args (a client command that takes -wait-for
+// and -n) for 2,000 requests, probes off and on in 5 interleaved rounds,
+// and reports the ratio of their rates and the time the probes add to a
+// request. The output must show done, followed by the count.
+func benchClient(b *testing.B, kind telemetry.Kind, name, what, done string, args ...string) {
+	_, podbin, err := harness.Binaries()
+	if err != nil {
+		b.Fatal(err)
+	}
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatalf("enable BPF stats: %v", err)
@@ -191,34 +216,36 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	var off, on []float64
 	var counted uint64
 	var bpfTime time.Duration
+	var libs []string
 	run := func(probed bool) float64 {
 		goFile := filepath.Join(b.TempDir(), "go")
-		cmd := exec.Command(podbin, "http-call", "-wait-for", goFile, "-url", url, "-n", strconv.Itoa(n))
+		cmd := exec.Command(podbin, append(args, "-wait-for", goFile, "-n", strconv.Itoa(n))...)
 		out, _ := cmd.StdoutPipe()
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
 		}
 		r := bufio.NewReader(out)
 		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-			b.Fatalf("http-call: %q %v", line, err)
+			b.Fatalf("%s: %q %v", args[0], line, err)
 		}
 		var tr *telemetry.HTTPTracer
 		if probed {
 			if tr, err = telemetry.TraceHTTP(podbin, cmd.Process.Pid, false); err != nil {
 				b.Fatal(err)
 			}
+			libs = tr.Libraries
 		}
 		start := time.Now()
 		os.WriteFile(goFile, nil, 0o644)
 		result, _ := io.ReadAll(r)
-		if err := cmd.Wait(); err != nil || !strings.Contains(string(result), `"HTTP/1.1 200":`+strconv.Itoa(n)) {
-			b.Fatalf("http-call: %v %s", err, result)
+		if err := cmd.Wait(); err != nil || !strings.Contains(string(result), done+strconv.Itoa(n)) {
+			b.Fatalf("%s: %v %s", args[0], err, result)
 		}
 		rate := n / time.Since(start).Seconds()
 		if tr != nil {
 			st, _ := tr.Stats()
 			for k, t := range st {
-				if k.Kind == telemetry.HTTPClient {
+				if k.Kind == kind {
 					counted += t.Count
 				}
 			}
@@ -240,88 +267,9 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	ratio := median(on) / median(off)
 	perReq := float64(bpfTime.Nanoseconds()) / float64(max(counted, 1))
 	extra := (1/median(on) - 1/median(off)) * 1e6
-	b.ReportMetric(ratio, "client-req/s-ratio")
-	b.ReportMetric(extra, "client-extra-µs/req")
-	b.Logf("Go HTTP client, %d sequential GETs, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (%.1f µs more a request); %d of %d requests counted; BPF run time %.0f ns a request (the RET probe's single-step is not in it)",
-		n, median(off), median(on), ratio, extra, counted, 5*n, perReq)
-}
-
-// BenchmarkGRPCClientProbes measures what the client-side probes cost a
-// gRPC client (podbin grpc-call: 2,000 sequential unary calls over one
-// channel to a server on loopback), probes off and on, interleaved.
-func BenchmarkGRPCClientProbes(b *testing.B) {
-	testutil.Privileged(b)
-	_, podbin, err := harness.Binaries()
-	if err != nil {
-		b.Fatal(err)
-	}
-	srv := testutil.Start(b, podbin, "grpc-serve", "-id", "bench", "-addr", "127.0.0.1:0", "-print-addr")
-	addr := srv.Line(b)
-	if ready := srv.Line(b); ready != "ready" {
-		b.Fatalf("grpc-serve: %q", ready)
-	}
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		b.Fatalf("enable BPF stats: %v", err)
-	}
-	defer stats.Close()
-	const n = 2000
-	var off, on []float64
-	var counted uint64
-	var bpfTime time.Duration
-	var libs []string
-	run := func(probed bool) float64 {
-		goFile := filepath.Join(b.TempDir(), "go")
-		cmd := exec.Command(podbin, "grpc-call", "-wait-for", goFile, "-target", addr, "-n", strconv.Itoa(n))
-		out, _ := cmd.StdoutPipe()
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		r := bufio.NewReader(out)
-		if line, err := r.ReadString('\n'); err != nil || strings.TrimSpace(line) != "ready" {
-			b.Fatalf("grpc-call: %q %v", line, err)
-		}
-		var tr *telemetry.HTTPTracer
-		if probed {
-			if tr, err = telemetry.TraceHTTP(podbin, cmd.Process.Pid, false); err != nil {
-				b.Fatal(err)
-			}
-			libs = tr.Libraries
-		}
-		start := time.Now()
-		os.WriteFile(goFile, nil, 0o644)
-		result, _ := io.ReadAll(r)
-		if err := cmd.Wait(); err != nil || !strings.Contains(string(result), `"bench":`+strconv.Itoa(n)) {
-			b.Fatalf("grpc-call: %v %s", err, result)
-		}
-		rate := n / time.Since(start).Seconds()
-		if tr != nil {
-			st, _ := tr.Stats()
-			for k, t := range st {
-				if k.Kind == telemetry.GRPCClient {
-					counted += t.Count
-				}
-			}
-			rt, _, _ := tr.RunTime()
-			bpfTime += rt
-			tr.Close()
-		}
-		return rate
-	}
-	for round := range 5 {
-		if round%2 == 0 {
-			off = append(off, run(false))
-			on = append(on, run(true))
-		} else {
-			on = append(on, run(true))
-			off = append(off, run(false))
-		}
-	}
-	ratio := median(on) / median(off)
-	perCall := float64(bpfTime.Nanoseconds()) / float64(max(counted, 1))
-	extra := (1/median(on) - 1/median(off)) * 1e6
-	b.ReportMetric(ratio, "grpc-client-calls/s-ratio")
-	b.ReportMetric(extra, "grpc-client-extra-µs/call")
-	b.Logf("gRPC client (%s), %d sequential unary calls, 5 interleaved rounds, medians: probes off %.0f calls/s, on %.0f calls/s, ratio %.3fx (%.1f µs more a call); %d of %d calls counted; BPF run time %.0f ns a call",
-		strings.Join(libs, ", "), n, median(off), median(on), ratio, extra, counted, 5*n, perCall)
+	unit := strings.ReplaceAll(strings.ToLower(name), " ", "-")
+	b.ReportMetric(ratio, unit+"-"+what+"s/s-ratio")
+	b.ReportMetric(extra, unit+"-extra-µs/"+what)
+	b.Logf("%s (%s), %d sequential %ss, 5 interleaved rounds, medians: probes off %.0f %ss/s, on %.0f %ss/s, ratio %.3fx (%.1f µs more a %s); %d of %d %ss counted; BPF run time %.0f ns a %s (a single-stepped RET is not in it)",
+		name, strings.Join(libs, ", "), n, what, median(off), what, median(on), what, ratio, extra, what, counted, 5*n, what, perReq, what)
 }

@@ -69,15 +69,7 @@ func grpcCall(args []string) error {
 	waitFor := fs.String("wait-for", "", "print ready, then wait until this file exists before the first call")
 	fs.Parse(args)
 	time.Sleep(*after)
-	if *waitFor != "" {
-		fmt.Println("ready")
-		for {
-			if _, err := os.Stat(*waitFor); err == nil {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	waitForFile(*waitFor)
 	conn, err := grpc.NewClient(*target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err

@@ -360,15 +360,7 @@ func httpCall(args []string) error {
 	after := fs.Duration("after", 0, "wait before the first request")
 	waitFor := fs.String("wait-for", "", "print ready, then wait until this file exists before the first request")
 	fs.Parse(args)
-	if *waitFor != "" {
-		fmt.Println("ready")
-		for {
-			if _, err := os.Stat(*waitFor); err == nil {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	waitForFile(*waitFor)
 	time.Sleep(*after)
 	tr := &http.Transport{}
 	if *h2 {
@@ -392,4 +384,19 @@ func httpCall(args []string) error {
 		codes[fmt.Sprintf("%s %d", resp.Proto, resp.StatusCode)]++
 	}
 	return json.NewEncoder(os.Stdout).Encode(codes)
+}
+
+// waitForFile, given a path, prints ready and waits until a file is there:
+// a benchmark attaches its probes in between.
+func waitForFile(path string) {
+	if path == "" {
+		return
+	}
+	fmt.Println("ready")
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
