@@ -1,7 +1,8 @@
 // Command httpserver is a Go server and client for telemetry tests.
 //
 // It serves HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on one
-// address: /ok (200, "hello"), /slow (200 after 1 ms), /missing (404),
+// address: /ok (200, "hello"), /slow (200 after 1 ms), /busy (200 after
+// 1 ms of CPU), /missing (404),
 // /fail (500) and /hijack (takes the connection over: 101, then closes). With -grpc it also serves gRPC on a second address: any
 // method answers with the status its name asks for (/test.Svc/Ok: OK,
 // /test.Svc/NotFound, /test.Svc/Internal ...). It prints its address(es),
@@ -48,6 +49,35 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
+// workPerMs is how many rounds of work take a millisecond of CPU here,
+// measured at start: /busy does that much.
+var workPerMs = calibrate()
+
+// work does n rounds of arithmetic no compiler can skip.
+//
+//go:noinline
+func work(n int) uint64 {
+	x := uint64(n)
+	for range n * 1000 {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+	}
+	return x & 1
+}
+
+//go:noinline
+func calibrate() int {
+	// The fastest of a few 10-round runs: the machine may be busy now.
+	best := time.Hour
+	for range 20 {
+		start := time.Now()
+		work(10)
+		best = min(best, time.Since(start))
+	}
+	return max(1, int(10*time.Millisecond/best))
+}
+
 func main() {
 	withGRPC := flag.Bool("grpc", false, "serve gRPC too")
 	withXNet := flag.Bool("xnet", false, "serve h2c with x/net's HTTP/2 server too")
@@ -68,6 +98,8 @@ func main() {
 		case "/slow":
 			time.Sleep(time.Millisecond)
 			fmt.Fprint(w, "hello")
+		case "/busy":
+			fmt.Fprint(w, work(workPerMs))
 		case "/fail":
 			http.Error(w, "boom", http.StatusInternalServerError)
 		case "/hijack":
