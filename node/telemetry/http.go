@@ -131,7 +131,8 @@ var groups = []struct {
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).write", prog: "sm_grpc_srv_write"},
 	}, ""},
 	// Unary calls (Invoke makes a stream too) and streaming calls, seen
-	// from function entries only (how: bpf/l7/http.c).
+	// from function entries and one CALL, none on a RET (how:
+	// bpf/l7/http.c).
 	{GRPCClient, "grpc client", []probe{
 		{fn: "google.golang.org/grpc.newClientStream", prog: "sm_grpc_call"},
 		{fn: "google.golang.org/grpc.(*clientStream).newAttemptLocked", prog: "sm_grpc_attempt"},
