@@ -5,6 +5,7 @@ package l7
 
 import (
 	"fmt"
+	"reflect"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -180,6 +181,19 @@ func Load(off Offsets, events, multi bool, maps *Maps) (*Programs, error) {
 		return nil, verifier.Explain("l7 request programs", err)
 	}
 	return &progs, nil
+}
+
+// ByName lists the programs by name (sm_http_serve, ...), as the probe
+// groups name them.
+func (p *Programs) ByName() map[string]*ebpf.Program {
+	out := map[string]*ebpf.Program{}
+	v := reflect.ValueOf(p).Elem()
+	for i := range v.NumField() {
+		if prog, ok := v.Field(i).Interface().(*ebpf.Program); ok {
+			out[v.Type().Field(i).Tag.Get("ebpf")] = prog
+		}
+	}
+	return out
 }
 
 // MultiUprobes reports whether this kernel has uprobe_multi links (6.6+):

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 
@@ -99,18 +98,7 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 	if err != nil {
 		return nil, err
 	}
-	progs := map[string]*ebpf.Program{
-		"sm_http_serve": ps.progs.SmHttpServe, "sm_http_finish": ps.progs.SmHttpFinish, "sm_h2_done": ps.progs.SmH2Done,
-		"sm_http_hijack": ps.progs.SmHttpHijack,
-		"sm_xh2_done":    ps.progs.SmXh2Done, "sm_http_client_start": ps.progs.SmHttpClientStart,
-		"sm_http_client_end": ps.progs.SmHttpClientEnd, "sm_http_client_ok": ps.progs.SmHttpClientOk,
-		"sm_grpc_serve":     ps.progs.SmGrpcServe,
-		"sm_grpc_serve_end": ps.progs.SmGrpcServeEnd, "sm_grpc_call": ps.progs.SmGrpcCall,
-		"sm_grpc_call_ret": ps.progs.SmGrpcCallRet, "sm_grpc_call_end": ps.progs.SmGrpcCallEnd,
-		"sm_grpc_read": ps.progs.SmGrpcRead, "sm_grpc_srv_write": ps.progs.SmGrpcSrvWrite,
-		"sm_grpc_cli_write": ps.progs.SmGrpcCliWrite, "sm_grpc_attempt": ps.progs.SmGrpcAttempt,
-		"sm_grpc_call_failed": ps.progs.SmGrpcCallFailed,
-	}
+	progs := ps.progs.ByName()
 	// A probe two groups share (gRPC's stream read, for a program that
 	// serves and calls) is attached once: twice would count twice.
 	attached := map[string]bool{}
@@ -342,10 +330,7 @@ func (t *Tracer) RunTime() (time.Duration, uint64, error) {
 	var d time.Duration
 	var n uint64
 	for _, ps := range t.progs {
-		p := ps.progs
-		for _, prog := range []*ebpf.Program{p.SmHttpServe, p.SmHttpFinish, p.SmH2Done, p.SmHttpHijack, p.SmXh2Done, p.SmHttpClientStart,
-			p.SmHttpClientEnd, p.SmGrpcServe, p.SmGrpcServeEnd, p.SmGrpcCall, p.SmGrpcCallRet, p.SmGrpcCallEnd,
-			p.SmGrpcAttempt, p.SmGrpcCallFailed} {
+		for _, prog := range ps.progs.ByName() {
 			st, err := prog.Stats()
 			if err != nil {
 				return 0, 0, err

@@ -85,3 +85,19 @@ func TestDecodeEvent(t *testing.T) {
 		t.Fatal("a short record decoded")
 	}
 }
+
+// TestGroupsNamePrograms: every probe names a program the object has,
+// with the offsets it needs listed.
+func TestGroupsNamePrograms(t *testing.T) {
+	progs := (&l7.Programs{}).ByName()
+	for _, g := range groups {
+		for _, p := range g.probes {
+			if _, ok := progs[p.prog]; !ok {
+				t.Errorf("%s: %s names no program", g.name, p.prog)
+			}
+			if _, ok := l7.Fields[p.prog]; !ok {
+				t.Errorf("%s: %s lists no fields", g.name, p.prog)
+			}
+		}
+	}
+}
