@@ -19,6 +19,9 @@ type HTTPEvent = bpfHttpEvent
 // Programs are the request programs loaded for one executable.
 type Programs = bpfPrograms
 
+// Start is one slot of sm_http_start: a request begun and not ended.
+type Start = bpfStart
+
 // Maps are the maps every loaded Programs writes to.
 type Maps = bpfMaps
 

@@ -294,10 +294,7 @@ func (t *Tracer) Read(wait time.Duration) ([]Request, error) {
 func (t *Tracer) Open() (int, error) {
 	n := 0
 	var k uint32
-	var v struct {
-		Key, Ns uint64
-		Arg     [4]uint64
-	}
+	var v l7.Start
 	it := t.maps.SmHttpStart.Iterate()
 	for it.Next(&k, &v) {
 		if v.Key != 0 {

@@ -197,11 +197,20 @@ func (b *Binary) CallSites(fn, callee Func) ([]uint64, error) {
 		if in.Op != x86asm.CALL {
 			continue
 		}
-		if rel, ok := in.inst.Args[0].(x86asm.Rel); ok && in.Addr+uint64(in.Len)+uint64(int64(rel)) == callee.Entry {
+		if t, ok := branchTarget(in.inst, in.Addr); ok && t == callee.Entry {
 			out = append(out, in.Offset)
 		}
 	}
 	return out, nil
+}
+
+// branchTarget is where the jump or call inst at addr goes, if its target
+// is relative (not through a register or memory).
+func branchTarget(inst x86asm.Inst, addr uint64) (uint64, bool) {
+	if rel, ok := inst.Args[0].(x86asm.Rel); ok {
+		return addr + uint64(inst.Len) + uint64(int64(rel)), true
+	}
+	return 0, false
 }
 
 // Emulated reports whether the kernel emulates op when a uprobe sits on it
@@ -271,10 +280,8 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 		index[insts[i].pc] = i
 	}
 	target := func(n node) (int, bool) {
-		if rel, ok := n.inst.Args[0].(x86asm.Rel); ok {
-			return n.pc + n.inst.Len + int(rel), true
-		}
-		return 0, false
+		t, ok := branchTarget(n.inst, fn.Entry+uint64(n.pc))
+		return int(t - fn.Entry), ok
 	}
 	// The call, then only instructions that write no register up to the
 	// test of BX and the jump on it.

@@ -174,6 +174,16 @@ func client(in io.Reader, out io.Writer) {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
+		// Every gRPC command dials its target (f[1]) on a channel of its
+		// own.
+		var cc *grpc.ClientConn
+		if len(f) >= 2 && strings.HasPrefix(f[0], "GRPC") {
+			var err error
+			if cc, err = grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+		}
 		switch {
 		case len(f) == 2 && (f[0] == "GET" || f[0] == "H2" || f[0] == "XH2"):
 			c := map[string]*http.Client{"GET": h1, "H2": h2, "XH2": xh2}[f[0]]
@@ -186,41 +196,24 @@ func client(in io.Reader, out io.Writer) {
 			resp.Body.Close()
 			fmt.Fprintln(out, resp.StatusCode)
 		case len(f) == 3 && f[0] == "GRPCS":
-			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fmt.Fprintln(out, "error:", err)
-				continue
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			err = stream(ctx, cc, f[2])
+			err := stream(ctx, cc, f[2])
 			cancel()
-			cc.Close()
 			fmt.Fprintln(out, status.Code(err))
 		case len(f) == 3 && (f[0] == "GRPC" || f[0] == "GRPCBADMD"):
-			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fmt.Fprintln(out, "error:", err)
-				continue
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			if f[0] == "GRPCBADMD" {
 				// A key grpc refuses: the call fails before it has a
 				// stream (Internal).
 				ctx = metadata.AppendToOutgoingContext(ctx, "bad key", "x")
 			}
-			err = cc.Invoke(ctx, f[2], ping, &emptypb.Empty{})
+			err := cc.Invoke(ctx, f[2], ping, &emptypb.Empty{})
 			cancel()
-			cc.Close()
 			fmt.Fprintln(out, status.Code(err))
 		case len(f) == 2 && f[0] == "GRPCTWO":
 			// GRPCTWO target: one goroutine opens a stream that
 			// fails (NotFound) and then one that succeeds, and ends
 			// the first while the second is open.
-			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fmt.Fprintln(out, "error:", err)
-				continue
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			desc := &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 			var codes []string
@@ -230,7 +223,6 @@ func client(in io.Reader, out io.Writer) {
 				codes = append(codes, status.Code(finishStream(a)).String(), status.Code(finishStream(b)).String())
 			}
 			cancel()
-			cc.Close()
 			fmt.Fprintln(out, codes, errA, errB)
 		case len(f) == 4 && f[0] == "GRPCMANY":
 			// GRPCMANY addr n goroutines: n calls over one channel
@@ -238,11 +230,6 @@ func client(in io.Reader, out io.Writer) {
 			// with the statuses in turn.
 			n, _ := strconv.Atoi(f[2])
 			par, _ := strconv.Atoi(f[3])
-			cc, err := grpc.NewClient(f[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
-			if err != nil {
-				fmt.Fprintln(out, "error:", err)
-				continue
-			}
 			var wg sync.WaitGroup
 			var mu sync.Mutex
 			codes := map[string]int{}
@@ -265,10 +252,12 @@ func client(in io.Reader, out io.Writer) {
 				})
 			}
 			wg.Wait()
-			cc.Close()
 			fmt.Fprintln(out, codes)
 		default:
 			fmt.Fprintln(out, "error: bad command", sc.Text())
+		}
+		if cc != nil {
+			cc.Close()
 		}
 	}
 }
