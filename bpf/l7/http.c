@@ -10,17 +10,18 @@
  *   HTTP server   serverHandler.ServeHTTP          (*response).finishRequest (HTTP/1)
  *                                                  (*http2responseWriter).handlerDone (HTTP/2)
  *                 x/net/http2 (*serverConn).runHandler   (*responseWriter).handlerDone
- *   HTTP client   (*Transport).roundTrip           RETs of (*Transport).roundTrip
- *                 x/net/http2 (*Transport).RoundTrip     its RETs
+ *   HTTP client   (*Transport).roundTrip           the jump testing its call's error; RETs
+ *                 x/net/http2 roundTripViaPool     the jump testing the error it returns; RETs
  *   gRPC server   (*Server).handleStream           (*http2Server).writeStatus
  *   gRPC client   newClientStream                  (*clientStream).finish, keyed by the
- *                 (its RETs move the start from the goroutine to the stream)
+ *                 (newAttemptLocked moves the      stream; the CALL of endOfClientStream
+ *                 start to the stream)             in its deferred cleanup (failures)
  *
- * Server probes sit on instructions the kernel emulates (the stack-check
- * jump after each function's entry). The client ends are RET instructions,
- * never uretprobes (they break Go's stack unwinding); the kernel
- * single-steps a RET, which costs the client ~20 us a request here: no
- * emulated instruction is reached with the response in hand on every path.
+ * Probes sit on instructions the kernel emulates (the stack-check jump
+ * after a function's entry, a conditional jump, a CALL), never on
+ * uretprobes (they break Go's stack unwinding). A client's success ends on
+ * a jump where its results are in registers (node/telemetry/gobin); the
+ * RETs reachable without it (errors) are single-stepped, ~20 us a hit here.
  * Struct offsets are constants the loader sets from DWARF or the table.
  */
 
@@ -686,10 +687,11 @@ int sm_http_client_end(struct regs *r)
 }
 
 /* The jump on the error right after roundTrip's call to
- * (*persistConn).roundTrip (gobin.SuccessReturn): the results are still in
- * AX, BX and CX, and the kernel emulates a jump where it single-steps a
- * RET (16-26 µs a hit here). An error here may be retried; the request
- * ends at a RET then. */
+ * (*persistConn).roundTrip (gobin.SuccessReturn), or the one before x/net's
+ * roundTripViaPool returns (gobin.NilReturnTests): the results are in AX,
+ * BX and CX, and the kernel emulates a jump where it single-steps a RET
+ * (16-26 µs a hit here). An error here may be retried; the request ends
+ * at a RET then. */
 SEC("uprobe/round_trip_ok")
 int sm_http_client_ok(struct regs *r)
 {

@@ -79,6 +79,11 @@ type probe struct {
 	// single-stepped. When that cannot be proven, every RET is probed and
 	// the jump is not.
 	after string
+	// nilTest is after's counterpart for a function that tests its
+	// error again before returning it (a retry loop): the success points
+	// are the jumps on that test whose success edge goes straight to a
+	// return of (response, nil) (gobin.NilReturnTests).
+	nilTest bool
 	// optional probes are attached when their function is linked; the
 	// group works without them.
 	optional bool
@@ -118,11 +123,23 @@ var groups = []struct {
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_ok", after: "net/http.(*persistConn).roundTrip", optional: true},
 	}, ""},
 	// x/net's HTTP/2 transport used on its own (h2c clients); under a
-	// net/http Transport the inner call is the one counted, once.
+	// net/http Transport the inner call is the one counted, once. Its
+	// retry loop, roundTripViaPool, tests the error again before it
+	// returns: the jump on that test (emulated) ends a success, its RETs
+	// reachable otherwise end errors. A request refused before the loop
+	// (a scheme it may not use) opens no connection and is not seen, as
+	// a sidecar would not see it either.
 	{HTTPClient, "x/net/http2 client", []probe{
+		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_start"},
+		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_end", returns: true, nilTest: true},
+		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_ok", nilTest: true, optional: true},
+	}, ""},
+	// Before x/net v0.57 (no roundTripViaPool): the RETs of RoundTrip,
+	// which the kernel single-steps.
+	{HTTPClient, "x/net/http2 client (returns)", []probe{
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_end", returns: true},
-	}, ""},
+	}, "x/net/http2 client"},
 	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
@@ -292,8 +309,8 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 			}
 			continue
 		}
-		if p.after != "" {
-			at, rets, err := successReturn(bin, f, p.after)
+		if p.after != "" || p.nilTest {
+			at, rets, err := successPoints(bin, f, p)
 			switch {
 			case err != nil && p.returns:
 				if out[i], err = bin.Returns(f); err != nil {
@@ -304,7 +321,7 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 			case p.returns:
 				out[i] = rets
 			default:
-				out[i] = []uint64{at}
+				out[i] = at
 			}
 			continue
 		}
@@ -340,13 +357,18 @@ func callSites(bin *gobin.Binary, fn gobin.Func, prefix string) []uint64 {
 	return out
 }
 
-// successReturn is gobin.SuccessReturn of fn after its call to callee.
-func successReturn(bin *gobin.Binary, fn gobin.Func, callee string) (uint64, []uint64, error) {
-	c, err := bin.Func(callee)
-	if err != nil {
-		return 0, nil, err
+// successPoints are where a probe with after or nilTest sees fn's
+// successes (emulated jumps), and the RETs that still need probes.
+func successPoints(bin *gobin.Binary, fn gobin.Func, p probe) ([]uint64, []uint64, error) {
+	if p.nilTest {
+		return bin.NilReturnTests(fn)
 	}
-	return bin.SuccessReturn(fn, c)
+	c, err := bin.Func(p.after)
+	if err != nil {
+		return nil, nil, err
+	}
+	at, rets, err := bin.SuccessReturn(fn, c)
+	return []uint64{at}, rets, err
 }
 
 // Totals are aggregated requests of one status code: counts and

@@ -34,7 +34,7 @@ func TestRequests(t *testing.T) {
 		// without: a group left out, as if its functions were not
 		// linked, so that the one standing in for it is tested.
 		without string
-	}{{"", true, ""}, {"-s -w", true, ""}, {"", false, ""}, {"", true, "grpc client"}} {
+	}{{"", true, ""}, {"-s -w", true, ""}, {"", false, ""}, {"", true, "grpc client"}, {"", true, "x/net/http2 client"}} {
 		ldflags := c.ldflags
 		t.Run(fmt.Sprintf("ldflags=%s,multi=%v,without=%s", ldflags, c.multi, c.without), func(t *testing.T) {
 			if c.multi && !l7.MultiUprobes() {
@@ -124,7 +124,7 @@ func TestRequests(t *testing.T) {
 			// Called: the program is the client (its own server answers,
 			// so each call is seen at both ends).
 			for _, cmd := range []string{"GET http://" + addr + "/missing", "H2 http://" + addr + "/ok", "XH2 http://" + xnetAddr + "/fail",
-				"GET http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok",
+				"GET http://127.0.0.1:1/refused", "XH2 http://127.0.0.1:1/refused", "GRPC " + grpcAddr + " /test.Svc/Internal", "GRPC " + grpcAddr + " /test.Svc/Ok",
 				"GRPCS " + grpcAddr + " /test.Svc/Ok", "GRPCS " + grpcAddr + " /test.Svc/NotFound", "GRPC 127.0.0.1:1 /test.Svc/Ok", "GRPCBADMD " + grpcAddr + " /test.Svc/Ok", "GRPCTWO " + grpcAddr} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
@@ -137,6 +137,7 @@ func TestRequests(t *testing.T) {
 				"http-server 2 GET /fail 500 - 5 0 127.0.0.1",
 				"http-client 2 GET /fail 500 - 5 0 " + xnetAddr,
 				"http-client 0 GET /refused 0 - 0 0 127.0.0.1:1",
+				"http-client 0 GET /refused 0 - 0 0 127.0.0.1:1", // x/net's
 				"grpc-server 2  /test.Svc/Internal 200 13 0 12 127.0.0.1",
 				"grpc-client 2  /test.Svc/Internal 200 13 0 12 " + grpcAddr,
 				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
@@ -203,7 +204,7 @@ func TestRequests(t *testing.T) {
 			}
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
-				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   1,
+				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 13, Peer: "127.0.0.1"}:   1,

@@ -176,7 +176,9 @@ func emptyProbes(b *testing.B, bin string, pid int, fns []string) func() {
 // HTTP client (podbin http-call: 2,000 sequential GETs over one keep-alive
 // connection to a server on loopback), probes off and on, interleaved: a
 // request ends on the jump testing the transport's error (emulated), or
-// on a RET of roundTrip (single-stepped) on other paths.
+// on a RET of roundTrip (single-stepped) on other paths. The same through
+// x/net's HTTP/2 transport (h2c): a success ends on the jump testing the
+// error before its retry loop returns.
 func BenchmarkHTTPClientProbes(b *testing.B) {
 	testutil.Privileged(b)
 	bin := testutil.BuildGo(b, "../../node/telemetry/testdata/httpserver", "")
@@ -184,6 +186,8 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	url := "http://" + srv.Line(b) + "/ok"
 	benchClient(b, telemetry.HTTPClient, "Go HTTP client", "request", `"HTTP/1.1 200":`,
 		"http-call", "-url", url)
+	benchClient(b, telemetry.HTTPClient, "x/net HTTP/2 client", "request", `"HTTP/2.0 200":`,
+		"http-call", "-xh2", "-url", url)
 }
 
 // BenchmarkGRPCClientProbes measures what the client-side probes cost a

@@ -5,6 +5,8 @@ package main
 
 import (
 	"bufio"
+	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -17,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/net/http2"
 
 	"github.com/sockmesh/sockmesh/tests/workload"
 )
@@ -348,7 +352,7 @@ func httpServe(args []string) error {
 }
 
 // httpCall makes n requests to url with Go's client (HTTP/1.1, or h2c
-// with -h2), after waiting -after (so the agent probes the process
+// with -h2, or h2c through x/net's transport with -xh2), after waiting -after (so the agent probes the process
 // first), and prints the status codes it got as JSON.
 func httpCall(args []string) error {
 	fs := flag.NewFlagSet("http-call", flag.ExitOnError)
@@ -357,6 +361,7 @@ func httpCall(args []string) error {
 	method := fs.String("method", "GET", "method")
 	body := fs.Int("body", 0, "request body bytes")
 	h2 := fs.Bool("h2", false, "HTTP/2 without TLS (prior knowledge)")
+	xh2 := fs.Bool("xh2", false, "HTTP/2 without TLS through x/net's transport")
 	after := fs.Duration("after", 0, "wait before the first request")
 	waitFor := fs.String("wait-for", "", "print ready, then wait until this file exists before the first request")
 	fs.Parse(args)
@@ -368,6 +373,12 @@ func httpCall(args []string) error {
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	if *xh2 {
+		c.Transport = &http2.Transport{AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, addr)
+			}}
+	}
 	codes := map[string]int{}
 	for range *n {
 		req, err := http.NewRequest(*method, *url, strings.NewReader(strings.Repeat("x", *body)))

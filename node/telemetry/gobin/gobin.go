@@ -262,51 +262,26 @@ var ErrNoSuccessPoint = errors.New("no provable success point")
 // with an indirect jump, undecodable bytes, or no such test after the
 // call gives ErrNoSuccessPoint, and the caller probes every RET instead.
 func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err error) {
-	decoded, err := b.decode(fn, true)
-	if errors.Is(err, errUndecodable) {
-		return 0, nil, fmt.Errorf("%w: %w", ErrNoSuccessPoint, err)
-	} else if err != nil {
+	g, err := b.flowGraph(fn)
+	if err != nil {
 		return 0, nil, err
-	}
-	type node struct {
-		inst x86asm.Inst
-		pc   int
-	}
-	size := int(fn.End - fn.Entry)
-	insts := make([]node, len(decoded))
-	index := map[int]int{} // pc -> position in insts
-	for i, d := range decoded {
-		insts[i] = node{d.inst, int(d.Addr - fn.Entry)}
-		index[insts[i].pc] = i
-	}
-	target := func(n node) (int, bool) {
-		t, ok := branchTarget(n.inst, fn.Entry+uint64(n.pc))
-		return int(t - fn.Entry), ok
 	}
 	// The call, then only instructions that write no register up to the
 	// test of BX and the jump on it.
 	probe, success := -1, -1
-	for i, n := range insts {
+	for i, n := range g.insts {
 		if n.inst.Op != x86asm.CALL {
 			continue
 		}
-		if t, ok := target(n); !ok || fn.Entry+uint64(t) != callee.Entry {
+		if t, ok := g.target(n); !ok || fn.Entry+uint64(t) != callee.Entry {
 			continue
 		}
-		for j := i + 1; j+1 < len(insts) && j <= i+3; j++ {
-			in := insts[j].inst
-			if in.Op == x86asm.NOP {
+		for j := i + 1; j+1 < len(g.insts) && j <= i+3; j++ {
+			if g.insts[j].inst.Op == x86asm.NOP {
 				continue
 			}
-			jmp := insts[j+1]
-			if in.Op != x86asm.TEST || in.Args[0] != x86asm.RBX || in.Args[1] != x86asm.RBX ||
-				(jmp.inst.Op != x86asm.JE && jmp.inst.Op != x86asm.JNE) {
-				break
-			}
-			t, _ := target(jmp)
-			probe, success = j+1, t // JE: taken when BX (the error) is nil
-			if jmp.inst.Op == x86asm.JNE {
-				success = jmp.pc + jmp.inst.Len
+			if s, ok := g.errorTest(j + 1); ok {
+				probe, success = j+1, s
 			}
 			break
 		}
@@ -317,15 +292,174 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 	if probe < 0 {
 		return 0, nil, fmt.Errorf("%s: %w: no test of the error after a call to %s", fn.Name, ErrNoSuccessPoint, callee.Name)
 	}
-	// RETs reachable from the entry, with and without the success edge.
-	// A RET reachable neither way (the deferreturn block a recovered panic
-	// resumes at) keeps its probe too.
-	walk := func(withSuccess bool) (map[int]bool, error) {
+	rets, err = g.returnsWithout(map[int]int{probe: success})
+	if err != nil {
+		return 0, nil, err
+	}
+	return fn.Offset + uint64(g.insts[probe].pc), rets, nil
+}
+
+// NilReturnTests finds, in a function returning (pointer, error), the
+// jumps on a test of the error (TEST BX, BX; JE/JNE) whose success edge
+// runs straight to a RET of (AX, nil): a block entered only from that
+// jump, that zeroes BX and CX (the error's two words), leaves AX alone and
+// only unwinds the frame. At such a jump AX already holds what the
+// function returns, whichever call it came from; a retry loop that tests
+// an error again before returning it (x/net's roundTripViaPool) has one
+// where the test after the call (SuccessReturn) proves nothing. It also
+// returns the RETs reachable without those edges, which still need probes.
+func (b *Binary) NilReturnTests(fn Func) (at, rets []uint64, err error) {
+	g, err := b.flowGraph(fn)
+	if err != nil {
+		return nil, nil, err
+	}
+	targets := map[int]bool{} // pcs some jump lands on
+	for _, n := range g.insts {
+		if n.inst.Op != x86asm.CALL {
+			if t, ok := g.target(n); ok {
+				targets[t] = true
+			}
+		}
+	}
+	cut := map[int]int{}
+	for j := range g.insts {
+		success, ok := g.errorTest(j)
+		if !ok || targets[g.insts[j].pc] {
+			continue
+		}
+		s, ok := g.index[success]
+		if !ok || s == 0 {
+			continue
+		}
+		// Entered only from the jump: no other jump lands on it, and the
+		// instruction before it does not run into it (unless that is the
+		// jump itself).
+		if !g.landsOnlyFrom(j, success) {
+			continue
+		}
+		if s != j+1 {
+			if op := g.insts[s-1].inst.Op; op != x86asm.JMP && op != x86asm.RET && op != x86asm.UD2 && op != x86asm.INT {
+				continue
+			}
+		}
+		if g.nilReturn(s, targets) {
+			cut[j] = success
+			at = append(at, fn.Offset+uint64(g.insts[j].pc))
+		}
+	}
+	if len(at) == 0 {
+		return nil, nil, fmt.Errorf("%s: %w: no test of the error that goes straight to a nil return", fn.Name, ErrNoSuccessPoint)
+	}
+	if rets, err = g.returnsWithout(cut); err != nil {
+		return nil, nil, err
+	}
+	return at, rets, nil
+}
+
+// flowGraph is a function's instructions, for following its control flow.
+type flowGraph struct {
+	fn    Func
+	insts []flowNode
+	index map[int]int // pc (from the entry) -> position in insts
+}
+
+type flowNode struct {
+	inst x86asm.Inst
+	pc   int
+}
+
+func (b *Binary) flowGraph(fn Func) (*flowGraph, error) {
+	decoded, err := b.decode(fn, true)
+	if errors.Is(err, errUndecodable) {
+		return nil, fmt.Errorf("%w: %w", ErrNoSuccessPoint, err)
+	} else if err != nil {
+		return nil, err
+	}
+	g := &flowGraph{fn: fn, insts: make([]flowNode, len(decoded)), index: map[int]int{}}
+	for i, d := range decoded {
+		g.insts[i] = flowNode{d.inst, int(d.Addr - fn.Entry)}
+		g.index[g.insts[i].pc] = i
+	}
+	return g, nil
+}
+
+func (g *flowGraph) target(n flowNode) (int, bool) {
+	t, ok := branchTarget(n.inst, g.fn.Entry+uint64(n.pc))
+	return int(t - g.fn.Entry), ok
+}
+
+// errorTest says whether instruction j is a JE/JNE right after TEST BX, BX,
+// and where it goes when BX (an error's type word) is nil.
+func (g *flowGraph) errorTest(j int) (success int, ok bool) {
+	if j < 1 || j >= len(g.insts) {
+		return 0, false
+	}
+	in, jmp := g.insts[j-1].inst, g.insts[j]
+	if in.Op != x86asm.TEST || in.Args[0] != x86asm.RBX || in.Args[1] != x86asm.RBX ||
+		(jmp.inst.Op != x86asm.JE && jmp.inst.Op != x86asm.JNE) {
+		return 0, false
+	}
+	if jmp.inst.Op == x86asm.JNE {
+		return jmp.pc + jmp.inst.Len, true
+	}
+	t, ok := g.target(jmp)
+	return t, ok
+}
+
+// landsOnlyFrom says whether j is the only jump landing on pc.
+func (g *flowGraph) landsOnlyFrom(j, pc int) bool {
+	for i, n := range g.insts {
+		if n.inst.Op == x86asm.CALL {
+			continue
+		}
+		if t, ok := g.target(n); ok && t == pc && i != j {
+			return false
+		}
+	}
+	return true
+}
+
+// nilReturn says whether the instructions from s run straight to a RET
+// returning (AX, nil): only zeroing BX and CX, unwinding the frame (ADD
+// or SUB of SP, POP BP) and NOPs, with no jump landing among them.
+func (g *flowGraph) nilReturn(s int, targets map[int]bool) bool {
+	var bx, cx bool
+	for k := s; k < len(g.insts); k++ {
+		n := g.insts[k]
+		if k > s && targets[n.pc] {
+			return false
+		}
+		in := n.inst
+		switch {
+		case in.Op == x86asm.RET:
+			return bx && cx
+		case in.Op == x86asm.NOP:
+		case in.Op == x86asm.XOR && in.Args[0] == in.Args[1] && (in.Args[0] == x86asm.EBX || in.Args[0] == x86asm.RBX):
+			bx = true
+		case in.Op == x86asm.XOR && in.Args[0] == in.Args[1] && (in.Args[0] == x86asm.ECX || in.Args[0] == x86asm.RCX):
+			cx = true
+		case (in.Op == x86asm.ADD || in.Op == x86asm.SUB) && in.Args[0] == x86asm.RSP:
+		case in.Op == x86asm.POP && in.Args[0] == x86asm.RBP:
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// returnsWithout lists the RETs a return can reach from the entry when
+// the jumps in cut (position -> the pc of their success edge) take only
+// their other edge, as file offsets. A RET reachable no way at all (the
+// deferreturn block a recovered panic resumes at) is listed too. All of
+// them reachable that way is ErrNoSuccessPoint.
+func (g *flowGraph) returnsWithout(cut map[int]int) ([]uint64, error) {
+	size := int(g.fn.End - g.fn.Entry)
+	walk := func(cutting bool) (map[int]bool, error) {
 		found := map[int]bool{}
-		seen := make([]bool, len(insts))
+		seen := make([]bool, len(g.insts))
 		work := []int{0}
 		push := func(pc int) bool {
-			i, ok := index[pc]
+			i, ok := g.index[pc]
 			if !ok {
 				return pc < 0 || pc >= size // a jump out of fn (morestack) is fine
 			}
@@ -339,7 +473,7 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 		for len(work) > 0 {
 			i := work[len(work)-1]
 			work = work[:len(work)-1]
-			n := insts[i]
+			n := g.insts[i]
 			next := n.pc + n.inst.Len
 			switch op := n.inst.Op; {
 			case op == x86asm.RET || op == x86asm.INT || op == x86asm.UD2:
@@ -348,17 +482,17 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 				}
 				continue
 			case op == x86asm.JMP:
-				t, ok := target(n)
+				t, ok := g.target(n)
 				if !ok {
-					return nil, fmt.Errorf("%s: %w: indirect jump at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(n.pc))
+					return nil, fmt.Errorf("%s: %w: indirect jump at %#x", g.fn.Name, ErrNoSuccessPoint, g.fn.Entry+uint64(n.pc))
 				}
 				if !push(t) {
-					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(n.pc))
+					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", g.fn.Name, ErrNoSuccessPoint, g.fn.Entry+uint64(n.pc))
 				}
 				continue
 			case isCondJump(op):
-				t, _ := target(n)
-				if i == probe && !withSuccess {
+				t, _ := g.target(n)
+				if success, ok := cut[i]; ok && cutting {
 					// Only the error edge.
 					if t == success {
 						t = next
@@ -367,35 +501,36 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 					continue
 				}
 				if !push(t) {
-					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", fn.Name, ErrNoSuccessPoint, fn.Entry+uint64(n.pc))
+					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", g.fn.Name, ErrNoSuccessPoint, g.fn.Entry+uint64(n.pc))
 				}
 			}
 			push(next)
 		}
 		return found, nil
 	}
-	all, err := walk(true)
+	all, err := walk(false)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
-	withoutSuccess, err := walk(false)
+	without, err := walk(true)
 	if err != nil {
-		return 0, nil, err
+		return nil, err
 	}
+	var rets []uint64
 	total := 0
-	for _, n := range insts {
+	for _, n := range g.insts {
 		if n.inst.Op != x86asm.RET {
 			continue
 		}
 		total++
-		if withoutSuccess[n.pc] || !all[n.pc] {
-			rets = append(rets, fn.Offset+uint64(n.pc))
+		if without[n.pc] || !all[n.pc] {
+			rets = append(rets, g.fn.Offset+uint64(n.pc))
 		}
 	}
 	if len(rets) == total {
-		return 0, nil, fmt.Errorf("%s: %w: every return is reachable without the success edge", fn.Name, ErrNoSuccessPoint)
+		return nil, fmt.Errorf("%s: %w: every return is reachable without the success edge", g.fn.Name, ErrNoSuccessPoint)
 	}
-	return fn.Offset + uint64(insts[probe].pc), rets, nil
+	return rets, nil
 }
 
 func isCondJump(op x86asm.Op) bool {

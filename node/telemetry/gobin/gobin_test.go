@@ -192,3 +192,54 @@ func TestSuccessReturn(t *testing.T) {
 		}
 	}
 }
+
+// TestNilReturnTests: x/net's retry loop tests its error again before
+// returning; the jump on that test is its success point, and only the
+// error RETs keep probes. A function whose successes do something more
+// before returning has none.
+func TestNilReturnTests(t *testing.T) {
+	bins := fixtures(t)
+	for _, name := range []string{"plain", "sw"} {
+		b, err := Open(bins[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		fn, err := b.Func("golang.org/x/net/http2.(*Transport).roundTripViaPool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, rets, err := b.NilReturnTests(fn)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		insts, _ := b.Instructions(fn)
+		all, _ := b.Returns(fn)
+		if len(at) != 1 || len(rets) == 0 || len(rets) != len(all)-1 {
+			t.Fatalf("%s: success points %x, RETs still probed %x of %x: want one point, and every RET but one", name, at, rets, all)
+		}
+		i := slices.IndexFunc(insts, func(in Instruction) bool { return in.Offset == at[0] })
+		if i < 1 || (insts[i].Op != x86asm.JE && insts[i].Op != x86asm.JNE) || insts[i-1].Op != x86asm.TEST {
+			t.Fatalf("%s: success point %#x is not a jump after a test", name, at[0])
+		}
+		// The RET left out returns (AX, nil): BX and CX zeroed before it.
+		left := slices.IndexFunc(insts, func(in Instruction) bool {
+			return in.Op == x86asm.RET && !slices.Contains(rets, in.Offset)
+		})
+		var zeroed []x86asm.Arg
+		for k := left - 1; k >= 0 && insts[k].Op != x86asm.RET && insts[k].Op != x86asm.JMP && !isCondJump(insts[k].Op); k-- {
+			if in := insts[k].inst; in.Op == x86asm.XOR && in.Args[0] == in.Args[1] {
+				zeroed = append(zeroed, in.Args[0])
+			}
+		}
+		if !slices.Contains(zeroed, x86asm.Arg(x86asm.EBX)) || !slices.Contains(zeroed, x86asm.Arg(x86asm.ECX)) {
+			t.Fatalf("%s: the RET left unprobed at %#x does not return a nil error (zeroed %v)", name, insts[left].Offset, zeroed)
+		}
+		// net/http's roundTrip cancels a context and sets the request
+		// on its success path: no jump goes straight to the return.
+		rt, _ := b.Func("net/http.(*Transport).roundTrip")
+		if _, _, err := b.NilReturnTests(rt); !errors.Is(err, ErrNoSuccessPoint) {
+			t.Fatalf("%s: roundTrip: %v, want no success point", name, err)
+		}
+	}
+}
