@@ -24,8 +24,9 @@ import (
 )
 
 // BenchmarkHTTPProbes loads a Go HTTP server on loopback with wrk, probes
-// off and on, interleaved, for a trivial handler and two of 1 ms (sleeping
-// and working), and reports requests/s as ratios.
+// off and on, interleaved, for a trivial handler (unpinned, and with the
+// server alone on one CPU) and two of 1 ms (sleeping and working), and
+// reports requests/s as ratios.
 func BenchmarkHTTPProbes(b *testing.B) {
 	testutil.Privileged(b)
 	wrk, err := exec.LookPath("wrk")
@@ -46,15 +47,25 @@ func BenchmarkHTTPProbes(b *testing.B) {
 	// and working (1 ms of CPU: the server saturated, the probes' share
 	// of a request what it is).
 	for _, c := range []struct{ name, path string }{{"trivial handler", "/ok"}, {"1 ms handler", "/slow"}, {"1 ms CPU handler", "/busy"}} {
-		benchProbes(b, wrk, bin, srv.Pid(), "http://"+addr+c.path, c.name)
+		benchProbes(b, []string{wrk}, bin, srv.Pid(), "http://"+addr+c.path, c.name)
 	}
+	// The trivial handler again with the server alone on CPU 0 (so one
+	// P) and wrk on CPU 1: the server saturated, and every µs the probes
+	// take is a µs less for requests. Unpinned, the server's two Ps share
+	// both CPUs with wrk.
+	pinned := testutil.Start(b, "taskset", "-c", "0", bin)
+	benchProbes(b, []string{"taskset", "-c", "1", wrk}, bin, pinned.Pid(), "http://"+pinned.Line(b)+"/ok", "trivial handler, server on one CPU")
 }
 
-// benchProbes measures one handler: wrk with the probes off and on.
-func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
+// metricName makes a benchmark's name a metric's prefix.
+func metricName(name string) string { return strings.NewReplacer(" ", "-", ",", "").Replace(name) }
+
+// benchProbes measures one handler: wrk (the command given) with the
+// probes off and on.
+func benchProbes(b *testing.B, wrk []string, bin string, pid int, url, name string) {
 	rps := regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
 	run := func() float64 {
-		out, err := exec.Command(wrk, "-t1", "-c16", "-d3s", url).CombinedOutput()
+		out, err := exec.Command(wrk[0], append(wrk[1:], "-t1", "-c16", "-d3s", url)...).CombinedOutput()
 		if err != nil {
 			b.Fatalf("wrk: %v\n%s", err, out)
 		}
@@ -120,12 +131,12 @@ func benchProbes(b *testing.B, wrk, bin string, pid int, url, name string) {
 	ratio := median(on) / median(off)
 	floor := median(empty) / median(off)
 	floor1 := median(one) / median(off)
-	b.ReportMetric(floor, strings.ReplaceAll(name, " ", "-")+"-empty-probes-ratio")
-	b.ReportMetric(floor1, strings.ReplaceAll(name, " ", "-")+"-one-empty-probe-ratio")
-	target := map[string]string{"trivial handler": "0.90x", "1 ms handler": "0.99x", "1 ms CPU handler": "0.99x"}[name]
-	b.ReportMetric(ratio, strings.ReplaceAll(name, " ", "-")+"-req/s-ratio")
+	b.ReportMetric(floor, metricName(name)+"-empty-probes-ratio")
+	b.ReportMetric(floor1, metricName(name)+"-one-empty-probe-ratio")
+	target := map[string]string{"trivial handler": "0.90x", "trivial handler, server on one CPU": "0.90x", "1 ms handler": "0.99x", "1 ms CPU handler": "0.99x"}[name]
+	b.ReportMetric(ratio, metricName(name)+"-req/s-ratio")
 	perReq := float64(bpfTime.Nanoseconds()) / float64(max(events, 1))
-	b.ReportMetric(perReq, strings.ReplaceAll(name, " ", "-")+"-bpf-ns/req")
+	b.ReportMetric(perReq, metricName(name)+"-bpf-ns/req")
 	b.Logf("%s, wrk -t1 -c16 -d3s, 5 interleaved rounds, medians: probes off %.0f req/s, on %.0f req/s, ratio %.3fx (target >= %s); empty programs at the same two points %.0f req/s, %.3fx (the floor), at the end point alone %.0f req/s, %.3fx; %d requests counted, %d dropped; BPF run time %.0f ns a request (both probes, BPF stats; the uprobe traps are not in it)",
 		name, median(off), median(on), ratio, target, median(empty), floor, median(one), floor1, events, drops, perReq)
 }
