@@ -134,7 +134,8 @@ var groups = []struct {
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_end", returns: true, nilTest: true},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_ok", nilTest: true, optional: true},
 	}, ""},
-	// Before x/net v0.57 (no roundTripViaPool): the RETs of RoundTrip,
+	// Where roundTripViaPool is not there (older x/net loops in
+	// RoundTripOpt; the tests build with v0.60): the RETs of RoundTrip,
 	// which the kernel single-steps.
 	{HTTPClient, "x/net/http2 client (returns)", []probe{
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
