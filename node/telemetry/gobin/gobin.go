@@ -219,12 +219,12 @@ func branchTarget(inst x86asm.Inst, addr uint64) (uint64, bool) {
 // one 16-26 µs, so probes prefer emulated instructions.
 func Emulated(op x86asm.Op) bool {
 	switch op {
-	case x86asm.CALL, x86asm.JMP, x86asm.PUSH, x86asm.NOP,
-		x86asm.JA, x86asm.JAE, x86asm.JB, x86asm.JBE, x86asm.JE, x86asm.JG, x86asm.JGE, x86asm.JL, x86asm.JLE,
-		x86asm.JNE, x86asm.JNO, x86asm.JNP, x86asm.JNS, x86asm.JO, x86asm.JP, x86asm.JS:
+	case x86asm.CALL, x86asm.JMP, x86asm.PUSH, x86asm.NOP:
 		return true
+	case x86asm.JCXZ, x86asm.JECXZ, x86asm.JRCXZ: // not among the kernel's
+		return false
 	}
-	return false
+	return isCondJump(op)
 }
 
 // EntryProbe returns the file offset of the first instruction of fn the
@@ -268,16 +268,13 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 	}
 	// The call, then only instructions that write no register up to the
 	// test of BX and the jump on it.
-	probe, success := -1, -1
-	for i, n := range g.insts {
-		if n.inst.Op != x86asm.CALL {
-			continue
-		}
-		if t, ok := g.target(n); !ok || fn.Entry+uint64(t) != callee.Entry {
+	probe, success := -1, uint64(0)
+	for i, in := range g.insts {
+		if t, ok := branchTarget(in.inst, in.Addr); in.Op != x86asm.CALL || !ok || t != callee.Entry {
 			continue
 		}
 		for j := i + 1; j+1 < len(g.insts) && j <= i+3; j++ {
-			if g.insts[j].inst.Op == x86asm.NOP {
+			if g.insts[j].Op == x86asm.NOP {
 				continue
 			}
 			if s, ok := g.errorTest(j + 1); ok {
@@ -292,11 +289,11 @@ func (b *Binary) SuccessReturn(fn, callee Func) (at uint64, rets []uint64, err e
 	if probe < 0 {
 		return 0, nil, fmt.Errorf("%s: %w: no test of the error after a call to %s", fn.Name, ErrNoSuccessPoint, callee.Name)
 	}
-	rets, err = g.returnsWithout(map[int]int{probe: success})
+	rets, err = g.returnsWithout(map[int]uint64{probe: success})
 	if err != nil {
 		return 0, nil, err
 	}
-	return fn.Offset + uint64(g.insts[probe].pc), rets, nil
+	return g.insts[probe].Offset, rets, nil
 }
 
 // NilReturnTests finds, in a function returning (pointer, error), the
@@ -313,38 +310,25 @@ func (b *Binary) NilReturnTests(fn Func) (at, rets []uint64, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	targets := map[int]bool{} // pcs some jump lands on
-	for _, n := range g.insts {
-		if n.inst.Op != x86asm.CALL {
-			if t, ok := g.target(n); ok {
-				targets[t] = true
-			}
-		}
-	}
-	cut := map[int]int{}
-	for j := range g.insts {
+	cut := map[int]uint64{}
+	for j, jmp := range g.insts {
 		success, ok := g.errorTest(j)
-		if !ok || targets[g.insts[j].pc] {
+		s, known := g.index[success]
+		if !ok || !known || s == 0 || g.landings[jmp.Addr] != 0 {
 			continue
 		}
-		s, ok := g.index[success]
-		if !ok || s == 0 {
+		// Entered only from the jump: the jump is the only one landing
+		// on it (none when it is the jump's fall-through), and the
+		// instruction before it, unless the jump, does not run into it.
+		if fall := s == j+1; fall && g.landings[success] != 0 || !fall && g.landings[success] != 1 {
 			continue
 		}
-		// Entered only from the jump: no other jump lands on it, and the
-		// instruction before it does not run into it (unless that is the
-		// jump itself).
-		if !g.landsOnlyFrom(j, success) {
+		if op := g.insts[s-1].Op; s != j+1 && op != x86asm.JMP && op != x86asm.RET && op != x86asm.UD2 && op != x86asm.INT {
 			continue
 		}
-		if s != j+1 {
-			if op := g.insts[s-1].inst.Op; op != x86asm.JMP && op != x86asm.RET && op != x86asm.UD2 && op != x86asm.INT {
-				continue
-			}
-		}
-		if g.nilReturn(s, targets) {
+		if g.nilReturn(s) {
 			cut[j] = success
-			at = append(at, fn.Offset+uint64(g.insts[j].pc))
+			at = append(at, jmp.Offset)
 		}
 	}
 	if len(at) == 0 {
@@ -358,78 +342,56 @@ func (b *Binary) NilReturnTests(fn Func) (at, rets []uint64, err error) {
 
 // flowGraph is a function's instructions, for following its control flow.
 type flowGraph struct {
-	fn    Func
-	insts []flowNode
-	index map[int]int // pc (from the entry) -> position in insts
-}
-
-type flowNode struct {
-	inst x86asm.Inst
-	pc   int
+	fn       Func
+	insts    []Instruction
+	index    map[uint64]int // address -> position in insts
+	landings map[uint64]int // address -> how many jumps land there
 }
 
 func (b *Binary) flowGraph(fn Func) (*flowGraph, error) {
-	decoded, err := b.decode(fn, true)
+	insts, err := b.decode(fn, true)
 	if errors.Is(err, errUndecodable) {
 		return nil, fmt.Errorf("%w: %w", ErrNoSuccessPoint, err)
 	} else if err != nil {
 		return nil, err
 	}
-	g := &flowGraph{fn: fn, insts: make([]flowNode, len(decoded)), index: map[int]int{}}
-	for i, d := range decoded {
-		g.insts[i] = flowNode{d.inst, int(d.Addr - fn.Entry)}
-		g.index[g.insts[i].pc] = i
+	g := &flowGraph{fn: fn, insts: insts, index: map[uint64]int{}, landings: map[uint64]int{}}
+	for i, in := range insts {
+		g.index[in.Addr] = i
+		if t, ok := branchTarget(in.inst, in.Addr); ok && in.Op != x86asm.CALL {
+			g.landings[t]++
+		}
 	}
 	return g, nil
 }
 
-func (g *flowGraph) target(n flowNode) (int, bool) {
-	t, ok := branchTarget(n.inst, g.fn.Entry+uint64(n.pc))
-	return int(t - g.fn.Entry), ok
-}
-
 // errorTest says whether instruction j is a JE/JNE right after TEST BX, BX,
 // and where it goes when BX (an error's type word) is nil.
-func (g *flowGraph) errorTest(j int) (success int, ok bool) {
+func (g *flowGraph) errorTest(j int) (success uint64, ok bool) {
 	if j < 1 || j >= len(g.insts) {
 		return 0, false
 	}
 	in, jmp := g.insts[j-1].inst, g.insts[j]
 	if in.Op != x86asm.TEST || in.Args[0] != x86asm.RBX || in.Args[1] != x86asm.RBX ||
-		(jmp.inst.Op != x86asm.JE && jmp.inst.Op != x86asm.JNE) {
+		(jmp.Op != x86asm.JE && jmp.Op != x86asm.JNE) {
 		return 0, false
 	}
-	if jmp.inst.Op == x86asm.JNE {
-		return jmp.pc + jmp.inst.Len, true
+	if jmp.Op == x86asm.JNE {
+		return jmp.Addr + uint64(jmp.Len), true
 	}
-	t, ok := g.target(jmp)
-	return t, ok
-}
-
-// landsOnlyFrom says whether j is the only jump landing on pc.
-func (g *flowGraph) landsOnlyFrom(j, pc int) bool {
-	for i, n := range g.insts {
-		if n.inst.Op == x86asm.CALL {
-			continue
-		}
-		if t, ok := g.target(n); ok && t == pc && i != j {
-			return false
-		}
-	}
-	return true
+	return branchTarget(jmp.inst, jmp.Addr)
 }
 
 // nilReturn says whether the instructions from s run straight to a RET
 // returning (AX, nil): only zeroing BX and CX, unwinding the frame (ADD
 // or SUB of SP, POP BP) and NOPs, with no jump landing among them.
-func (g *flowGraph) nilReturn(s int, targets map[int]bool) bool {
+func (g *flowGraph) nilReturn(s int) bool {
 	var bx, cx bool
 	for k := s; k < len(g.insts); k++ {
-		n := g.insts[k]
-		if k > s && targets[n.pc] {
+		in := g.insts[k].inst
+		if k > s && g.landings[g.insts[k].Addr] != 0 {
 			return false
 		}
-		in := n.inst
 		switch {
 		case in.Op == x86asm.RET:
 			return bx && cx
@@ -448,20 +410,19 @@ func (g *flowGraph) nilReturn(s int, targets map[int]bool) bool {
 }
 
 // returnsWithout lists the RETs a return can reach from the entry when
-// the jumps in cut (position -> the pc of their success edge) take only
-// their other edge, as file offsets. A RET reachable no way at all (the
-// deferreturn block a recovered panic resumes at) is listed too. All of
-// them reachable that way is ErrNoSuccessPoint.
-func (g *flowGraph) returnsWithout(cut map[int]int) ([]uint64, error) {
-	size := int(g.fn.End - g.fn.Entry)
+// the jumps in cut (position -> the address of their success edge) take
+// only their other edge, as file offsets. A RET reachable no way at all
+// (the deferreturn block a recovered panic resumes at) is listed too. All
+// of them reachable that way is ErrNoSuccessPoint.
+func (g *flowGraph) returnsWithout(cut map[int]uint64) ([]uint64, error) {
 	walk := func(cutting bool) (map[int]bool, error) {
 		found := map[int]bool{}
 		seen := make([]bool, len(g.insts))
 		work := []int{0}
-		push := func(pc int) bool {
-			i, ok := g.index[pc]
+		push := func(addr uint64) bool {
+			i, ok := g.index[addr]
 			if !ok {
-				return pc < 0 || pc >= size // a jump out of fn (morestack) is fine
+				return addr < g.fn.Entry || addr >= g.fn.End // a jump out of fn (morestack) is fine
 			}
 			if !seen[i] {
 				seen[i] = true
@@ -473,25 +434,25 @@ func (g *flowGraph) returnsWithout(cut map[int]int) ([]uint64, error) {
 		for len(work) > 0 {
 			i := work[len(work)-1]
 			work = work[:len(work)-1]
-			n := g.insts[i]
-			next := n.pc + n.inst.Len
-			switch op := n.inst.Op; {
+			in := g.insts[i]
+			next := in.Addr + uint64(in.Len)
+			switch op := in.Op; {
 			case op == x86asm.RET || op == x86asm.INT || op == x86asm.UD2:
 				if op == x86asm.RET {
-					found[n.pc] = true
+					found[i] = true
 				}
 				continue
 			case op == x86asm.JMP:
-				t, ok := g.target(n)
+				t, ok := branchTarget(in.inst, in.Addr)
 				if !ok {
-					return nil, fmt.Errorf("%s: %w: indirect jump at %#x", g.fn.Name, ErrNoSuccessPoint, g.fn.Entry+uint64(n.pc))
+					return nil, fmt.Errorf("%s: %w: indirect jump at %#x", g.fn.Name, ErrNoSuccessPoint, in.Addr)
 				}
 				if !push(t) {
-					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", g.fn.Name, ErrNoSuccessPoint, g.fn.Entry+uint64(n.pc))
+					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", g.fn.Name, ErrNoSuccessPoint, in.Addr)
 				}
 				continue
 			case isCondJump(op):
-				t, _ := g.target(n)
+				t, _ := branchTarget(in.inst, in.Addr)
 				if success, ok := cut[i]; ok && cutting {
 					// Only the error edge.
 					if t == success {
@@ -501,7 +462,7 @@ func (g *flowGraph) returnsWithout(cut map[int]int) ([]uint64, error) {
 					continue
 				}
 				if !push(t) {
-					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", g.fn.Name, ErrNoSuccessPoint, g.fn.Entry+uint64(n.pc))
+					return nil, fmt.Errorf("%s: %w: jump into an instruction at %#x", g.fn.Name, ErrNoSuccessPoint, in.Addr)
 				}
 			}
 			push(next)
@@ -518,13 +479,13 @@ func (g *flowGraph) returnsWithout(cut map[int]int) ([]uint64, error) {
 	}
 	var rets []uint64
 	total := 0
-	for _, n := range g.insts {
-		if n.inst.Op != x86asm.RET {
+	for i, in := range g.insts {
+		if in.Op != x86asm.RET {
 			continue
 		}
 		total++
-		if without[n.pc] || !all[n.pc] {
-			rets = append(rets, g.fn.Offset+uint64(n.pc))
+		if without[i] || !all[i] {
+			rets = append(rets, in.Offset)
 		}
 	}
 	if len(rets) == total {

@@ -158,8 +158,7 @@ func TestSuccessReturn(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		insts, _ := b.Instructions(fn)
-		i := slices.IndexFunc(insts, func(in Instruction) bool { return in.Offset == at })
-		if i < 1 || (insts[i].Op != x86asm.JE && insts[i].Op != x86asm.JNE) || !Emulated(insts[i].Op) || insts[i-1].Op != x86asm.TEST {
+		if i, ok := errorJump(insts, at); !ok || !Emulated(insts[i].Op) {
 			t.Fatalf("%s: success point %#x is not a jump after a test", name, at)
 		}
 		all, _ := b.Returns(fn)
@@ -193,6 +192,13 @@ func TestSuccessReturn(t *testing.T) {
 	}
 }
 
+// errorJump finds the instruction at file offset at in insts and says
+// whether it is a JE or JNE right after a TEST.
+func errorJump(insts []Instruction, at uint64) (int, bool) {
+	i := slices.IndexFunc(insts, func(in Instruction) bool { return in.Offset == at })
+	return i, i >= 1 && (insts[i].Op == x86asm.JE || insts[i].Op == x86asm.JNE) && insts[i-1].Op == x86asm.TEST
+}
+
 // TestNilReturnTests: x/net's retry loop tests its error again before
 // returning; the jump on that test is its success point, and only the
 // error RETs keep probes. A function whose successes do something more
@@ -218,8 +224,7 @@ func TestNilReturnTests(t *testing.T) {
 		if len(at) != 1 || len(rets) == 0 || len(rets) != len(all)-1 {
 			t.Fatalf("%s: success points %x, RETs still probed %x of %x: want one point, and every RET but one", name, at, rets, all)
 		}
-		i := slices.IndexFunc(insts, func(in Instruction) bool { return in.Offset == at[0] })
-		if i < 1 || (insts[i].Op != x86asm.JE && insts[i].Op != x86asm.JNE) || insts[i-1].Op != x86asm.TEST {
+		if _, ok := errorJump(insts, at[0]); !ok {
 			t.Fatalf("%s: success point %#x is not a jump after a test", name, at[0])
 		}
 		// The RET left out returns (AX, nil): BX and CX zeroed before it.
