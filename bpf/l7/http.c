@@ -309,11 +309,7 @@ static __always_inline int take_key(__u64 key, struct start *out)
 
 	if (!s)
 		return 0;
-	out->ns = s->ns;
-	out->arg[0] = s->arg[0];
-	out->arg[1] = s->arg[1];
-	out->arg[2] = s->arg[2];
-	out->arg[3] = s->arg[3];
+	*out = *s;
 	return __sync_val_compare_and_swap(&s->key, key, 0) == key;
 }
 

@@ -99,6 +99,9 @@ var variables = map[string][]string{
 var Fields = map[string][]string{}
 
 func init() {
+	// Both ends of a client request run client_done (http.c).
+	clientDone := []string{"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url",
+		"off_url_host", "off_url_path", "off_request_content_length", "off_request_method"}
 	uses := map[string][]string{
 		"sm_http_serve":        nil,
 		"sm_http_hijack":       nil,
@@ -106,8 +109,8 @@ func init() {
 		"sm_h2_done":           {"off_h2rw_rws", "off_h2rws_req", "off_h2rws_status", "off_h2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_xh2_done":          {"off_xh2rw_rws", "off_xh2rws_req", "off_xh2rws_status", "off_xh2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_http_client_start": nil,
-		"sm_http_client_end":   {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
-		"sm_http_client_ok":    {"off_resp_status_code", "off_resp_content_length", "off_resp_proto_major", "off_request_url", "off_url_host", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_http_client_end":   clientDone,
+		"sm_http_client_ok":    clientDone,
 		"sm_grpc_serve":        nil,
 		"sm_grpc_serve_end":    {"off_status_s", "off_spb_status_code", "off_grpc_server_peer_addr", "off_tcpaddr_ip", "off_grpc_stream_method", "off_grpc_sstream_stream"},
 		"sm_grpc_read":         nil,

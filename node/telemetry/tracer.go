@@ -101,7 +101,11 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 	progs := ps.progs.ByName()
 	// A probe two groups share (gRPC's stream read, for a program that
 	// serves and calls) is attached once: twice would count twice.
-	attached := map[string]bool{}
+	type point struct {
+		prog string
+		addr uint64
+	}
+	attached := map[point]bool{}
 	for _, pg := range pl.groups {
 		g, addrs := groups[pg.group], pg.addrs
 		if t.ServersOnly && !g.kind.Server() {
@@ -113,7 +117,7 @@ func (t *Tracer) Attach(path string, pid int) (_ *Process, err error) {
 			pr := g.probes[i]
 			var at []uint64
 			for _, a := range addrs[i] {
-				if k := fmt.Sprintf("%s@%#x", pr.prog, a); !attached[k] {
+				if k := (point{pr.prog, a}); !attached[k] {
 					attached[k] = true
 					at = append(at, a)
 				}

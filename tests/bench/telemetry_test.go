@@ -58,7 +58,9 @@ func BenchmarkHTTPProbes(b *testing.B) {
 }
 
 // metricName makes a benchmark's name a metric's prefix.
-func metricName(name string) string { return strings.NewReplacer(" ", "-", ",", "").Replace(name) }
+func metricName(name string) string {
+	return strings.NewReplacer(" ", "-", ",", "").Replace(strings.ToLower(name))
+}
 
 // benchProbes measures one handler: wrk (the command given) with the
 // probes off and on.
@@ -290,7 +292,7 @@ func benchClient(b *testing.B, kind telemetry.Kind, name, what, done string, arg
 	ratio := median(on) / median(off)
 	perReq := float64(bpfTime.Nanoseconds()) / float64(max(counted, 1))
 	extra := (1/median(on) - 1/median(off)) * 1e6
-	unit := strings.ReplaceAll(strings.ToLower(name), " ", "-")
+	unit := metricName(name)
 	b.ReportMetric(ratio, unit+"-"+what+"s/s-ratio")
 	b.ReportMetric(extra, unit+"-extra-µs/"+what)
 	b.Logf("%s (%s), %d sequential %ss, 5 interleaved rounds, medians: probes off %.0f %ss/s, on %.0f %ss/s, ratio %.3fx (%.1f µs more a %s); %d of %d %ss counted; BPF run time %.0f ns a %s (a single-stepped RET is not in it)",

@@ -352,8 +352,9 @@ func httpServe(args []string) error {
 }
 
 // httpCall makes n requests to url with Go's client (HTTP/1.1, or h2c
-// with -h2, or h2c through x/net's transport with -xh2), after waiting -after (so the agent probes the process
-// first), and prints the status codes it got as JSON.
+// with -h2, or h2c through x/net's transport with -xh2), after waiting
+// -after (so the agent probes the process first), and prints the status
+// codes it got as JSON.
 func httpCall(args []string) error {
 	fs := flag.NewFlagSet("http-call", flag.ExitOnError)
 	url := fs.String("url", "", "URL")
@@ -372,13 +373,14 @@ func httpCall(args []string) error {
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
-	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	var rt http.RoundTripper = tr
 	if *xh2 {
-		c.Transport = &http2.Transport{AllowHTTP: true,
+		rt = &http2.Transport{AllowHTTP: true,
 			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
 				return (&net.Dialer{}).DialContext(ctx, network, addr)
 			}}
 	}
+	c := &http.Client{Transport: rt, Timeout: 5 * time.Second}
 	codes := map[string]int{}
 	for range *n {
 		req, err := http.NewRequest(*method, *url, strings.NewReader(strings.Repeat("x", *body)))
