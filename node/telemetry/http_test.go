@@ -43,9 +43,7 @@ func TestRequests(t *testing.T) {
 			defer func(f func() bool) { multiUprobes = f }(multiUprobes)
 			multiUprobes = func() bool { return c.multi }
 			if c.without != "" {
-				unplannedGroups = []string{c.without}
-				clearPlans()
-				defer func() { unplannedGroups = nil; clearPlans() }()
+				leaveOut(t, c.without)
 			}
 			bin := testutil.BuildGo(t, "./testdata/httpserver", ldflags)
 			srv := testutil.Start(t, bin, "-grpc", "-xnet")
@@ -231,9 +229,7 @@ func TestConcurrentGRPCCalls(t *testing.T) {
 	for _, without := range []string{"", "grpc client"} {
 		t.Run("without="+without, func(t *testing.T) {
 			if without != "" {
-				unplannedGroups = []string{without}
-				clearPlans()
-				defer func() { unplannedGroups = nil; clearPlans() }()
+				leaveOut(t, without)
 			}
 			concurrentGRPCCalls(t, bin)
 		})
@@ -450,6 +446,14 @@ func TestServersOnly(t *testing.T) {
 	if want := []Kind{HTTPServer, GRPCServer}; !slices.Equal(p.Kinds, want) {
 		t.Fatalf("kinds %v, want %v", p.Kinds, want)
 	}
+}
+
+// leaveOut plans executables without group until the test ends, as if
+// its functions were not linked.
+func leaveOut(t *testing.T, group string) {
+	unplannedGroups = []string{group}
+	clearPlans()
+	t.Cleanup(func() { unplannedGroups = nil; clearPlans() })
 }
 
 // clearPlans forgets every executable read.
