@@ -37,11 +37,7 @@ func TestGoBinaries(t *testing.T) {
 	bins := fixtures(t)
 	var dwarf map[string]uint64
 	for _, name := range []string{"plain", "s", "w", "sw"} {
-		b, err := Open(bins[name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
+		b := mustOpen(t, bins[name])
 		if b.GoVersion != runtime.Version() {
 			t.Errorf("%s: Go version %q, want %q", name, b.GoVersion, runtime.Version())
 		}
@@ -140,19 +136,9 @@ func TestNotGo(t *testing.T) {
 func TestSuccessReturn(t *testing.T) {
 	bins := fixtures(t)
 	for _, name := range []string{"plain", "s", "w", "sw"} {
-		b, err := Open(bins[name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		fn, err := b.Func("net/http.(*Transport).roundTrip")
-		if err != nil {
-			t.Fatal(err)
-		}
-		callee, err := b.Func("net/http.(*persistConn).roundTrip")
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := mustOpen(t, bins[name])
+		fn := mustFunc(t, b, "net/http.(*Transport).roundTrip")
+		callee := mustFunc(t, b, "net/http.(*persistConn).roundTrip")
 		at, rets, err := b.SuccessReturn(fn, callee)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -192,6 +178,27 @@ func TestSuccessReturn(t *testing.T) {
 	}
 }
 
+// mustOpen opens path for the test's length.
+func mustOpen(t *testing.T, path string) *Binary {
+	t.Helper()
+	b, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// mustFunc finds name in b.
+func mustFunc(t *testing.T, b *Binary, name string) Func {
+	t.Helper()
+	f, err := b.Func(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // errorJump finds the instruction at file offset at in insts and says
 // whether it is a JE or JNE right after a TEST.
 func errorJump(insts []Instruction, at uint64) (int, bool) {
@@ -206,15 +213,8 @@ func errorJump(insts []Instruction, at uint64) (int, bool) {
 func TestNilReturnTests(t *testing.T) {
 	bins := fixtures(t)
 	for _, name := range []string{"plain", "sw"} {
-		b, err := Open(bins[name])
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		fn, err := b.Func("golang.org/x/net/http2.(*Transport).roundTripViaPool")
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := mustOpen(t, bins[name])
+		fn := mustFunc(t, b, "golang.org/x/net/http2.(*Transport).roundTripViaPool")
 		at, rets, err := b.NilReturnTests(fn)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
