@@ -204,6 +204,27 @@ func (b *Binary) CallSites(fn, callee Func) ([]uint64, error) {
 	return out, nil
 }
 
+// Callees names the functions fn calls directly (a CALL with a relative
+// target; calls through registers are not seen).
+func (b *Binary) Callees(fn Func) (map[string]bool, error) {
+	insts, err := b.Instructions(fn)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for _, in := range insts {
+		if in.Op != x86asm.CALL {
+			continue
+		}
+		if t, ok := branchTarget(in.inst, in.Addr); ok {
+			if f := b.table.PCToFunc(t); f != nil && f.Entry == t {
+				out[f.Name] = true
+			}
+		}
+	}
+	return out, nil
+}
+
 // branchTarget is where the jump or call inst at addr goes, if its target
 // is relative (not through a register or memory).
 func branchTarget(inst x86asm.Inst, addr uint64) (uint64, bool) {

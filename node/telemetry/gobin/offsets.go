@@ -64,6 +64,43 @@ var Fields = []Field{
 	{grpcModule, "google.golang.org/grpc.csAttempt", "transportStream"},
 }
 
+// OptionalFields are read where they are known: they are looked up as a
+// group of their own, left out where not all are found (a Go version
+// neither the binary's DWARF nor the table has them for), and the probes
+// that need them with them. They lead an HTTP/1 client response's body to
+// the connection it reads, so that the request ends with its body.
+var OptionalFields = []Field{
+	{"", "net/http.Response", "Body"},
+	{"", "net/http.bodyEOFSignal", "body"},
+	{"", "net/http.bodyEOFSignal", "fn"},
+	{"", "net/http.bodyEOFSignal", "earlyCloseFn"},
+	{"", "net/http.gzipReader", "body"},
+	{"", "net/http.body", "src"},
+	{"", "net/http.body", "r"},
+	{"", "io.LimitedReader", "R"},
+	{"", "io.LimitedReader", "N"},
+	{"", "bufio.Reader", "buf"},
+	{"", "bufio.Reader", "rd"},
+	{"", "bufio.Reader", "r"},
+	{"", "bufio.Reader", "w"},
+	{"", "net/http.persistConn", "readLimit"},
+}
+
+// allFields are Fields and OptionalFields, each with whether it is
+// optional.
+func allFields(yield func(Field, bool) bool) {
+	for _, f := range Fields {
+		if !yield(f, false) {
+			return
+		}
+	}
+	for _, f := range OptionalFields {
+		if !yield(f, true) {
+			return
+		}
+	}
+}
+
 // ErrNoOffsets means neither DWARF nor the embedded table knows the
 // offsets for this binary's Go version.
 var ErrNoOffsets = errors.New("no struct offsets for this binary")
@@ -117,11 +154,17 @@ func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error)
 		fromDWARF, err = b.dwarfOffsets()
 	}
 	offsets, source = map[string]uint64{}, "dwarf"
-	groups := map[string][]Field{}
-	for _, f := range Fields {
-		groups[f.Module] = append(groups[f.Module], f)
+	type group struct {
+		module   string
+		optional bool
 	}
-	for module, fields := range groups {
+	groups := map[group][]Field{}
+	for f, optional := range allFields {
+		g := group{f.Module, optional}
+		groups[g] = append(groups[g], f)
+	}
+	for g, fields := range groups {
+		module := g.module
 		if module != "" && b.Deps[module] == "" {
 			continue // not linked
 		}
@@ -136,7 +179,7 @@ func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error)
 			source = "table"
 		}
 		if !ok {
-			if module == "" {
+			if module == "" && !g.optional {
 				if err == nil {
 					err = fmt.Errorf("%s has no DWARF", b.Path)
 				}
@@ -153,14 +196,15 @@ func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error)
 	return offsets, source, nil
 }
 
-// dwarfOffsets reads what it finds of Fields from the DWARF.
+// dwarfOffsets reads what it finds of Fields and OptionalFields from the
+// DWARF.
 func (b *Binary) dwarfOffsets() (map[string]uint64, error) {
 	d, err := b.typesDWARF()
 	if err != nil {
 		return nil, err
 	}
 	want := map[string]map[string]bool{}
-	for _, f := range Fields {
+	for f := range allFields {
 		if want[f.Struct] == nil {
 			want[f.Struct] = map[string]bool{}
 		}
