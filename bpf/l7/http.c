@@ -10,7 +10,9 @@
  *   HTTP server   serverHandler.ServeHTTP          (*response).finishRequest (HTTP/1)
  *                                                  (*http2responseWriter).handlerDone (HTTP/2)
  *                 x/net/http2 (*serverConn).runHandler   (*responseWriter).handlerDone
- *   HTTP client   (*Transport).roundTrip           the jump testing its call's error; RETs
+ *   HTTP client   (*Transport).roundTrip           the jump testing its call's error; RETs;
+ *                                                  an HTTP/1 body: readLoop's closures
+ *                                                  fn and earlyCloseFn (see body_pending)
  *                 x/net/http2 roundTripViaPool     the jump testing the error it returns; RETs
  *   gRPC server   (*Server).handleStream           (*http2Server).writeStatus
  *   gRPC client   newClientStream                  (*clientStream).finish, keyed by the
@@ -47,6 +49,8 @@ struct regs {
 #define GO_R5(r) ((r)->si)
 #define GO_R6(r) ((r)->r8)
 #define GO_G(r) ((r)->r14)
+/* A closure's context (its funcval) on entry. */
+#define GO_CTX(r) ((r)->dx)
 
 #define METHOD_LEN 8
 #define PATH_LEN 64
@@ -91,7 +95,8 @@ const struct http_event *unused_http_event __attribute__((unused));
 struct start {
 	__u64 key; /* the goroutine whose request holds the slot; 0: free */
 	__u64 ns;
-	__u64 arg[4]; /* what the end probe needs of the start's arguments */
+	__u64 arg[6]; /* what the end probe needs of the start's arguments;
+		       * six make a slot one 64-byte cache line */
 };
 
 /* Whether to emit one ring-buffer event per request (access logs, tests).
@@ -184,6 +189,24 @@ volatile const __u64 off_grpc_sstream_stream = 0;
 volatile const __u64 off_grpc_cstream_stream = 0;
 volatile const __u64 off_grpc_cs_attempt = 0;
 volatile const __u64 off_grpc_attempt_stream = 0;
+volatile const __u64 off_resp_body = 64;
+volatile const __u64 off_es_body = 0;
+volatile const __u64 off_es_fn = 48;
+volatile const __u64 off_es_early = 56;
+volatile const __u64 off_gzip_body = 0;
+volatile const __u64 off_body_src = 0;
+volatile const __u64 off_body_r = 32;
+volatile const __u64 off_lr_r = 0;
+volatile const __u64 off_lr_n = 16;
+volatile const __u64 off_bufio_buf = 0;
+volatile const __u64 off_bufio_rd = 24;
+volatile const __u64 off_bufio_r = 40;
+volatile const __u64 off_bufio_w = 48;
+volatile const __u64 off_pc_read_limit = 168;
+/* The distance between the entries of the two closures net/http's
+ * readLoop gives a response body, fn minus earlyCloseFn (see body_signal);
+ * 0 when they were not found: responses then end at their headers. */
+volatile const __s64 body_fn_delta = 0;
 
 /* sm_http_start: request starts, in slots chosen by a hash of the
  * goroutine key (g pointer + pid), claimed with compare-and-swap and freed
@@ -254,10 +277,12 @@ static __always_inline __u32 start_slot(__u64 key)
 	return (__u32)key;
 }
 
-/* begin_key claims a start slot for key (a goroutine's request, or a
- * client stream's) with start time ns and the arguments an end probe
- * needs. */
-static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2, __u64 a3)
+/* begin_key claims a start slot for key (a goroutine's request, a client
+ * stream's, a response body's) with start time ns and the arguments an end
+ * probe needs; 0 when every slot it may take is held (the caller counts
+ * that). */
+static __always_inline int begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2, __u64 a3, __u64 a4,
+				     __u64 a5)
 {
 	__u32 base = start_slot(key);
 
@@ -268,7 +293,7 @@ static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, _
 		__u64 old;
 
 		if (!s)
-			return;
+			return 0;
 		old = s->key;
 		if (old && old != key && ns - s->ns < START_STALE_NS)
 			continue;
@@ -279,9 +304,11 @@ static __always_inline void begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, _
 		s->arg[1] = a1;
 		s->arg[2] = a2;
 		s->arg[3] = a3;
-		return;
+		s->arg[4] = a4;
+		s->arg[5] = a5;
+		return 1;
 	}
-	count_drop();
+	return 0;
 }
 
 /* find_key returns the start slot key holds, or NULL. */
@@ -313,6 +340,15 @@ static __always_inline int take_key(__u64 key, struct start *out)
 	return __sync_val_compare_and_swap(&s->key, key, 0) == key;
 }
 
+/* take_if frees the start key holds if its arg[3] is v. */
+static __always_inline void take_if(__u64 key, __u64 v)
+{
+	struct start *s = find_key(key);
+
+	if (s && s->arg[3] == v)
+		__sync_val_compare_and_swap(&s->key, key, 0);
+}
+
 /* gRPC message bytes of one transport stream (a *transport.Stream) are
  * counted in a start slot of their own, keyed by the stream's address:
  * arg[0] received, arg[1] sent, each message with its 5-byte prefix, as
@@ -337,7 +373,8 @@ static __always_inline void bytes_add(__u64 stream, __u64 recv, __u64 sent)
 		__sync_fetch_and_add(&s->arg[1], sent);
 		return;
 	}
-	begin_key(key, bpf_ktime_get_ns(), recv, sent, 0, 0);
+	if (!begin_key(key, bpf_ktime_get_ns(), recv, sent, 0, 0, 0, 0))
+		count_drop();
 }
 
 /* bytes_take returns and frees the counts of stream (0 if none). */
@@ -355,7 +392,8 @@ static __always_inline void bytes_take(__u64 stream, __u64 *recv, __u64 *sent)
 /* begin claims a start slot for the goroutine's request of kind. */
 static __always_inline void begin(struct regs *r, enum kind kind, __u64 a0, __u64 a1, __u64 a2)
 {
-	begin_key(goroutine_key(r, kind), bpf_ktime_get_ns(), a0, a1, a2, 0);
+	if (!begin_key(goroutine_key(r, kind), bpf_ktime_get_ns(), a0, a1, a2, 0, 0, 0))
+		count_drop();
 }
 
 /* take_start copies and frees the start of the goroutine's request of
@@ -374,32 +412,48 @@ static __always_inline __u64 read_u64(__u64 addr)
 	return v;
 }
 
-/* read3 reads the u64 fields at a+o1, a+o2 and a+o3 (offsets the loader
- * set, which the verifier knows) with one copy when they lie within
+/* read_fields reads the n u64 fields at a+off[i] into v[i] (offsets the
+ * loader set, which the verifier knows) with one copy when they lie within
  * READ_SPAN bytes of each other, else one copy each: every
  * bpf_probe_read_user costs, and a request's end reads a handful. */
 #define READ_SPAN 128
-static __always_inline void read3(__u64 a, __u64 o1, __u64 o2, __u64 o3, __u64 *v1, __u64 *v2, __u64 *v3)
+static __always_inline void read_fields(__u64 a, const __u64 *off, __u64 *v, const int n)
 {
-	__u64 lo = o1 < o2 ? o1 : o2, hi = o1 > o2 ? o1 : o2;
+	__u64 lo = off[0], hi = off[0], odd = 0;
 	__u64 buf[READ_SPAN / 8];
 
-	lo = lo < o3 ? lo : o3;
-	hi = (hi > o3 ? hi : o3) + 8;
-	*v1 = *v2 = *v3 = 0;
+#pragma unroll
+	for (int i = 0; i < n; i++) {
+		v[i] = 0;
+		lo = off[i] < lo ? off[i] : lo;
+		hi = off[i] > hi ? off[i] : hi;
+		odd |= off[i] & 7;
+	}
+	hi += 8;
 	if (!a)
 		return;
-	if (hi - lo > READ_SPAN || (o1 | o2 | o3) & 7) {
-		*v1 = read_u64(a + o1);
-		*v2 = read_u64(a + o2);
-		*v3 = read_u64(a + o3);
+	if (hi - lo > READ_SPAN || odd) {
+#pragma unroll
+		for (int i = 0; i < n; i++)
+			v[i] = read_u64(a + off[i]);
 		return;
 	}
 	if (bpf_probe_read_user(buf, hi - lo, (void *)(a + lo)))
 		return;
-	*v1 = buf[(o1 - lo) / 8];
-	*v2 = buf[(o2 - lo) / 8];
-	*v3 = buf[(o3 - lo) / 8];
+#pragma unroll
+	for (int i = 0; i < n; i++)
+		v[i] = buf[(off[i] - lo) / 8];
+}
+
+/* read3 is read_fields of three fields. */
+static __always_inline void read3(__u64 a, __u64 o1, __u64 o2, __u64 o3, __u64 *v1, __u64 *v2, __u64 *v3)
+{
+	__u64 off[3] = {o1, o2, o3}, v[3];
+
+	read_fields(a, off, v, 3);
+	*v1 = v[0];
+	*v2 = v[1];
+	*v3 = v[2];
 }
 
 /* copy_str copies len bytes of a Go string's data at ptr into dst (NUL
@@ -649,28 +703,195 @@ int sm_http_client_start(struct regs *r)
 	return 0;
 }
 
-/* client_done ends a client request at a return point of
- * (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0 when there
- * is no response (the error's). */
-static __always_inline int client_done(struct regs *r)
+/* client_report counts a client request that started at start_ns: req
+ * its *http.Request, code and proto its response's status and HTTP
+ * version (0: no response), bytes the response body's size. */
+static __always_inline void client_report(__u64 start_ns, __u64 req, __u64 code, __u64 proto, __u64 bytes)
 {
-	__u64 resp = GO_R1(r), req, url, clen, code, bytes, proto, host, hostlen;
+	__u64 url, clen, host, hostlen;
 	struct scratch s;
-	struct start st;
 
-	if (!take_start(r, KIND_HTTP_CLIENT, &st))
-		return 0;
-	req = st.arg[0];
-	if (!req)
-		return 0;
-	read3(resp, off_resp_status_code, off_resp_content_length, off_resp_proto_major, &code, &bytes, &proto);
 	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
 	s.proto_major = proto;
 	read3(req, off_request_url, off_request_content_length, off_request_content_length, &url, &clen, &clen);
 	read3(url, off_url_host, off_url_host + 8, off_url_host + 8, &host, &hostlen, &hostlen);
 	copy_str(s.key.peer, PEER_LEN, host, hostlen);
-	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(bytes), nonneg(clen), req + off_request_method,
+	finish(&s, bpf_ktime_get_ns() - start_ns, bytes, nonneg(clen), req + off_request_method,
 	       url ? url + off_url_path : 0, 0, 0);
+}
+
+/* An HTTP/1 response's body is a *bodyEOFSignal (net/http's transport.go)
+ * that net/http's readLoop gives two closures: fn(err), which the body
+ * calls once it reads io.EOF or fails, and earlyCloseFn(), which it calls
+ * when it is closed before that. A client request whose body has not all
+ * arrived with its headers ends in whichever runs first (the probes on
+ * their entries): as for a sidecar, the response is over when its body
+ * is. Between the two, a start slot for each closure (keyed by the
+ * closure, which is in DX when it runs) holds arg[0] the request, arg[1]
+ * the connection's *bufio.Reader, arg[2] the *persistConn, arg[3] the
+ * other slot's key, arg[4] status | proto << 16 | bytes already buffered
+ * << 24, arg[5] the response's Content-Length. */
+#define MAX_INT64 0x7fffffffffffffffULL
+
+static __always_inline __u64 body_key(__u64 closure)
+{
+	return closure ^ (5ULL << 59);
+}
+
+/* signal_of returns the *bodyEOFSignal behind a response body (the data
+ * word of Response.Body), itself or under a gzipReader (a transparently
+ * decompressed body), with v its body's data word, fn and earlyCloseFn;
+ * 0 when it does not look like one (no body). Only the shape is checked
+ * here: is_signal proves it. */
+static __always_inline __u64 signal_of(__u64 body, __u64 *v)
+{
+	__u64 off[3] = {off_es_body + 8, off_es_fn, off_es_early};
+
+	read_fields(body, off, v, 3);
+	if (v[0] && v[1] && v[2])
+		return body;
+	/* A gzipReader: its first word, the signal; its second, an unlocked
+	 * mutex (0), which no signal's body pointer is. */
+	body = read_u64(body + off_gzip_body);
+	read_fields(body, off, v, 3);
+	return v[0] && v[1] && v[2] ? body : 0;
+}
+
+/* is_signal proves what signal_of found (v): a bodyEOFSignal of this
+ * executable's readLoop has two closures whose code lies body_fn_delta
+ * apart, as the loader measured them in the file; a load address moves
+ * both alike. */
+static __always_inline int is_signal(__u64 *v)
+{
+	return (__s64)(read_u64(v[1]) - read_u64(v[2])) == body_fn_delta;
+}
+
+/* is_bufio says whether a is a *bufio.Reader as net/http's transport
+ * makes one for a connection (its buffer full length, a reader under it,
+ * its positions within the buffer), with pos its reader's data word (the
+ * *persistConn) and its read and write positions. */
+static __always_inline int is_bufio(__u64 a, __u64 *pos)
+{
+	__u64 off[5] = {off_bufio_buf + 8, off_bufio_buf + 16, off_bufio_rd + 8, off_bufio_r, off_bufio_w}, v[5];
+
+	read_fields(a, off, v, 5);
+	pos[0] = v[2];
+	pos[1] = v[3];
+	pos[2] = v[4];
+	return v[0] && v[0] == v[1] && v[2] && v[3] <= v[4] && v[4] <= v[0];
+}
+
+/* conn_reader returns the connection's *bufio.Reader a response body (a
+ * *body, transfer.go) reads, with is_bufio's pos: the body's r when it is
+ * chunked, else under its src: an io.LimitedReader over it (a
+ * Content-Length: *left is what it has left to read), or the reader
+ * itself (a body that lasts until the connection closes). 0 if none is
+ * found; *left is -1 unless a Content-Length is. */
+static __always_inline __u64 conn_reader(__u64 body, __u64 *pos, __s64 *left)
+{
+	__u64 off[2] = {off_body_src + 8, off_body_r}, v[2], loff[2] = {off_lr_r + 8, off_lr_n}, lr[2];
+
+	*left = -1;
+	read_fields(body, off, v, 2);
+	if (v[1])
+		return is_bufio(v[1], pos) ? v[1] : 0;
+	read_fields(v[0], loff, lr, 2);
+	if (is_bufio(lr[0], pos)) {
+		*left = lr[1];
+		return lr[0];
+	}
+	return is_bufio(v[0], pos) ? v[0] : 0;
+}
+
+/* body_pending hands a request whose HTTP/1 response (status code,
+ * Content-Length clen, body the data word of its Body) has a body still
+ * arriving to the closures that end it. 0 when the request ends now
+ * instead: no such body, no slot, or all of the body came with the
+ * headers (then *bytes is its size, for a compressed one too). */
+static __always_inline int body_pending(struct start *st, __u64 code, __u64 clen, __u64 body, __u64 *bytes)
+{
+	__u64 v[3], pos[3], bufio, kfn, kearly, packed;
+	__s64 left;
+
+	if (!body_fn_delta || !signal_of(body, v))
+		return 0;
+	/* What the connection's reader holds already is the body's start. */
+	bufio = conn_reader(v[0], pos, &left);
+	if (!bufio || pos[2] - pos[1] >= 1ULL << 40)
+		return 0;
+	if (left >= 0 && pos[2] - pos[1] >= left) {
+		*bytes = left;
+		return 0;
+	}
+	if (!is_signal(v))
+		return 0;
+	kfn = body_key(v[1]);
+	kearly = body_key(v[2]);
+	packed = (code & 0xffff) | 1 << 16 | (pos[2] - pos[1]) << 24;
+	if (!begin_key(kfn, st->ns, st->arg[0], bufio, pos[0], kearly, packed, clen))
+		return 0;
+	if (!begin_key(kearly, st->ns, st->arg[0], bufio, pos[0], kfn, packed, clen)) {
+		take_if(kfn, kearly);
+		return 0;
+	}
+	return 1;
+}
+
+/* client_done ends a client request at a return point of
+ * (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0 when there
+ * is no response (the error's). An HTTP/1 body still arriving ends it
+ * later (body_pending). */
+static __always_inline int client_done(struct regs *r)
+{
+	__u64 off[4] = {off_resp_status_code, off_resp_content_length, off_resp_proto_major, off_resp_body + 8}, v[4],
+	      bytes;
+	struct start st;
+
+	if (!take_start(r, KIND_HTTP_CLIENT, &st) || !st.arg[0])
+		return 0;
+	read_fields(GO_R1(r), off, v, 4);
+	/* Istio's response size is the body's; here Content-Length (0 when
+	 * unknown), unless the body says more. */
+	bytes = nonneg(v[1]);
+	if (v[0] && v[2] == 1 && body_pending(&st, v[0], v[1], v[3], &bytes))
+		return 0;
+	client_report(st.ns, st.arg[0], v[0], v[2], bytes);
+	return 0;
+}
+
+/* body_end ends the request whose response body's closure (fn or
+ * earlyCloseFn) runs now. Its size is what the body took from the
+ * connection: what was buffered at the headers, plus what the *persistConn
+ * has read since (its readLimit counts down from MAX_INT64 for a body),
+ * less what is still buffered (the next response's, if any). That is the
+ * body as it came over the wire: a chunked body's chunk framing counts,
+ * as it does in a sidecar's count, and a compressed body's compressed
+ * size. */
+static __always_inline void body_end(struct regs *r)
+{
+	__u64 closure = GO_CTX(r), pos[2], boff[2] = {off_bufio_r, off_bufio_w}, limit, buffered, bytes;
+	struct start st;
+
+	if (!take_key(body_key(closure), &st))
+		return;
+	take_if(st.arg[3], body_key(closure));
+	read_fields(st.arg[1], boff, pos, 2);
+	limit = read_u64(st.arg[2] + off_pc_read_limit);
+	buffered = st.arg[4] >> 24;
+	bytes = buffered + (MAX_INT64 - limit) - (pos[1] - pos[0]);
+	/* Nonsense (the connection's state not as expected): the header's
+	 * Content-Length, as a body without these probes reports. */
+	if (limit > MAX_INT64 || pos[1] < pos[0] || (__s64)bytes < 0)
+		bytes = nonneg(st.arg[5]);
+	client_report(st.ns, st.arg[0], st.arg[4] & 0xffff, (st.arg[4] >> 16) & 0xff, bytes);
+}
+
+/* The entries of readLoop's fn closure (the body read io.EOF or failed)
+ * and earlyCloseFn closure (the body was closed before its end). */
+SEC("uprobe/body_end")
+int sm_http_body_end(struct regs *r)
+{
+	body_end(r);
 	return 0;
 }
 
@@ -877,18 +1098,11 @@ int sm_grpc_attempt(struct regs *r)
 	if (!s || s->arg[3] || !cs)
 		return 0;
 	s->arg[3] = cs;
-	begin_key(stream_key(cs), s->ns, s->arg[0], s->arg[1], s->arg[2], key);
+	if (!begin_key(stream_key(cs), s->ns, s->arg[0], s->arg[1], s->arg[2], key, 0, 0))
+		count_drop();
 	return 0;
 }
 
-/* take_if frees the start key holds if its arg[3] is v. */
-static __always_inline void take_if(__u64 key, __u64 v)
-{
-	struct start *s = find_key(key);
-
-	if (s && s->arg[3] == v)
-		__sync_val_compare_and_swap(&s->key, key, 0);
-}
 
 /* The CALL of endOfClientStream(cc, err, opts...) in newClientStream's
  * deferred cleanup, which makes it only when newClientStream returns an
@@ -924,7 +1138,8 @@ int sm_grpc_call_ret(struct regs *r)
 		grpc_call_done(&st, grpc_error_code(GO_R3(r), GO_R4(r)), 0, 0);
 		return 0;
 	}
-	begin_key(stream_key(cs), st.ns, st.arg[0], st.arg[1], st.arg[2], 0);
+	if (!begin_key(stream_key(cs), st.ns, st.arg[0], st.arg[1], st.arg[2], 0, 0, 0))
+		count_drop();
 	return 0;
 }
 

@@ -53,7 +53,7 @@ type bpfStart struct {
 	_   structs.HostLayout
 	Key uint64
 	Ns  uint64
-	Arg [4]uint64
+	Arg [6]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -75,6 +75,7 @@ const (
 	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
 	bpfProgSmGrpcSrvWrite         = "sm_grpc_srv_write"
 	bpfProgSmH2Done               = "sm_h2_done"
+	bpfProgSmHttpBodyEnd          = "sm_http_body_end"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientOk         = "sm_http_client_ok"
 	bpfProgSmHttpClientStart      = "sm_http_client_start"
@@ -82,7 +83,17 @@ const (
 	bpfProgSmHttpHijack           = "sm_http_hijack"
 	bpfProgSmHttpServe            = "sm_http_serve"
 	bpfProgSmXh2Done              = "sm_xh2_done"
+	bpfVarBodyFnDelta             = "body_fn_delta"
 	bpfVarEmitEvents              = "emit_events"
+	bpfVarOffBodyR                = "off_body_r"
+	bpfVarOffBodySrc              = "off_body_src"
+	bpfVarOffBufioBuf             = "off_bufio_buf"
+	bpfVarOffBufioR               = "off_bufio_r"
+	bpfVarOffBufioRd              = "off_bufio_rd"
+	bpfVarOffBufioW               = "off_bufio_w"
+	bpfVarOffEsBody               = "off_es_body"
+	bpfVarOffEsEarly              = "off_es_early"
+	bpfVarOffEsFn                 = "off_es_fn"
 	bpfVarOffGrpcAttemptStream    = "off_grpc_attempt_stream"
 	bpfVarOffGrpcCcTarget         = "off_grpc_cc_target"
 	bpfVarOffGrpcCsAttempt        = "off_grpc_cs_attempt"
@@ -90,14 +101,19 @@ const (
 	bpfVarOffGrpcServerPeerAddr   = "off_grpc_server_peer_addr"
 	bpfVarOffGrpcSstreamStream    = "off_grpc_sstream_stream"
 	bpfVarOffGrpcStreamMethod     = "off_grpc_stream_method"
+	bpfVarOffGzipBody             = "off_gzip_body"
 	bpfVarOffH2rwRws              = "off_h2rw_rws"
 	bpfVarOffH2rwsReq             = "off_h2rws_req"
 	bpfVarOffH2rwsStatus          = "off_h2rws_status"
 	bpfVarOffH2rwsWrote           = "off_h2rws_wrote"
+	bpfVarOffLrN                  = "off_lr_n"
+	bpfVarOffLrR                  = "off_lr_r"
+	bpfVarOffPcReadLimit          = "off_pc_read_limit"
 	bpfVarOffRequestContentLength = "off_request_content_length"
 	bpfVarOffRequestMethod        = "off_request_method"
 	bpfVarOffRequestRemoteAddr    = "off_request_remote_addr"
 	bpfVarOffRequestUrl           = "off_request_url"
+	bpfVarOffRespBody             = "off_resp_body"
 	bpfVarOffRespContentLength    = "off_resp_content_length"
 	bpfVarOffRespProtoMajor       = "off_resp_proto_major"
 	bpfVarOffRespStatusCode       = "off_resp_status_code"
@@ -170,6 +186,7 @@ type bpfProgramSpecs struct {
 	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
 	SmGrpcSrvWrite    *ebpf.ProgramSpec `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
+	SmHttpBodyEnd     *ebpf.ProgramSpec `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
 	SmHttpClientStart *ebpf.ProgramSpec `ebpf:"sm_http_client_start"`
@@ -193,7 +210,17 @@ type bpfMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type bpfVariableSpecs struct {
+	BodyFnDelta             *ebpf.VariableSpec `ebpf:"body_fn_delta"`
 	EmitEvents              *ebpf.VariableSpec `ebpf:"emit_events"`
+	OffBodyR                *ebpf.VariableSpec `ebpf:"off_body_r"`
+	OffBodySrc              *ebpf.VariableSpec `ebpf:"off_body_src"`
+	OffBufioBuf             *ebpf.VariableSpec `ebpf:"off_bufio_buf"`
+	OffBufioR               *ebpf.VariableSpec `ebpf:"off_bufio_r"`
+	OffBufioRd              *ebpf.VariableSpec `ebpf:"off_bufio_rd"`
+	OffBufioW               *ebpf.VariableSpec `ebpf:"off_bufio_w"`
+	OffEsBody               *ebpf.VariableSpec `ebpf:"off_es_body"`
+	OffEsEarly              *ebpf.VariableSpec `ebpf:"off_es_early"`
+	OffEsFn                 *ebpf.VariableSpec `ebpf:"off_es_fn"`
 	OffGrpcAttemptStream    *ebpf.VariableSpec `ebpf:"off_grpc_attempt_stream"`
 	OffGrpcCcTarget         *ebpf.VariableSpec `ebpf:"off_grpc_cc_target"`
 	OffGrpcCsAttempt        *ebpf.VariableSpec `ebpf:"off_grpc_cs_attempt"`
@@ -201,14 +228,19 @@ type bpfVariableSpecs struct {
 	OffGrpcServerPeerAddr   *ebpf.VariableSpec `ebpf:"off_grpc_server_peer_addr"`
 	OffGrpcSstreamStream    *ebpf.VariableSpec `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.VariableSpec `ebpf:"off_grpc_stream_method"`
+	OffGzipBody             *ebpf.VariableSpec `ebpf:"off_gzip_body"`
 	OffH2rwRws              *ebpf.VariableSpec `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.VariableSpec `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.VariableSpec `ebpf:"off_h2rws_status"`
 	OffH2rwsWrote           *ebpf.VariableSpec `ebpf:"off_h2rws_wrote"`
+	OffLrN                  *ebpf.VariableSpec `ebpf:"off_lr_n"`
+	OffLrR                  *ebpf.VariableSpec `ebpf:"off_lr_r"`
+	OffPcReadLimit          *ebpf.VariableSpec `ebpf:"off_pc_read_limit"`
 	OffRequestContentLength *ebpf.VariableSpec `ebpf:"off_request_content_length"`
 	OffRequestMethod        *ebpf.VariableSpec `ebpf:"off_request_method"`
 	OffRequestRemoteAddr    *ebpf.VariableSpec `ebpf:"off_request_remote_addr"`
 	OffRequestUrl           *ebpf.VariableSpec `ebpf:"off_request_url"`
+	OffRespBody             *ebpf.VariableSpec `ebpf:"off_resp_body"`
 	OffRespContentLength    *ebpf.VariableSpec `ebpf:"off_resp_content_length"`
 	OffRespProtoMajor       *ebpf.VariableSpec `ebpf:"off_resp_proto_major"`
 	OffRespStatusCode       *ebpf.VariableSpec `ebpf:"off_resp_status_code"`
@@ -267,7 +299,17 @@ func (m *bpfMaps) Close() error {
 //
 // It can be passed to loadBpfObjects or ebpf.CollectionSpec.LoadAndAssign.
 type bpfVariables struct {
+	BodyFnDelta             *ebpf.Variable `ebpf:"body_fn_delta"`
 	EmitEvents              *ebpf.Variable `ebpf:"emit_events"`
+	OffBodyR                *ebpf.Variable `ebpf:"off_body_r"`
+	OffBodySrc              *ebpf.Variable `ebpf:"off_body_src"`
+	OffBufioBuf             *ebpf.Variable `ebpf:"off_bufio_buf"`
+	OffBufioR               *ebpf.Variable `ebpf:"off_bufio_r"`
+	OffBufioRd              *ebpf.Variable `ebpf:"off_bufio_rd"`
+	OffBufioW               *ebpf.Variable `ebpf:"off_bufio_w"`
+	OffEsBody               *ebpf.Variable `ebpf:"off_es_body"`
+	OffEsEarly              *ebpf.Variable `ebpf:"off_es_early"`
+	OffEsFn                 *ebpf.Variable `ebpf:"off_es_fn"`
 	OffGrpcAttemptStream    *ebpf.Variable `ebpf:"off_grpc_attempt_stream"`
 	OffGrpcCcTarget         *ebpf.Variable `ebpf:"off_grpc_cc_target"`
 	OffGrpcCsAttempt        *ebpf.Variable `ebpf:"off_grpc_cs_attempt"`
@@ -275,14 +317,19 @@ type bpfVariables struct {
 	OffGrpcServerPeerAddr   *ebpf.Variable `ebpf:"off_grpc_server_peer_addr"`
 	OffGrpcSstreamStream    *ebpf.Variable `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.Variable `ebpf:"off_grpc_stream_method"`
+	OffGzipBody             *ebpf.Variable `ebpf:"off_gzip_body"`
 	OffH2rwRws              *ebpf.Variable `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.Variable `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.Variable `ebpf:"off_h2rws_status"`
 	OffH2rwsWrote           *ebpf.Variable `ebpf:"off_h2rws_wrote"`
+	OffLrN                  *ebpf.Variable `ebpf:"off_lr_n"`
+	OffLrR                  *ebpf.Variable `ebpf:"off_lr_r"`
+	OffPcReadLimit          *ebpf.Variable `ebpf:"off_pc_read_limit"`
 	OffRequestContentLength *ebpf.Variable `ebpf:"off_request_content_length"`
 	OffRequestMethod        *ebpf.Variable `ebpf:"off_request_method"`
 	OffRequestRemoteAddr    *ebpf.Variable `ebpf:"off_request_remote_addr"`
 	OffRequestUrl           *ebpf.Variable `ebpf:"off_request_url"`
+	OffRespBody             *ebpf.Variable `ebpf:"off_resp_body"`
 	OffRespContentLength    *ebpf.Variable `ebpf:"off_resp_content_length"`
 	OffRespProtoMajor       *ebpf.Variable `ebpf:"off_resp_proto_major"`
 	OffRespStatusCode       *ebpf.Variable `ebpf:"off_resp_status_code"`
@@ -317,6 +364,7 @@ type bpfPrograms struct {
 	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
 	SmGrpcSrvWrite    *ebpf.Program `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
+	SmHttpBodyEnd     *ebpf.Program `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
 	SmHttpClientStart *ebpf.Program `ebpf:"sm_http_client_start"`
@@ -339,6 +387,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmGrpcServeEnd,
 		p.SmGrpcSrvWrite,
 		p.SmH2Done,
+		p.SmHttpBodyEnd,
 		p.SmHttpClientEnd,
 		p.SmHttpClientOk,
 		p.SmHttpClientStart,

@@ -93,7 +93,30 @@ var variables = map[string][]string{
 	"off_grpc_cstream_stream": {"google.golang.org/grpc/internal/transport.ClientStream.Stream"},
 	"off_grpc_cs_attempt":     {"google.golang.org/grpc.clientStream.attempt"},
 	"off_grpc_attempt_stream": {"google.golang.org/grpc.csAttempt.transportStream"},
+	"off_resp_body":           {"net/http.Response.Body"},
+	"off_es_body":             {"net/http.bodyEOFSignal.body"},
+	"off_es_fn":               {"net/http.bodyEOFSignal.fn"},
+	"off_es_early":            {"net/http.bodyEOFSignal.earlyCloseFn"},
+	"off_gzip_body":           {"net/http.gzipReader.body"},
+	"off_body_src":            {"net/http.body.src"},
+	"off_body_r":              {"net/http.body.r"},
+	"off_lr_r":                {"io.LimitedReader.R"},
+	"off_lr_n":                {"io.LimitedReader.N"},
+	"off_bufio_buf":           {"bufio.Reader.buf"},
+	"off_bufio_rd":            {"bufio.Reader.rd"},
+	"off_bufio_r":             {"bufio.Reader.r"},
+	"off_bufio_w":             {"bufio.Reader.w"},
+	"off_pc_read_limit":       {"net/http.persistConn.readLimit"},
+	"body_fn_delta":           {BodyFnDelta},
 }
+
+// BodyFnDelta is no struct field: in Offsets, the distance from the entry
+// of the earlyCloseFn closure net/http's readLoop gives a response body to
+// that of its fn closure (fn's entry minus earlyCloseFn's, two's
+// complement). With it, a client request whose response has an HTTP/1
+// body ends when the body does (sm_http_body_end); without it, at the
+// response's headers.
+const BodyFnDelta = "net/http.(*persistConn).readLoop closures: fn - earlyCloseFn"
 
 // Fields lists the struct fields whose offsets a program needs.
 var Fields = map[string][]string{}
@@ -121,6 +144,12 @@ func init() {
 		"sm_grpc_attempt":      nil,
 		"sm_grpc_call_failed":  {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target"},
 		"sm_grpc_call_end":     {"off_status_error_s", "off_status_s", "off_spb_status_code", "off_grpc_cc_target", "off_grpc_cs_attempt", "off_grpc_attempt_stream", "off_grpc_cstream_stream"},
+
+		// Where a body's closures were found (BodyFnDelta is set), the
+		// client's return points read these too; the loader sets the
+		// delta only with them.
+		"sm_http_body_end": append([]string{"off_bufio_r", "off_bufio_w", "off_pc_read_limit", "off_resp_body", "off_es_body",
+			"off_es_fn", "off_es_early", "off_gzip_body", "off_body_src", "off_body_r", "off_lr_r", "off_lr_n", "off_bufio_buf", "off_bufio_rd"}, clientDone...),
 	}
 	for prog, vars := range uses {
 		Fields[prog] = []string{}

@@ -30,8 +30,11 @@ type Request struct {
 	GRPCStatus int
 	// Peer is the other side: for a server, its client's address; for a
 	// client, the host (HTTP) or target (gRPC) it asked for.
-	Peer     string
-	Bytes    uint64 // the response body's size
+	Peer string
+	// Bytes is the response body's size: what a server's handler wrote;
+	// for a client, what an HTTP/1 body took off the connection (its
+	// chunk framing included), else the Content-Length (0 if unknown).
+	Bytes    uint64
 	ReqBytes uint64 // the request's Content-Length (0 when chunked)
 	Duration time.Duration
 	// ProtoMajor is the HTTP version, 1 or 2 (0 when a client got no
@@ -87,6 +90,9 @@ type probe struct {
 	// optional probes are attached when their function is linked; the
 	// group works without them.
 	optional bool
+	// find, if set, finds the function instead of looking fn up by name
+	// (fn then describes it): closures are numbered by the compiler.
+	find func(*gobin.Binary) (gobin.Func, error)
 	// callsIn, if set, puts the probe on the CALLs to fn in the
 	// functions whose names start with it, instead of fn's entry: it
 	// sees fn called from there only (at least one such call must be
@@ -121,6 +127,12 @@ var groups = []struct {
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true, after: "net/http.(*persistConn).roundTrip"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_ok", after: "net/http.(*persistConn).roundTrip", optional: true},
+		// An HTTP/1 response's body ends its request: the closures
+		// readLoop gives it (both or neither; see bodyDelta).
+		{fn: "net/http.(*persistConn).readLoop's fn closure", prog: "sm_http_body_end", optional: true,
+			find: func(b *gobin.Binary) (gobin.Func, error) { fn, _, err := readLoopClosures(b); return fn, err }},
+		{fn: "net/http.(*persistConn).readLoop's earlyCloseFn closure", prog: "sm_http_body_end", optional: true,
+			find: func(b *gobin.Binary) (gobin.Func, error) { _, early, err := readLoopClosures(b); return early, err }},
 	}, ""},
 	// x/net's HTTP/2 transport used on its own (h2c clients); under a
 	// net/http Transport the inner call is the one counted, once. Its
@@ -273,6 +285,7 @@ func readPlan(path string) (*plan, error) {
 			pl.missing = append(pl.missing, g.name+": "+why)
 			continue
 		}
+		bodyDelta(bin, g.probes, addrs, off)
 		pl.groups = append(pl.groups, struct {
 			group int
 			addrs [][]uint64
@@ -291,13 +304,23 @@ var unplannedGroups []string
 // attached.
 func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]uint64, string) {
 	out := make([][]uint64, len(probes))
+probes:
 	for i, p := range probes {
 		for _, field := range l7.Fields[p.prog] {
 			if _, ok := off[field]; !ok {
+				if p.optional {
+					continue probes
+				}
 				return nil, "no offset for " + field
 			}
 		}
-		f, err := bin.Func(p.fn)
+		var f gobin.Func
+		var err error
+		if p.find != nil {
+			f, err = p.find(bin)
+		} else {
+			f, err = bin.Func(p.fn)
+		}
 		if err != nil {
 			if p.optional {
 				continue
@@ -339,6 +362,65 @@ func probeAddrs(bin *gobin.Binary, probes []probe, off map[string]uint64) ([][]u
 		out[i] = []uint64{at}
 	}
 	return out, ""
+}
+
+// readLoopClosures finds the two closures net/http's
+// (*persistConn).readLoop gives an HTTP/1 response body (transport.go):
+// fn, which the body calls when it reads io.EOF or fails, and
+// earlyCloseFn, which it calls when closed before that. The compiler
+// numbers closures (readLoop.func4, ...), so they are told apart by what
+// they call: fn alone calls (*persistConn).canceled; earlyCloseFn only
+// sends and receives on channels.
+func readLoopClosures(bin *gobin.Binary) (fn, early gobin.Func, err error) {
+	var fns, earlies []gobin.Func
+	for _, name := range bin.Funcs("net/http.(*persistConn).readLoop.func") {
+		f, err := bin.Func(name)
+		if err != nil {
+			continue
+		}
+		calls, err := bin.Callees(f)
+		if err != nil {
+			continue
+		}
+		delete(calls, "runtime.morestack")
+		delete(calls, "runtime.morestack_noctxt")
+		delete(calls, "runtime.morestack.abi0")
+		delete(calls, "runtime.morestack_noctxt.abi0")
+		switch {
+		case calls["net/http.(*persistConn).canceled"]:
+			fns = append(fns, f)
+		case len(calls) == 2 && calls["runtime.chansend1"] && calls["runtime.chanrecv1"]:
+			earlies = append(earlies, f)
+		}
+	}
+	if len(fns) != 1 || len(earlies) != 1 {
+		return fn, early, fmt.Errorf("%w: readLoop's body closures (%d like fn, %d like earlyCloseFn)", gobin.ErrNoFunc, len(fns), len(earlies))
+	}
+	return fns[0], earlies[0], nil
+}
+
+// bodyDelta sets l7.BodyFnDelta in off when a group's two body probes
+// (sm_http_body_end) were both placed, and drops them otherwise: the
+// client's return points only hand a request to its body where both ends
+// of a body are seen.
+func bodyDelta(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
+	var at []int
+	for i, p := range probes {
+		if p.prog == "sm_http_body_end" {
+			at = append(at, i)
+		}
+	}
+	if len(at) == 0 {
+		return
+	}
+	fn, early, err := readLoopClosures(bin)
+	if err == nil && len(at) == 2 && len(addrs[at[0]]) > 0 && len(addrs[at[1]]) > 0 {
+		off[l7.BodyFnDelta] = fn.Entry - early.Entry
+		return
+	}
+	for _, i := range at {
+		addrs[i] = nil
+	}
 }
 
 // callSites lists the CALLs to fn in the functions whose names start with

@@ -1,6 +1,8 @@
 package telemetry
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -162,6 +164,41 @@ func TestRequests(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Fatalf("requests seen\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
+			// An HTTP/1 response's body ends its request at the client:
+			// read to its end (chunked: its size on the wire, framing
+			// included; with a Content-Length, that; either way its
+			// duration past the pause between its two parts), closed
+			// unread (nothing read, ended at the close), or compressed
+			// and all there with the headers (its compressed size).
+			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip"} {
+				fmt.Fprintln(srv.Stdin, cmd)
+				t.Logf("%s: %s", cmd, readLine())
+			}
+			gz := fmt.Sprint(gzippedLen(t))
+			want = []string{
+				"http-server 1 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 1 GET /chunked 200 - 27 0 " + addr,
+				"http-server 1 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 1 GET /chunked 200 - 0 0 " + addr,
+				"http-server 1 GET /paused 200 - 12 0 127.0.0.1",
+				"http-client 1 GET /paused 200 - 12 0 " + addr,
+				"http-server 1 GET /gzip 200 - " + gz + " 0 127.0.0.1",
+				"http-client 1 GET /gzip 200 - " + gz + " 0 " + addr,
+			}
+			reqs := collectRequests(t, tr, len(want))
+			got = format(reqs)
+			slices.Sort(got)
+			slices.Sort(want)
+			if !slices.Equal(got, want) {
+				t.Fatalf("requests seen\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+			}
+			for _, r := range reqs {
+				// Read to its end, a body took the pause; closed
+				// unread, it ended before.
+				if (r.Path == "/chunked" || r.Path == "/paused") && (r.Bytes == 0) != (r.Duration < streamPause) {
+					t.Errorf("%s %s %d bytes: %v", r.Kind, r.Path, r.Bytes, r.Duration)
+				}
+			}
 			if d, _ := tr.Drops(); d != 0 {
 				t.Errorf("%d events dropped", d)
 			}
@@ -189,19 +226,22 @@ func TestRequests(t *testing.T) {
 				return StatsKey{Kind: HTTPServer, Status: status, GRPCStatus: -1, Peer: "127.0.0.1"}
 			}
 			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
-			if ok.Count != 3 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15 || missing.BytesSum != 57 ||
-				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 3 || fail.ReqBytesSum != 7 {
+			// 200: three of /ok (5 bytes), two of /chunked and one of
+			// /paused (12, 300 ms), one of /gzip.
+			if ok.Count != 7 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+36+uint64(gzippedLen(t)) || missing.BytesSum != 57 ||
+				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 7 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64
 			for _, n := range ok.DurationBuckets {
 				inBuckets += n
 			}
-			if inBuckets != 3 || ok.BytesBuckets[1] != 3 { // 5 bytes: the <= 10 bucket
+			if inBuckets != 7 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 3 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
 				t.Fatalf("buckets %+v", ok)
 			}
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
+				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          5,
 				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,
@@ -303,7 +343,13 @@ func concurrentGRPCCalls(t *testing.T, bin string) {
 // grpc-status bytes req-bytes peer" lines.
 func collect(t *testing.T, tr *HTTPTracer, n int) []string {
 	t.Helper()
-	var got []string
+	return format(collectRequests(t, tr, n))
+}
+
+// collectRequests reads n requests from tr (fewer if they do not come).
+func collectRequests(t *testing.T, tr *HTTPTracer, n int) []Request {
+	t.Helper()
+	var got []Request
 	deadline := time.Now().Add(5 * time.Second)
 	for len(got) < n && time.Now().Before(deadline) {
 		reqs, err := tr.Read(time.Second)
@@ -314,14 +360,37 @@ func collect(t *testing.T, tr *HTTPTracer, n int) []string {
 			if r.Duration <= 0 {
 				t.Errorf("event %+v: no duration", r)
 			}
-			g := "-"
-			if r.GRPCStatus >= 0 {
-				g = fmt.Sprint(r.GRPCStatus)
-			}
-			got = append(got, fmt.Sprintf("%s %d %s %s %d %s %d %d %s", r.Kind, r.ProtoMajor, r.Method, r.Path, r.Status, g, r.Bytes, r.ReqBytes, r.Peer))
 		}
+		got = append(got, reqs...)
 	}
 	return got
+}
+
+// format writes requests as collect's lines.
+func format(reqs []Request) []string {
+	var out []string
+	for _, r := range reqs {
+		g := "-"
+		if r.GRPCStatus >= 0 {
+			g = fmt.Sprint(r.GRPCStatus)
+		}
+		out = append(out, fmt.Sprintf("%s %d %s %s %d %s %d %d %s", r.Kind, r.ProtoMajor, r.Method, r.Path, r.Status, g, r.Bytes, r.ReqBytes, r.Peer))
+	}
+	return out
+}
+
+// streamPause and gzippedLen are testdata/httpserver's StreamPause and
+// the size of its /gzip body (the same text, compressed the same way).
+const streamPause = 300 * time.Millisecond
+
+func gzippedLen(t *testing.T) int {
+	var b bytes.Buffer
+	z := gzip.NewWriter(&b)
+	io.WriteString(z, strings.Repeat("hello, ", 20))
+	if err := z.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return b.Len()
 }
 
 // TestTracerSharesMapsAndPrograms probes two processes of one executable

@@ -2,8 +2,11 @@
 //
 // It serves HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on one
 // address: /ok (200, "hello"), /slow (200 after 1 ms), /busy (200 after
-// 1 ms of CPU), /missing (404),
-// /fail (500) and /hijack (takes the connection over: 101, then closes). With -grpc it also serves gRPC on a second address: any
+// 1 ms of CPU), /missing (404), /fail (500), /chunked (a chunked body in
+// two parts, StreamPause apart), /paused (the same with a Content-Length),
+// /gzip (a gzip-encoded body) and /hijack
+// (takes the connection over: 101, then closes). With -grpc it also
+// serves gRPC on a second address: any
 // method answers with the status its name asks for (/test.Svc/Ok: OK,
 // /test.Svc/NotFound, /test.Svc/Internal ...). It prints its address(es),
 // one a line. With -xnet it also serves h2c through golang.org/x/net's
@@ -12,6 +15,7 @@
 // Lines on its standard input make it a client:
 //
 //	GET url        an HTTP/1.1 GET
+//	GETCLOSE url   an HTTP/1.1 GET whose body is closed unread
 //	H2 url         a GET over h2c
 //	GRPC target method   a unary gRPC call
 //	GRPCS target method  a streaming gRPC call (one message each way)
@@ -25,6 +29,8 @@ package main
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"flag"
@@ -102,6 +108,22 @@ func main() {
 			fmt.Fprint(w, work(workPerMs))
 		case "/fail":
 			http.Error(w, "boom", http.StatusInternalServerError)
+		case "/chunked", "/paused":
+			// Chunked ("5\r\nhello\r\n", "7\r\nworld!!\r\n",
+			// "0\r\n\r\n": 27 bytes of body on the wire), or with a
+			// Content-Length (12), its end StreamPause after its start.
+			if r.URL.Path == "/paused" {
+				w.Header().Set("Content-Length", "12")
+			}
+			io.WriteString(w, "hello")
+			w.(http.Flusher).Flush()
+			time.Sleep(StreamPause)
+			io.WriteString(w, "world!!")
+		case "/gzip":
+			// Compressed, as Go's client asks for it by itself.
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Header().Set("Content-Length", strconv.Itoa(len(gzipped)))
+			w.Write(gzipped)
 		case "/hijack":
 			// Takes the connection over, as a websocket server would.
 			c, buf, err := w.(http.Hijacker).Hijack()
@@ -137,6 +159,18 @@ func main() {
 	client(os.Stdin, os.Stdout)
 	select {} // serve until killed, even when stdin closes
 }
+
+// StreamPause is how long /chunked pauses between its two chunks.
+const StreamPause = 300 * time.Millisecond
+
+// gzipped is what /gzip answers: text compressed with gzip.
+var gzipped = func() []byte {
+	var b bytes.Buffer
+	z := gzip.NewWriter(&b)
+	io.WriteString(z, strings.Repeat("hello, ", 20))
+	z.Close()
+	return b.Bytes()
+}()
 
 // ping is what the gRPC client sends: 7 bytes of protobuf, 12 on the
 // wire with the message prefix. Messages are read into Empty, which keeps
@@ -193,6 +227,15 @@ func client(in io.Reader, out io.Writer) {
 				continue
 			}
 			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			fmt.Fprintln(out, resp.StatusCode)
+		case len(f) == 2 && f[0] == "GETCLOSE":
+			// The body closed unread.
+			resp, err := h1.Get(f[1])
+			if err != nil {
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
 			resp.Body.Close()
 			fmt.Fprintln(out, resp.StatusCode)
 		case len(f) == 3 && f[0] == "GRPCS":
