@@ -295,7 +295,10 @@ static __always_inline int begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __
 		if (!s)
 			return 0;
 		old = s->key;
-		if (old && old != key && ns - s->ns < START_STALE_NS)
+		/* Signed: a slot claimed on another CPU after this program
+		 * read its clock has a start in this one's future, which
+		 * unsigned would take for stale, and steal. */
+		if (old && old != key && (__s64)(ns - s->ns) < (__s64)START_STALE_NS)
 			continue;
 		if (__sync_val_compare_and_swap(&s->key, old, key) != old)
 			continue;

@@ -339,6 +339,52 @@ func concurrentGRPCCalls(t *testing.T, bin string) {
 	}
 }
 
+// TestConcurrentHTTPBodies: many HTTP/1 client requests at once whose
+// bodies end after their headers (chunked, in two parts 2 ms apart) are
+// each counted once, with the body's size, and leave no start behind.
+func TestConcurrentHTTPBodies(t *testing.T) {
+	testutil.Privileged(t)
+	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
+	srv := testutil.Start(t, bin)
+	addr := srv.Line(t)
+	tr, err := TraceHTTP(bin, srv.Pid(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	const n, goroutines = 600, 24
+	fmt.Fprintf(srv.Stdin, "GETMANY http://%s/chunked?pause=2ms %d %d\n", addr, n, goroutines)
+	if got := srv.Line(t); got != "failed 0" {
+		t.Fatalf("GETMANY: %s", got)
+	}
+	client := StatsKey{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}
+	server := StatsKey{Kind: HTTPServer, Status: 200, GRPCStatus: -1, Peer: "127.0.0.1"}
+	var stats map[StatsKey]Totals
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if stats, err = tr.Stats(); err != nil {
+			t.Fatal(err)
+		}
+		if stats[client].Count == n && stats[server].Count == n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// 27 bytes of chunked body on the wire; 12 written by the handler.
+	if c := stats[client]; c.Count != n || c.BytesSum != 27*n {
+		t.Errorf("client: %d requests of %d bytes, want %d of %d", c.Count, c.BytesSum, n, 27*n)
+	}
+	if s := stats[server]; s.Count != n || s.BytesSum != 12*n {
+		t.Errorf("server: %d requests of %d bytes, want %d of %d", s.Count, s.BytesSum, n, 12*n)
+	}
+	if d, _ := tr.Drops(); d != 0 {
+		t.Errorf("%d dropped", d)
+	}
+	if open, err := tr.Open(); err != nil || open != 0 {
+		t.Errorf("%d requests still open (%v), want none", open, err)
+	}
+}
+
 // collect reads n requests from tr, as "kind proto method path status
 // grpc-status bytes req-bytes peer" lines.
 func collect(t *testing.T, tr *HTTPTracer, n int) []string {

@@ -3,7 +3,8 @@
 // It serves HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on one
 // address: /ok (200, "hello"), /slow (200 after 1 ms), /busy (200 after
 // 1 ms of CPU), /missing (404), /fail (500), /chunked (a chunked body in
-// two parts, StreamPause apart), /paused (the same with a Content-Length),
+// two parts, StreamPause or ?pause= apart), /paused (the same with a
+// Content-Length),
 // /gzip (a gzip-encoded body) and /hijack
 // (takes the connection over: 101, then closes). With -grpc it also
 // serves gRPC on a second address: any
@@ -16,6 +17,7 @@
 //
 //	GET url        an HTTP/1.1 GET
 //	GETCLOSE url   an HTTP/1.1 GET whose body is closed unread
+//	GETMANY url n goroutines  n HTTP/1.1 GETs at once
 //	H2 url         a GET over h2c
 //	GRPC target method   a unary gRPC call
 //	GRPCS target method  a streaming gRPC call (one message each way)
@@ -42,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -117,7 +120,11 @@ func main() {
 			}
 			io.WriteString(w, "hello")
 			w.(http.Flusher).Flush()
-			time.Sleep(StreamPause)
+			pause := StreamPause
+			if p, err := time.ParseDuration(r.URL.Query().Get("pause")); err == nil {
+				pause = p
+			}
+			time.Sleep(pause)
 			io.WriteString(w, "world!!")
 		case "/gzip":
 			// Compressed, as Go's client asks for it by itself.
@@ -229,6 +236,28 @@ func client(in io.Reader, out io.Writer) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			fmt.Fprintln(out, resp.StatusCode)
+		case len(f) == 4 && f[0] == "GETMANY":
+			// GETMANY url n goroutines: n HTTP/1.1 GETs at once from
+			// that many goroutines, every body read to its end.
+			n, _ := strconv.Atoi(f[2])
+			par, _ := strconv.Atoi(f[3])
+			var wg sync.WaitGroup
+			var failed atomic.Int64
+			for g := range par {
+				wg.Go(func() {
+					for i := g; i < n; i += par {
+						resp, err := h1.Get(f[1])
+						if err != nil {
+							failed.Add(1)
+							continue
+						}
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+				})
+			}
+			wg.Wait()
+			fmt.Fprintln(out, "failed", failed.Load())
 		case len(f) == 2 && f[0] == "GETCLOSE":
 			// The body closed unread.
 			resp, err := h1.Get(f[1])
