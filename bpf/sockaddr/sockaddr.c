@@ -343,7 +343,9 @@ static __always_inline enum pick pick_backend(struct bpf_sock_addr *ctx, const s
 		__u32 zero = 0;
 		__u64 *hb = bpf_map_lookup_elem(&sm_agent, &zero);
 
-		if (!hb || *hb == 0 || bpf_ktime_get_ns() - *hb > AGENT_STALE_NS) {
+		/* Signed: a beat the agent wrote after this program read its
+		 * clock is in the program's future, not ages old. */
+		if (!hb || *hb == 0 || (__s64)(bpf_ktime_get_ns() - *hb) > (__s64)AGENT_STALE_NS) {
 			count(STAT_AGENT_DOWN);
 			return PICK_NONE;
 		}
