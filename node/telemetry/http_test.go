@@ -280,37 +280,24 @@ func concurrentGRPCCalls(t *testing.T, bin string) {
 	srv := testutil.Start(t, bin, "-grpc")
 	srv.Line(t) // the HTTP address
 	grpcAddr := srv.Line(t)
-	tr, err := TraceHTTP(bin, srv.Pid(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := trace(t, bin, srv.Pid(), false)
 	const n, goroutines = 1200, 24
 	fmt.Fprintf(srv.Stdin, "GRPCMANY %s %d %d\n", grpcAddr, n, goroutines)
 	if got, want := srv.Line(t), "map[Internal:300 NotFound:300 OK:600]"; got != want {
 		t.Fatalf("calls answered %s, want %s", got, want)
 	}
 	want := map[int]uint64{0: 600, 5: 300, 13: 300}
-	var stats map[StatsKey]Totals
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if stats, err = tr.Stats(); err != nil {
-			t.Fatal(err)
-		}
-		done := true
+	stats := statsWhen(t, tr, func(stats map[StatsKey]Totals) bool {
 		for code, c := range want {
 			for _, kind := range []Kind{GRPCClient, GRPCServer} {
 				peer := map[Kind]string{GRPCClient: grpcAddr, GRPCServer: "127.0.0.1"}[kind]
 				if stats[StatsKey{Kind: kind, Status: 200, GRPCStatus: code, Peer: peer}].Count != c {
-					done = false
+					return false
 				}
 			}
 		}
-		if done || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return true
+	})
 	var total uint64
 	for k, v := range stats {
 		if k.Kind == GRPCClient || k.Kind == GRPCServer {
@@ -347,11 +334,7 @@ func TestConcurrentHTTPBodies(t *testing.T) {
 	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
 	srv := testutil.Start(t, bin)
 	addr := srv.Line(t)
-	tr, err := TraceHTTP(bin, srv.Pid(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := trace(t, bin, srv.Pid(), false)
 	const n, goroutines = 600, 24
 	fmt.Fprintf(srv.Stdin, "GETMANY http://%s/chunked?pause=2ms %d %d\n", addr, n, goroutines)
 	if got := srv.Line(t); got != "failed 0" {
@@ -359,17 +342,9 @@ func TestConcurrentHTTPBodies(t *testing.T) {
 	}
 	client := StatsKey{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}
 	server := StatsKey{Kind: HTTPServer, Status: 200, GRPCStatus: -1, Peer: "127.0.0.1"}
-	var stats map[StatsKey]Totals
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if stats, err = tr.Stats(); err != nil {
-			t.Fatal(err)
-		}
-		if stats[client].Count == n && stats[server].Count == n || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	stats := statsWhen(t, tr, func(stats map[StatsKey]Totals) bool {
+		return stats[client].Count == n && stats[server].Count == n
+	})
 	// 27 bytes of chunked body on the wire; 12 written by the handler.
 	if c := stats[client]; c.Count != n || c.BytesSum != 27*n {
 		t.Errorf("client: %d requests of %d bytes, want %d of %d", c.Count, c.BytesSum, n, 27*n)
@@ -382,6 +357,34 @@ func TestConcurrentHTTPBodies(t *testing.T) {
 	}
 	if open, err := tr.Open(); err != nil || open != 0 {
 		t.Errorf("%d requests still open (%v), want none", open, err)
+	}
+}
+
+// trace probes process pid of bin for the test's length.
+func trace(t *testing.T, bin string, pid int, events bool) *HTTPTracer {
+	t.Helper()
+	tr, err := TraceHTTP(bin, pid, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+// statsWhen reads tr's aggregates until done says they are complete, or
+// for 5 seconds, and returns the last read.
+func statsWhen(t *testing.T, tr *HTTPTracer, done func(map[StatsKey]Totals) bool) map[StatsKey]Totals {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		stats, err := tr.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if done(stats) || time.Now().After(deadline) {
+			return stats
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
@@ -521,11 +524,7 @@ func TestServerPeerIPv6(t *testing.T) {
 	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
 	srv := testutil.Start(t, bin, "-listen", "[::1]:0")
 	addr := srv.Line(t)
-	tr, err := TraceHTTP(bin, srv.Pid(), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
+	tr := trace(t, bin, srv.Pid(), true)
 	resp, err := http.Get("http://" + addr + "/missing")
 	if err != nil {
 		t.Fatal(err)
