@@ -882,9 +882,10 @@ static __always_inline void body_end(struct regs *r)
 	limit = read_u64(st.arg[2] + off_pc_read_limit);
 	buffered = st.arg[4] >> 24;
 	bytes = buffered + (MAX_INT64 - limit) - (pos[1] - pos[0]);
-	/* Nonsense (the connection's state not as expected): the header's
-	 * Content-Length, as a body without these probes reports. */
-	if (limit > MAX_INT64 || pos[1] < pos[0] || (__s64)bytes < 0)
+	/* Nonsense (a read failed, the connection's state not as expected):
+	 * the header's Content-Length, as a body without these probes
+	 * reports. A body's readLimit never counts down to 0. */
+	if (!limit || limit > MAX_INT64 || pos[1] < pos[0] || (__s64)bytes < 0)
 		bytes = nonneg(st.arg[5]);
 	client_report(st.ns, st.arg[0], st.arg[4] & 0xffff, (st.arg[4] >> 16) & 0xff, bytes);
 }
