@@ -189,7 +189,9 @@ func emptyProbes(b *testing.B, bin string, pid int, fns []string) func() {
 // HTTP client (podbin http-call: 2,000 sequential GETs over one keep-alive
 // connection to a server on loopback), probes off and on, interleaved: a
 // request ends on the jump testing the transport's error (emulated), or
-// on a RET of roundTrip (single-stepped) on other paths. The same through
+// on a RET of roundTrip (single-stepped) on other paths; with a body that
+// is not all there with the headers (chunked, two writes), on the body's
+// closure. The same through
 // x/net's HTTP/2 transport (h2c): a success ends on the jump testing the
 // error before its retry loop returns.
 func BenchmarkHTTPClientProbes(b *testing.B) {
@@ -199,6 +201,10 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	url := "http://" + srv.Line(b) + "/ok"
 	benchClient(b, telemetry.HTTPClient, "Go HTTP client", "request", `"HTTP/1.1 200":`,
 		"http-call", "-url", url)
+	// A chunked body sent in two writes: its end is not there with the
+	// headers, so the request ends on the body's closure (one hit more).
+	benchClient(b, telemetry.HTTPClient, "Go HTTP client, chunked body", "request", `"HTTP/1.1 200":`,
+		"http-call", "-url", strings.TrimSuffix(url, "/ok")+"/chunked?pause=0s")
 	benchClient(b, telemetry.HTTPClient, "x/net HTTP/2 client", "request", `"HTTP/2.0 200":`,
 		"http-call", "-xh2", "-url", url)
 }
