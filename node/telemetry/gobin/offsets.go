@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -37,18 +39,10 @@ var Fields = []Field{
 	{"", "net/http.response", "req"},
 	{"", "net/http.response", "status"},
 	{"", "net/http.response", "written"},
-	{"", "net/http.http2responseWriter", "rws"},
-	{"", "net/http.http2responseWriterState", "req"},
-	{"", "net/http.http2responseWriterState", "status"},
-	{"", "net/http.http2responseWriterState", "wroteBytes"},
 	{"", "net/http.Response", "StatusCode"},
 	{"", "net/http.Response", "ContentLength"},
 	{"", "net/http.Response", "ProtoMajor"},
 	{"", "net.TCPAddr", "IP"},
-	{xnetModule, "golang.org/x/net/http2.responseWriter", "rws"},
-	{xnetModule, "golang.org/x/net/http2.responseWriterState", "req"},
-	{xnetModule, "golang.org/x/net/http2.responseWriterState", "status"},
-	{xnetModule, "golang.org/x/net/http2.responseWriterState", "wroteBytes"},
 	{grpcModule, "google.golang.org/grpc/internal/transport.ServerStream", "Stream"},
 	{grpcModule, "google.golang.org/grpc/internal/transport.Stream", "method"},
 	{grpcModule, "google.golang.org/grpc/internal/transport.http2Server", "peer"},
@@ -64,39 +58,72 @@ var Fields = []Field{
 	{grpcModule, "google.golang.org/grpc.csAttempt", "transportStream"},
 }
 
-// OptionalFields are read where they are known: they are looked up as a
-// group of their own, left out where not all are found (a Go version
-// neither the binary's DWARF nor the table has them for), and the probes
-// that need them with them. They lead an HTTP/1 client response's body to
-// the connection it reads, so that the request ends with its body.
-var OptionalFields = []Field{
-	{"", "net/http.Response", "Body"},
-	{"", "net/http.bodyEOFSignal", "body"},
-	{"", "net/http.bodyEOFSignal", "fn"},
-	{"", "net/http.bodyEOFSignal", "earlyCloseFn"},
-	{"", "net/http.gzipReader", "body"},
-	{"", "net/http.body", "src"},
-	{"", "net/http.body", "r"},
-	{"", "io.LimitedReader", "R"},
-	{"", "io.LimitedReader", "N"},
-	{"", "bufio.Reader", "buf"},
-	{"", "bufio.Reader", "rd"},
-	{"", "bufio.Reader", "r"},
-	{"", "bufio.Reader", "w"},
-	{"", "net/http.persistConn", "readLimit"},
+// OptionalFields are read where they are known, in named groups: each is
+// looked up on its own, left out where not all its fields are found (a Go
+// version that lacks them, or that neither the binary's DWARF nor the
+// table knows), and the probes that need them with it.
+var OptionalFields = map[string][]Field{
+	// The HTTP/2 server net/http bundles (h2_bundle.go; Go 1.27 made it
+	// an internal package of other types).
+	"net/http bundled http2 server": {
+		{"", "net/http.http2responseWriter", "rws"},
+		{"", "net/http.http2responseWriterState", "req"},
+		{"", "net/http.http2responseWriterState", "status"},
+		{"", "net/http.http2responseWriterState", "wroteBytes"},
+	},
+	// golang.org/x/net's own HTTP/2 server: from Go 1.27 on, x/net wraps
+	// net/http's instead (unless built with the http2legacy tag).
+	"x/net http2 server": {
+		{xnetModule, "golang.org/x/net/http2.responseWriter", "rws"},
+		{xnetModule, "golang.org/x/net/http2.responseWriterState", "req"},
+		{xnetModule, "golang.org/x/net/http2.responseWriterState", "status"},
+		{xnetModule, "golang.org/x/net/http2.responseWriterState", "wroteBytes"},
+	},
+	// The HTTP/2 server of Go 1.27 and later (net/http/internal/http2,
+	// which golang.org/x/net's wraps): its request is a ServerRequest.
+	"net/http/internal/http2 server": {
+		{"", "net/http/internal/http2.responseWriter", "rws"},
+		{"", "net/http/internal/http2.responseWriterState", "req"},
+		{"", "net/http/internal/http2.responseWriterState", "status"},
+		{"", "net/http/internal/http2.responseWriterState", "wroteBytes"},
+		{"", "net/http/internal/http2.ServerRequest", "Method"},
+		{"", "net/http/internal/http2.ServerRequest", "URL"},
+		{"", "net/http/internal/http2.ServerRequest", "ContentLength"},
+		{"", "net/http/internal/http2.ServerRequest", "RemoteAddr"},
+	},
+	// An HTTP/1 client response's body, to the connection it reads, so
+	// that the request ends with its body.
+	"net/http client body": {
+		{"", "net/http.Response", "Body"},
+		{"", "net/http.bodyEOFSignal", "body"},
+		{"", "net/http.bodyEOFSignal", "fn"},
+		{"", "net/http.bodyEOFSignal", "earlyCloseFn"},
+		{"", "net/http.gzipReader", "body"},
+		{"", "net/http.body", "src"},
+		{"", "net/http.body", "r"},
+		{"", "io.LimitedReader", "R"},
+		{"", "io.LimitedReader", "N"},
+		{"", "bufio.Reader", "buf"},
+		{"", "bufio.Reader", "rd"},
+		{"", "bufio.Reader", "r"},
+		{"", "bufio.Reader", "w"},
+		{"", "net/http.persistConn", "readLimit"},
+	},
 }
 
-// allFields are Fields and OptionalFields, each with whether it is
-// optional.
-func allFields(yield func(Field, bool) bool) {
+// allFields are Fields and OptionalFields, each with its optional group's
+// name ("" for Fields).
+func allFields(yield func(Field, string) bool) {
 	for _, f := range Fields {
-		if !yield(f, false) {
+		if !yield(f, "") {
 			return
 		}
 	}
-	for _, f := range OptionalFields {
-		if !yield(f, true) {
-			return
+	for _, name := range slices.Sorted(maps.Keys(OptionalFields)) {
+		for _, f := range OptionalFields[name] {
+			if !yield(f, name) {
+				return
+			}
 		}
 	}
 }
@@ -156,7 +183,7 @@ func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error)
 	offsets, source = map[string]uint64{}, "dwarf"
 	type group struct {
 		module   string
-		optional bool
+		optional string // the name of an optional group
 	}
 	groups := map[group][]Field{}
 	for f, optional := range allFields {
@@ -174,12 +201,24 @@ func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error)
 			ok = ok && found
 			got[f.String()] = v
 		}
-		if !ok {
+		// An optional group missing from a binary's DWARF is not in the
+		// binary (or not as the table knows it): only a binary without
+		// DWARF takes it from the table.
+		if !ok && (g.optional == "" || !b.hasDWARF) {
 			got, ok = table[b.tableKey(module)]
-			source = "table"
+			if g.optional != "" {
+				// All of the group, or none of it.
+				for _, f := range fields {
+					_, found := got[f.String()]
+					ok = ok && found
+				}
+			}
+			if ok {
+				source = "table"
+			}
 		}
 		if !ok {
-			if module == "" && !g.optional {
+			if module == "" && g.optional == "" {
 				if err == nil {
 					err = fmt.Errorf("%s has no DWARF", b.Path)
 				}
