@@ -9,6 +9,7 @@
  *   what          start                            end
  *   HTTP server   serverHandler.ServeHTTP          (*response).finishRequest (HTTP/1)
  *                                                  (*http2responseWriter).handlerDone (HTTP/2)
+ *                 internal/http2 runHandler (1.27) internal/http2 (*responseWriter).handlerDone
  *                 x/net/http2 (*serverConn).runHandler   (*responseWriter).handlerDone
  *   HTTP client   (*Transport).roundTrip           the jump testing its call's error; RETs;
  *                                                  an HTTP/1 body: readLoop's closures
@@ -175,6 +176,14 @@ volatile const __u64 off_xh2rw_rws = 0;
 volatile const __u64 off_xh2rws_req = 8;
 volatile const __u64 off_xh2rws_status = 72;
 volatile const __u64 off_xh2rws_wrote = 96;
+volatile const __u64 off_h2irw_rws = 0;
+volatile const __u64 off_h2irws_req = 8;
+volatile const __u64 off_h2irws_status = 240;
+volatile const __u64 off_h2irws_wrote = 264;
+volatile const __u64 off_srq_method = 48;
+volatile const __u64 off_srq_url = 64;
+volatile const __u64 off_srq_content_length = 120;
+volatile const __u64 off_srq_remote_addr = 128;
 volatile const __u64 off_resp_status_code = 16;
 volatile const __u64 off_resp_content_length = 80;
 volatile const __u64 off_resp_proto_major = 40;
@@ -611,9 +620,20 @@ static __always_inline __u64 nonneg(__s64 v)
 	return v < 0 ? 0 : v;
 }
 
+/* Where a server's request keeps what server_done reads: an
+ * *http.Request's fields, or those of Go 1.27's http2.ServerRequest. */
+struct req_fields {
+	__u64 method, url, content_length, remote_addr;
+};
+
+#define HTTP_REQUEST                                                                                                   \
+	((struct req_fields){off_request_method, off_request_url, off_request_content_length, off_request_remote_addr})
+
 /* server_done reports an HTTP request a server finished: req is its
- * *http.Request, code the status written (0: none, an implicit 200). */
-static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major)
+ * *http.Request (or a request with the fields at f), code the status
+ * written (0: none, an implicit 200). */
+static __always_inline void server_done_at(struct regs *r, __u64 req, struct req_fields f, __s64 code, __s64 written,
+					   __u8 proto_major)
 {
 	struct start st;
 	struct scratch s;
@@ -625,14 +645,19 @@ static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, _
 	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
 	s.proto_major = proto_major;
 	/* RemoteAddr's pointer and length, and Content-Length, in one copy. */
-	read3(req, off_request_remote_addr, off_request_remote_addr + 8, off_request_content_length, &raddr, &rlen, &clen);
+	read3(req, f.remote_addr, f.remote_addr + 8, f.content_length, &raddr, &rlen, &clen);
 	n = copy_str(s.key.peer, PEER_LEN, raddr, rlen);
 	cut_port(s.key.peer, n);
-	url = emit_events ? read_u64(req + off_request_url) : 0;
+	url = emit_events ? read_u64(req + f.url) : 0;
 	/* Istio's request size is the body's; Content-Length gives it unless
 	 * the body was chunked (-1), which counts as 0 here. */
-	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + off_request_method,
-	       url ? url + off_url_path : 0, 0, 0);
+	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + f.method, url ? url + off_url_path : 0,
+	       0, 0);
+}
+
+static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major)
+{
+	server_done_at(r, req, HTTP_REQUEST, code, written, proto_major);
 }
 
 SEC("uprobe/serve_http")
@@ -695,6 +720,26 @@ SEC("uprobe/xh2_handler_done")
 int sm_xh2_done(struct regs *r)
 {
 	h2_done(r, GO_R1(r), off_xh2rw_rws, off_xh2rws_req, off_xh2rws_status, off_xh2rws_wrote);
+	return 0;
+}
+
+/* net/http/internal/http2.(*responseWriter).handlerDone(w) (Go 1.27+,
+ * where net/http's HTTP/2 is an internal package, and golang.org/x/net's
+ * wraps it): its responseWriterState holds the request as an
+ * http2.ServerRequest, by value. Its requests start at that package's
+ * (*serverConn).runHandler (x/net's h2c handler does not pass
+ * serverHandler), and again at serverHandler for net/http's own. */
+SEC("uprobe/h2i_handler_done")
+int sm_h2i_done(struct regs *r)
+{
+	__u64 rws = read_u64(GO_R1(r) + off_h2irw_rws), status, wrote, unused;
+
+	if (!rws)
+		return 0;
+	read3(rws, off_h2irws_status, off_h2irws_wrote, off_h2irws_wrote, &status, &wrote, &unused);
+	server_done_at(r, rws + off_h2irws_req,
+		       (struct req_fields){off_srq_method, off_srq_url, off_srq_content_length, off_srq_remote_addr}, status,
+		       wrote, 2);
 	return 0;
 }
 

@@ -75,6 +75,7 @@ const (
 	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
 	bpfProgSmGrpcSrvWrite         = "sm_grpc_srv_write"
 	bpfProgSmH2Done               = "sm_h2_done"
+	bpfProgSmH2iDone              = "sm_h2i_done"
 	bpfProgSmHttpBodyEnd          = "sm_http_body_end"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientOk         = "sm_http_client_ok"
@@ -102,6 +103,10 @@ const (
 	bpfVarOffGrpcSstreamStream    = "off_grpc_sstream_stream"
 	bpfVarOffGrpcStreamMethod     = "off_grpc_stream_method"
 	bpfVarOffGzipBody             = "off_gzip_body"
+	bpfVarOffH2irwRws             = "off_h2irw_rws"
+	bpfVarOffH2irwsReq            = "off_h2irws_req"
+	bpfVarOffH2irwsStatus         = "off_h2irws_status"
+	bpfVarOffH2irwsWrote          = "off_h2irws_wrote"
 	bpfVarOffH2rwRws              = "off_h2rw_rws"
 	bpfVarOffH2rwsReq             = "off_h2rws_req"
 	bpfVarOffH2rwsStatus          = "off_h2rws_status"
@@ -121,6 +126,10 @@ const (
 	bpfVarOffResponseStatus       = "off_response_status"
 	bpfVarOffResponseWritten      = "off_response_written"
 	bpfVarOffSpbStatusCode        = "off_spb_status_code"
+	bpfVarOffSrqContentLength     = "off_srq_content_length"
+	bpfVarOffSrqMethod            = "off_srq_method"
+	bpfVarOffSrqRemoteAddr        = "off_srq_remote_addr"
+	bpfVarOffSrqUrl               = "off_srq_url"
 	bpfVarOffStatusErrorS         = "off_status_error_s"
 	bpfVarOffStatusS              = "off_status_s"
 	bpfVarOffTcpaddrIp            = "off_tcpaddr_ip"
@@ -186,6 +195,7 @@ type bpfProgramSpecs struct {
 	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
 	SmGrpcSrvWrite    *ebpf.ProgramSpec `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
+	SmH2iDone         *ebpf.ProgramSpec `ebpf:"sm_h2i_done"`
 	SmHttpBodyEnd     *ebpf.ProgramSpec `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
@@ -229,6 +239,10 @@ type bpfVariableSpecs struct {
 	OffGrpcSstreamStream    *ebpf.VariableSpec `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.VariableSpec `ebpf:"off_grpc_stream_method"`
 	OffGzipBody             *ebpf.VariableSpec `ebpf:"off_gzip_body"`
+	OffH2irwRws             *ebpf.VariableSpec `ebpf:"off_h2irw_rws"`
+	OffH2irwsReq            *ebpf.VariableSpec `ebpf:"off_h2irws_req"`
+	OffH2irwsStatus         *ebpf.VariableSpec `ebpf:"off_h2irws_status"`
+	OffH2irwsWrote          *ebpf.VariableSpec `ebpf:"off_h2irws_wrote"`
 	OffH2rwRws              *ebpf.VariableSpec `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.VariableSpec `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.VariableSpec `ebpf:"off_h2rws_status"`
@@ -248,6 +262,10 @@ type bpfVariableSpecs struct {
 	OffResponseStatus       *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.VariableSpec `ebpf:"off_response_written"`
 	OffSpbStatusCode        *ebpf.VariableSpec `ebpf:"off_spb_status_code"`
+	OffSrqContentLength     *ebpf.VariableSpec `ebpf:"off_srq_content_length"`
+	OffSrqMethod            *ebpf.VariableSpec `ebpf:"off_srq_method"`
+	OffSrqRemoteAddr        *ebpf.VariableSpec `ebpf:"off_srq_remote_addr"`
+	OffSrqUrl               *ebpf.VariableSpec `ebpf:"off_srq_url"`
 	OffStatusErrorS         *ebpf.VariableSpec `ebpf:"off_status_error_s"`
 	OffStatusS              *ebpf.VariableSpec `ebpf:"off_status_s"`
 	OffTcpaddrIp            *ebpf.VariableSpec `ebpf:"off_tcpaddr_ip"`
@@ -318,6 +336,10 @@ type bpfVariables struct {
 	OffGrpcSstreamStream    *ebpf.Variable `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.Variable `ebpf:"off_grpc_stream_method"`
 	OffGzipBody             *ebpf.Variable `ebpf:"off_gzip_body"`
+	OffH2irwRws             *ebpf.Variable `ebpf:"off_h2irw_rws"`
+	OffH2irwsReq            *ebpf.Variable `ebpf:"off_h2irws_req"`
+	OffH2irwsStatus         *ebpf.Variable `ebpf:"off_h2irws_status"`
+	OffH2irwsWrote          *ebpf.Variable `ebpf:"off_h2irws_wrote"`
 	OffH2rwRws              *ebpf.Variable `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.Variable `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.Variable `ebpf:"off_h2rws_status"`
@@ -337,6 +359,10 @@ type bpfVariables struct {
 	OffResponseStatus       *ebpf.Variable `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.Variable `ebpf:"off_response_written"`
 	OffSpbStatusCode        *ebpf.Variable `ebpf:"off_spb_status_code"`
+	OffSrqContentLength     *ebpf.Variable `ebpf:"off_srq_content_length"`
+	OffSrqMethod            *ebpf.Variable `ebpf:"off_srq_method"`
+	OffSrqRemoteAddr        *ebpf.Variable `ebpf:"off_srq_remote_addr"`
+	OffSrqUrl               *ebpf.Variable `ebpf:"off_srq_url"`
 	OffStatusErrorS         *ebpf.Variable `ebpf:"off_status_error_s"`
 	OffStatusS              *ebpf.Variable `ebpf:"off_status_s"`
 	OffTcpaddrIp            *ebpf.Variable `ebpf:"off_tcpaddr_ip"`
@@ -364,6 +390,7 @@ type bpfPrograms struct {
 	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
 	SmGrpcSrvWrite    *ebpf.Program `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
+	SmH2iDone         *ebpf.Program `ebpf:"sm_h2i_done"`
 	SmHttpBodyEnd     *ebpf.Program `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
@@ -387,6 +414,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmGrpcServeEnd,
 		p.SmGrpcSrvWrite,
 		p.SmH2Done,
+		p.SmH2iDone,
 		p.SmHttpBodyEnd,
 		p.SmHttpClientEnd,
 		p.SmHttpClientOk,

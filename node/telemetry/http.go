@@ -119,6 +119,14 @@ var groups = []struct {
 		// A hijacked connection's request never finishes: free its start.
 		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
 	}, ""},
+	// Go 1.27 and later: HTTP/2 is net/http/internal/http2, which
+	// golang.org/x/net's server wraps. Its requests start where it runs
+	// the handler: x/net's h2c requests do not pass serverHandler
+	// (net/http's own pass both; the later start counts).
+	{HTTPServer, "net/http/internal/http2 server", []probe{
+		{fn: "net/http/internal/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
+		{fn: "net/http/internal/http2.(*responseWriter).handlerDone", prog: "sm_h2i_done"},
+	}, ""},
 	{HTTPServer, "x/net/http2 server", []probe{
 		{fn: "golang.org/x/net/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
 		{fn: "golang.org/x/net/http2.(*responseWriter).handlerDone", prog: "sm_xh2_done"},
