@@ -9,7 +9,7 @@ APT_BPF   := clang-19 llvm-19 libbpf-dev
 BIN       := bin/sockmesh
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
-.PHONY: help build test test-unit test-kernels deps-test kube-assets generate generate-check bench clean deps-bpf
+.PHONY: help build test test-go-next test-unit test-kernels deps-test kube-assets generate generate-check bench clean deps-bpf
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -20,6 +20,15 @@ build: ## build bin/sockmesh (no clang needed: BPF objects are committed)
 test: deps-test ## everything CI runs after generate-check: vet, unit, kernel and end-to-end tests
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) --no-print-directory test-go-next
+
+# The probes read programs' code and structs, which each Go release moves:
+# the telemetry tests again, every program they probe built by the next Go
+# (the go command fetches that toolchain from the module proxy, ~76 MB,
+# cached in the module cache).
+GO_NEXT ?= go1.27.3
+test-go-next: ## the telemetry tests with programs built by $(GO_NEXT) (fetched by the go command)
+	GOTOOLCHAIN=$(GO_NEXT) $(GO) test -count=1 -timeout 10m ./node/telemetry/... ./tests/kernel/
 
 test-unit: ## tier 1 only (no root needed): kernel tests skip
 	SOCKMESH_TEST_PRIVILEGED= $(GO) test -count=1 ./...
