@@ -173,9 +173,10 @@ func TestRequests(t *testing.T) {
 			// read to its end (chunked: its size on the wire, framing
 			// included; with a Content-Length, that; either way its
 			// duration past the pause between its two parts), closed
-			// unread (nothing read, ended at the close), or compressed
-			// and all there with the headers (its compressed size).
-			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip"} {
+			// unread (nothing read, ended at the close), compressed
+			// and all there with the headers (its compressed size), or
+			// without a length, until the connection closes.
+			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip", "GET http://" + addr + "/close"} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -189,6 +190,9 @@ func TestRequests(t *testing.T) {
 				"http-client 1 GET /paused 200 - 12 0 " + addr,
 				"http-server 1 GET /gzip 200 - " + gz + " 0 127.0.0.1",
 				"http-client 1 GET /gzip 200 - " + gz + " 0 " + addr,
+				// Until the connection closes (a hijacked handler:
+				// not counted at the server).
+				"http-client 1 GET /close 200 - 9 0 " + addr,
 			}
 			reqs := collectRequests(t, tr, len(want))
 			got = format(reqs)
@@ -246,7 +250,7 @@ func TestRequests(t *testing.T) {
 			}
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
-				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          5,
+				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          6,
 				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,

@@ -5,7 +5,8 @@
 // 1 ms of CPU), /missing (404), /fail (500), /chunked (a chunked body in
 // two parts, StreamPause or ?pause= apart), /paused (the same with a
 // Content-Length),
-// /gzip (a gzip-encoded body) and /hijack
+// /gzip (a gzip-encoded body), /close (a body until the connection
+// closes, written by a hijacked handler) and /hijack
 // (takes the connection over: 101, then closes). With -grpc it also
 // serves gRPC on a second address: any
 // method answers with the status its name asks for (/test.Svc/Ok: OK,
@@ -131,6 +132,19 @@ func main() {
 			w.Header().Set("Content-Encoding", "gzip")
 			w.Header().Set("Content-Length", strconv.Itoa(len(gzipped)))
 			w.Write(gzipped)
+		case "/close":
+			// No length and not chunked: the body lasts until the
+			// connection closes ("no length", 9 bytes).
+			c, buf, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				return
+			}
+			buf.WriteString("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno ")
+			buf.Flush()
+			time.Sleep(10 * time.Millisecond)
+			buf.WriteString("length")
+			buf.Flush()
+			c.Close()
 		case "/hijack":
 			// Takes the connection over, as a websocket server would.
 			c, buf, err := w.(http.Hijacker).Hijack()
