@@ -155,6 +155,34 @@ func countFields(v string) int {
 	return n
 }
 
+// TestOffsetsOfANewerGo: a Go release the table does not know, whose
+// DWARF lacks a field (as if it were renamed), still gets every other
+// offset from its DWARF; without DWARF it gets an error.
+func TestOffsetsOfANewerGo(t *testing.T) {
+	defer func(f []Field) { Fields = f }(Fields)
+	Fields = append(slices.Clip(Fields), Field{"", "net/http.Request", "RenamedInGo99"})
+	for _, name := range []string{"plain", "sw"} {
+		b := mustOpen(t, fixtures(t)[name])
+		b.GoVersion = "go1.99.0"
+		offs, source, err := b.Offsets()
+		if name == "sw" {
+			if !errors.Is(err, ErrNoOffsets) {
+				t.Errorf("sw: %d offsets from %q, %v; want ErrNoOffsets", len(offs), source, err)
+			}
+			continue
+		}
+		if err != nil || source != "dwarf" {
+			t.Fatalf("plain: offsets from %q: %v", source, err)
+		}
+		if _, ok := offs["net/http.Request.RenamedInGo99"]; ok {
+			t.Error("plain: an offset for a field its DWARF lacks")
+		}
+		if got, want := len(offs), countFields(runtime.Version())-1; got != want {
+			t.Errorf("plain: %d offsets, want the %d it has", got, want)
+		}
+	}
+}
+
 func TestNotGo(t *testing.T) {
 	for _, p := range []string{"/bin/sh", "gobin.go"} {
 		if _, err := Open(p); !errors.Is(err, ErrNotGo) {

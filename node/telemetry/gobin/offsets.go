@@ -111,6 +111,16 @@ var OptionalFields = map[string][]Field{
 	},
 }
 
+// hasAll says whether table entry t has every field of fields.
+func hasAll(t map[string]uint64, fields []Field) bool {
+	for _, f := range fields {
+		if _, ok := t[f.String()]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // allFields are Fields and OptionalFields, each with its optional group's
 // name ("" for Fields).
 func allFields(yield func(Field, string) bool) {
@@ -171,10 +181,11 @@ func (b *Binary) tableKey(module string) string {
 // Offsets returns the byte offset of every Field of the standard library
 // and of the modules the binary links, from the binary's DWARF when it
 // has it, else from the embedded table for the Go or module version.
-// source says which ("dwarf", or "table" if any group came from it). The
-// standard library's fields must be found; a module's that are not (a
-// version the table lacks, in a -w binary) are left out, and its probes
-// with them.
+// source says which ("dwarf", or "table" if any group came from it). A
+// binary without DWARF whose Go version the table lacks gets an error; a
+// module's fields that are not found (a version the table lacks, in a -w
+// binary) are left out, and its probes with them, as are fields a newer
+// release's DWARF lacks.
 func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error) {
 	var fromDWARF map[string]uint64
 	if b.hasDWARF {
@@ -195,39 +206,39 @@ func (b *Binary) Offsets() (offsets map[string]uint64, source string, err error)
 		if module != "" && b.Deps[module] == "" {
 			continue // not linked
 		}
-		got, ok := map[string]uint64{}, true
+		got, found := map[string]uint64{}, 0
 		for _, f := range fields {
-			v, found := fromDWARF[f.String()]
-			ok = ok && found
-			got[f.String()] = v
+			if v, ok := fromDWARF[f.String()]; ok {
+				got[f.String()] = v
+				found++
+			}
 		}
+		complete := found == len(fields)
 		// An optional group missing from a binary's DWARF is not in the
 		// binary (or not as the table knows it): only a binary without
-		// DWARF takes it from the table.
-		if !ok && (g.optional == "" || !b.hasDWARF) {
-			got, ok = table[b.tableKey(module)]
-			if g.optional != "" {
-				// All of the group, or none of it.
-				for _, f := range fields {
-					_, found := got[f.String()]
-					ok = ok && found
-				}
-			}
-			if ok {
-				source = "table"
+		// DWARF takes it from the table, and all of it or none.
+		if !complete && (g.optional == "" || !b.hasDWARF) {
+			if t, ok := table[b.tableKey(module)]; ok && (g.optional == "" || hasAll(t, fields)) {
+				got, complete, source = t, true, "table"
 			}
 		}
-		if !ok {
-			if module == "" && g.optional == "" {
-				if err == nil {
-					err = fmt.Errorf("%s has no DWARF", b.Path)
-				}
-				return nil, "", fmt.Errorf("%w: %v, and the table lacks %s", ErrNoOffsets, err, b.tableKey(module))
+		switch {
+		case complete:
+		case g.optional == "" && found > 0:
+			// A release neither the table knows nor whose DWARF has
+			// every field (one renamed or moved): what its DWARF has
+			// serves, and only the probes that need the rest are left
+			// out.
+		case module == "" && g.optional == "":
+			if err == nil {
+				err = fmt.Errorf("%s has no DWARF", b.Path)
 			}
+			return nil, "", fmt.Errorf("%w: %v, and the table lacks %s", ErrNoOffsets, err, b.tableKey(module))
+		default:
 			continue
 		}
 		for _, f := range fields {
-			if v, found := got[f.String()]; found {
+			if v, ok := got[f.String()]; ok {
 				offsets[f.String()] = v
 			}
 		}
