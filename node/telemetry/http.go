@@ -110,19 +110,31 @@ var groups = []struct {
 	// cannot be placed; it is not attached where that one is.
 	insteadOf string
 }{
+	// An HTTP/1 request starts on the CALL of serverHandler.ServeHTTP in
+	// (*conn).serve, an HTTP/2 one where its server runs the handler
+	// (runHandler), which then calls serverHandler too: one start each.
 	{HTTPServer, "net/http server", []probe{
-		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
+		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve", callsIn: "net/http.(*conn).serve"},
 		{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
-		// HTTP/2 (TLS or h2c) requests reach the handler through
-		// serverHandler as well, and end here.
+		// HTTP/2 (TLS or h2c) in the copy net/http bundles (before Go
+		// 1.27).
+		{fn: "net/http.(*http2serverConn).runHandler", prog: "sm_http_serve", optional: true},
 		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
 		// A hijacked connection's request never finishes: free its start.
 		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
 	}, ""},
+	// Where (*conn).serve has serverHandler.ServeHTTP inlined: its entry
+	// starts every request, HTTP/1 and HTTP/2 (in Go 1.27, an HTTP/2 one
+	// then starts twice, one hit more).
+	{HTTPServer, "net/http server (serverHandler entry)", []probe{
+		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
+		{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
+		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
+		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
+	}, "net/http server"},
 	// Go 1.27 and later: HTTP/2 is net/http/internal/http2, which
 	// golang.org/x/net's server wraps. Its requests start where it runs
-	// the handler: x/net's h2c requests do not pass serverHandler
-	// (net/http's own pass both; the later start counts).
+	// the handler (x/net's h2c requests do not pass serverHandler).
 	{HTTPServer, "net/http/internal/http2 server", []probe{
 		{fn: "net/http/internal/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
 		{fn: "net/http/internal/http2.(*responseWriter).handlerDone", prog: "sm_h2i_done"},

@@ -38,7 +38,8 @@ func TestRequests(t *testing.T) {
 		// without: a group left out, as if its functions were not
 		// linked, so that the one standing in for it is tested.
 		without string
-	}{{"", true, ""}, {"-s -w", true, ""}, {"", false, ""}, {"", true, "grpc client"}, {"", true, "x/net/http2 client"}} {
+	}{{"", true, ""}, {"-s -w", true, ""}, {"", false, ""}, {"", true, "grpc client"}, {"", true, "x/net/http2 client"},
+		{"", true, "net/http server"}} {
 		ldflags := c.ldflags
 		t.Run(fmt.Sprintf("ldflags=%s,multi=%v,without=%s", ldflags, c.multi, c.without), func(t *testing.T) {
 			if c.multi && !l7.MultiUprobes() {

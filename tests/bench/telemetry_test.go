@@ -143,14 +143,17 @@ func benchProbes(b *testing.B, wrk []string, bin string, pid int, url, name stri
 		name, median(off), median(on), ratio, target, median(empty), floor, median(one), floor1, events, drops, perReq)
 }
 
-// serverPoints are the functions the HTTP/1 server probes sit on: the
-// request's start, then its end.
-var serverPoints = []string{"net/http.serverHandler.ServeHTTP", "net/http.(*response).finishRequest"}
+// serverPoints are where the HTTP/1 server probes sit: the request's
+// start (the CALL of serverHandler.ServeHTTP in (*conn).serve), then its
+// end (finishRequest's entry).
+var serverPoints = []struct{ fn, callsIn string }{
+	{"net/http.serverHandler.ServeHTTP", "net/http.(*conn).serve"},
+	{"net/http.(*response).finishRequest", ""},
+}
 
-// emptyProbes attaches programs that only return at the entries of fns
-// (where the HTTP server probes go), for process pid, and returns what
-// detaches them.
-func emptyProbes(b *testing.B, bin string, pid int, fns []string) func() {
+// emptyProbes attaches programs that only return at points (where the
+// HTTP server probes go), for process pid, and returns what detaches them.
+func emptyProbes(b *testing.B, bin string, pid int, points []struct{ fn, callsIn string }) func() {
 	b.Helper()
 	gb, err := gobin.Open(bin)
 	if err != nil {
@@ -158,16 +161,28 @@ func emptyProbes(b *testing.B, bin string, pid int, fns []string) func() {
 	}
 	defer gb.Close()
 	var addrs []uint64
-	for _, fn := range fns {
-		f, err := gb.Func(fn)
+	for _, p := range points {
+		f, err := gb.Func(p.fn)
 		if err != nil {
 			b.Fatal(err)
 		}
-		at, err := gb.EntryProbe(f)
+		if p.callsIn == "" {
+			at, err := gb.EntryProbe(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			addrs = append(addrs, at)
+			continue
+		}
+		caller, err := gb.Func(p.callsIn)
 		if err != nil {
 			b.Fatal(err)
 		}
-		addrs = append(addrs, at)
+		at, err := gb.CallSites(caller, f)
+		if err != nil || len(at) == 0 {
+			b.Fatalf("no CALL of %s in %s: %v", p.fn, p.callsIn, err)
+		}
+		addrs = append(addrs, at...)
 	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Kprobe, AttachType: ebpf.AttachTraceUprobeMulti, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
