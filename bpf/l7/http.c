@@ -7,8 +7,9 @@
  * (start and end run on the same one):
  *
  *   what          start                            end
- *   HTTP server   serverHandler.ServeHTTP          (*response).finishRequest (HTTP/1)
- *                                                  (*http2responseWriter).handlerDone (HTTP/2)
+ *   HTTP server   the CALL of serverHandler.ServeHTTP in (*conn).serve
+ *                                                  (*response).finishRequest (HTTP/1)
+ *                 (*http2serverConn).runHandler    (*http2responseWriter).handlerDone (HTTP/2)
  *                 internal/http2 runHandler (1.27) internal/http2 (*responseWriter).handlerDone
  *                 x/net/http2 (*serverConn).runHandler   (*responseWriter).handlerDone
  *   HTTP client   (*Transport).roundTrip           the jump testing its call's error; RETs;
@@ -728,7 +729,8 @@ int sm_xh2_done(struct regs *r)
  * wraps it): its responseWriterState holds the request as an
  * http2.ServerRequest, by value. Its requests start at that package's
  * (*serverConn).runHandler (x/net's h2c handler does not pass
- * serverHandler), and again at serverHandler for net/http's own. */
+ * serverHandler; HTTP/1 requests start on serverHandler's CALL in
+ * (*conn).serve, so net/http's own HTTP/2 ones start once too). */
 SEC("uprobe/h2i_handler_done")
 int sm_h2i_done(struct regs *r)
 {
