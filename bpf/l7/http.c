@@ -458,7 +458,16 @@ static __always_inline void read_fields(__u64 a, const __u64 *off, __u64 *v, con
 		v[i] = buf[(off[i] - lo) / 8];
 }
 
-/* read3 is read_fields of three fields. */
+/* read2 and read3 are read_fields of two and three fields. */
+static __always_inline void read2(__u64 a, __u64 o1, __u64 o2, __u64 *v1, __u64 *v2)
+{
+	__u64 off[2] = {o1, o2}, v[2];
+
+	read_fields(a, off, v, 2);
+	*v1 = v[0];
+	*v2 = v[1];
+}
+
 static __always_inline void read3(__u64 a, __u64 o1, __u64 o2, __u64 o3, __u64 *v1, __u64 *v2, __u64 *v3)
 {
 	__u64 off[3] = {o1, o2, o3}, v[3];
@@ -734,11 +743,11 @@ int sm_xh2_done(struct regs *r)
 SEC("uprobe/h2i_handler_done")
 int sm_h2i_done(struct regs *r)
 {
-	__u64 rws = read_u64(GO_R1(r) + off_h2irw_rws), status, wrote, unused;
+	__u64 rws = read_u64(GO_R1(r) + off_h2irw_rws), status, wrote;
 
 	if (!rws)
 		return 0;
-	read3(rws, off_h2irws_status, off_h2irws_wrote, off_h2irws_wrote, &status, &wrote, &unused);
+	read2(rws, off_h2irws_status, off_h2irws_wrote, &status, &wrote);
 	server_done_at(r, rws + off_h2irws_req,
 		       (struct req_fields){off_srq_method, off_srq_url, off_srq_content_length, off_srq_remote_addr}, status,
 		       wrote, 2);
@@ -763,8 +772,8 @@ static __always_inline void client_report(__u64 start_ns, __u64 req, __u64 code,
 
 	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, code < 1000 ? code : 0, GRPC_NONE, KIND_HTTP_CLIENT);
 	s.proto_major = proto;
-	read3(req, off_request_url, off_request_content_length, off_request_content_length, &url, &clen, &clen);
-	read3(url, off_url_host, off_url_host + 8, off_url_host + 8, &host, &hostlen, &hostlen);
+	read2(req, off_request_url, off_request_content_length, &url, &clen);
+	read2(url, off_url_host, off_url_host + 8, &host, &hostlen);
 	copy_str(s.key.peer, PEER_LEN, host, hostlen);
 	finish(&s, bpf_ktime_get_ns() - start_ns, bytes, nonneg(clen), req + off_request_method,
 	       url ? url + off_url_path : 0, 0, 0);
