@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -100,6 +101,15 @@ type probe struct {
 	callsIn string
 }
 
+// httpServerEnds are where net/http's server requests end, whichever
+// way they start.
+var httpServerEnds = []probe{
+	{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
+	{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
+	// A hijacked connection's request never finishes: free its start.
+	{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
+}
+
 // groups are the probes that must all attach for one kind of request, of
 // one library, to be seen.
 var groups = []struct {
@@ -109,40 +119,37 @@ var groups = []struct {
 	// insteadOf names a group this one stands in for where that one
 	// cannot be placed; it is not attached where that one is.
 	insteadOf string
+	// settle, if set, finishes a group's plan once its probes are
+	// placed: it may drop probes that only work together, and set
+	// constants of the programs in off.
+	settle func(bin *gobin.Binary, addrs [][]uint64, off map[string]uint64)
 }{
 	// An HTTP/1 request starts on the CALL of serverHandler.ServeHTTP in
 	// (*conn).serve, an HTTP/2 one where its server runs the handler
 	// (runHandler), which then calls serverHandler too: one start each.
-	{HTTPServer, "net/http server", []probe{
+	{HTTPServer, "net/http server", append([]probe{
 		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve", callsIn: "net/http.(*conn).serve"},
-		{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
 		// HTTP/2 (TLS or h2c) in the copy net/http bundles (before Go
 		// 1.27).
 		{fn: "net/http.(*http2serverConn).runHandler", prog: "sm_http_serve", optional: true},
-		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
-		// A hijacked connection's request never finishes: free its start.
-		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
-	}, ""},
+	}, httpServerEnds...), "", nil},
 	// Where (*conn).serve has serverHandler.ServeHTTP inlined: its entry
 	// starts every request, HTTP/1 and HTTP/2 (in Go 1.27, an HTTP/2 one
 	// then starts twice, one hit more).
-	{HTTPServer, "net/http server (serverHandler entry)", []probe{
+	{HTTPServer, "net/http server (serverHandler entry)", append([]probe{
 		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
-		{fn: "net/http.(*response).finishRequest", prog: "sm_http_finish"},
-		{fn: "net/http.(*http2responseWriter).handlerDone", prog: "sm_h2_done", optional: true},
-		{fn: "net/http.(*conn).hijackLocked", prog: "sm_http_hijack", optional: true},
-	}, "net/http server"},
+	}, httpServerEnds...), "net/http server", nil},
 	// Go 1.27 and later: HTTP/2 is net/http/internal/http2, which
 	// golang.org/x/net's server wraps. Its requests start where it runs
 	// the handler (x/net's h2c requests do not pass serverHandler).
 	{HTTPServer, "net/http/internal/http2 server", []probe{
 		{fn: "net/http/internal/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
 		{fn: "net/http/internal/http2.(*responseWriter).handlerDone", prog: "sm_h2i_done"},
-	}, ""},
+	}, "", nil},
 	{HTTPServer, "x/net/http2 server", []probe{
 		{fn: "golang.org/x/net/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
 		{fn: "golang.org/x/net/http2.(*responseWriter).handlerDone", prog: "sm_xh2_done"},
-	}, ""},
+	}, "", nil},
 	{HTTPClient, "net/http client", []probe{
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true, after: "net/http.(*persistConn).roundTrip"},
@@ -153,7 +160,7 @@ var groups = []struct {
 			find: func(b *gobin.Binary) (gobin.Func, error) { fn, _, err := readLoopClosures(b); return fn, err }},
 		{fn: "net/http.(*persistConn).readLoop's earlyCloseFn closure", prog: "sm_http_body_end", optional: true,
 			find: func(b *gobin.Binary) (gobin.Func, error) { _, early, err := readLoopClosures(b); return early, err }},
-	}, ""},
+	}, "", bodyDelta},
 	// x/net's HTTP/2 transport used on its own (h2c clients); under a
 	// net/http Transport the inner call is the one counted, once. Its
 	// retry loop, roundTripViaPool, tests the error again before it
@@ -165,21 +172,21 @@ var groups = []struct {
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_end", returns: true, nilTest: true},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_ok", nilTest: true, optional: true},
-	}, ""},
+	}, "", nil},
 	// Where roundTripViaPool is not there (older x/net loops in
 	// RoundTripOpt; the tests build with v0.60): the RETs of RoundTrip,
 	// which the kernel single-steps.
 	{HTTPClient, "x/net/http2 client (returns)", []probe{
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_end", returns: true},
-	}, "x/net/http2 client"},
+	}, "x/net/http2 client", nil},
 	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
 		// Message sizes: each message read (either side) and written.
 		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).write", prog: "sm_grpc_srv_write"},
-	}, ""},
+	}, "", nil},
 	// Unary calls (Invoke makes a stream too) and streaming calls, seen
 	// from function entries and one CALL, none on a RET (how:
 	// bpf/l7/http.c).
@@ -194,7 +201,7 @@ var groups = []struct {
 		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
 		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Client).write", prog: "sm_grpc_cli_write"},
-	}, ""},
+	}, "", nil},
 	// The same where those functions are not there to probe: the RETs of
 	// newClientStream, which the kernel single-steps.
 	{GRPCClient, "grpc client (returns)", []probe{
@@ -203,7 +210,7 @@ var groups = []struct {
 		{fn: "google.golang.org/grpc.(*clientStream).finish", prog: "sm_grpc_call_end"},
 		{fn: "google.golang.org/grpc/internal/transport.(*Stream).read", prog: "sm_grpc_read"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Client).write", prog: "sm_grpc_cli_write"},
-	}, "grpc client"},
+	}, "grpc client", nil},
 }
 
 // multiUprobes says whether to attach with uprobe_multi links (tests
@@ -305,7 +312,9 @@ func readPlan(path string) (*plan, error) {
 			pl.missing = append(pl.missing, g.name+": "+why)
 			continue
 		}
-		bodyDelta(bin, g.probes, addrs, off)
+		if g.settle != nil {
+			g.settle(bin, addrs, off)
+		}
 		pl.groups = append(pl.groups, struct {
 			group int
 			addrs [][]uint64
@@ -402,10 +411,7 @@ func readLoopClosures(bin *gobin.Binary) (fn, early gobin.Func, err error) {
 		if err != nil {
 			continue
 		}
-		delete(calls, "runtime.morestack")
-		delete(calls, "runtime.morestack_noctxt")
-		delete(calls, "runtime.morestack.abi0")
-		delete(calls, "runtime.morestack_noctxt.abi0")
+		maps.DeleteFunc(calls, func(name string, _ bool) bool { return strings.HasPrefix(name, "runtime.morestack") })
 		switch {
 		case calls["net/http.(*persistConn).canceled"]:
 			fns = append(fns, f)
@@ -419,28 +425,19 @@ func readLoopClosures(bin *gobin.Binary) (fn, early gobin.Func, err error) {
 	return fns[0], earlies[0], nil
 }
 
-// bodyDelta sets l7.BodyFnDelta in off when a group's two body probes
-// (sm_http_body_end) were both placed, and drops them otherwise: the
-// client's return points only hand a request to its body where both ends
-// of a body are seen.
-func bodyDelta(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
-	var at []int
-	for i, p := range probes {
-		if p.prog == "sm_http_body_end" {
-			at = append(at, i)
-		}
-	}
-	if len(at) == 0 {
+// bodyDelta settles the net/http client group: its last two probes, on
+// readLoop's body closures, only work together. Where both were placed it
+// sets l7.BodyFnDelta in off, for the client's return points to hand a
+// request to its body; otherwise it drops them, and requests end at
+// their headers.
+func bodyDelta(bin *gobin.Binary, addrs [][]uint64, off map[string]uint64) {
+	fn, early := addrs[len(addrs)-2], addrs[len(addrs)-1]
+	closureFn, closureEarly, err := readLoopClosures(bin)
+	if err == nil && len(fn) > 0 && len(early) > 0 {
+		off[l7.BodyFnDelta] = closureFn.Entry - closureEarly.Entry
 		return
 	}
-	fn, early, err := readLoopClosures(bin)
-	if err == nil && len(at) == 2 && len(addrs[at[0]]) > 0 && len(addrs[at[1]]) > 0 {
-		off[l7.BodyFnDelta] = fn.Entry - early.Entry
-		return
-	}
-	for _, i := range at {
-		addrs[i] = nil
-	}
+	addrs[len(addrs)-2], addrs[len(addrs)-1] = nil, nil
 }
 
 // callSites lists the CALLs to fn in the functions whose names start with
