@@ -135,25 +135,10 @@ func main() {
 		case "/close":
 			// No length and not chunked: the body lasts until the
 			// connection closes ("no length", 9 bytes).
-			c, buf, err := w.(http.Hijacker).Hijack()
-			if err != nil {
-				return
-			}
-			buf.WriteString("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno ")
-			buf.Flush()
-			time.Sleep(10 * time.Millisecond)
-			buf.WriteString("length")
-			buf.Flush()
-			c.Close()
+			hijack(w, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno ", "length")
 		case "/hijack":
 			// Takes the connection over, as a websocket server would.
-			c, buf, err := w.(http.Hijacker).Hijack()
-			if err != nil {
-				return
-			}
-			buf.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
-			buf.Flush()
-			c.Close()
+			hijack(w, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
 		default:
 			http.NotFound(w, r)
 		}
@@ -179,6 +164,23 @@ func main() {
 	}
 	client(os.Stdin, os.Stdout)
 	select {} // serve until killed, even when stdin closes
+}
+
+// hijack takes w's connection over, writes parts to it 10 ms apart, and
+// closes it.
+func hijack(w http.ResponseWriter, parts ...string) {
+	c, buf, err := w.(http.Hijacker).Hijack()
+	if err != nil {
+		return
+	}
+	for i, p := range parts {
+		if i > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		buf.WriteString(p)
+		buf.Flush()
+	}
+	c.Close()
 }
 
 // StreamPause is how long /chunked pauses between its two chunks.
