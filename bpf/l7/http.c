@@ -16,6 +16,9 @@
  *                                                  an HTTP/1 body: readLoop's closures
  *                                                  fn and earlyCloseFn (see body_pending)
  *                 x/net/http2 roundTripViaPool     the jump testing the error it returns; RETs
+ *                                                  an HTTP/2 body (either): endStream's CALL
+ *                                                  closing its pipe, or cleanupWriteRequest's
+ *                                                  of abortStream (see h2c_pending)
  *   gRPC server   (*Server).handleStream           (*http2Server).writeStatus
  *   gRPC client   newClientStream                  (*clientStream).finish, keyed by the
  *                 (newAttemptLocked moves the      stream; the CALL of endOfClientStream
@@ -217,6 +220,38 @@ volatile const __u64 off_pc_read_limit = 168;
  * readLoop gives a response body, fn minus earlyCloseFn (see body_signal);
  * 0 when they were not found: responses then end at their headers. */
 volatile const __s64 body_fn_delta = 0;
+/* An HTTP/2 client stream (clientStream: net/http's bundled copy before
+ * Go 1.27, net/http/internal/http2 after, which share these; h2x_ for
+ * golang.org/x/net's own): its response (res: an *http.Response, or Go
+ * 1.27's http2.ClientResponse, whose Body is at res_body), whether END_STREAM came
+ * (readClosed, a bool), what its body reader has left of the
+ * Content-Length (bytesRemain, untouched until the body is read), its
+ * buffered pipe (bufPipe) and that pipe's buffer (bufPipe.b, an
+ * interface), its abort error (abortErr, an interface); the buffer's
+ * count of bytes still expected (dataBuffer.expected), and where a
+ * gzipReader keeps the body it decompresses. h2c_ends and h2x_ends say
+ * the probes that end a stream are attached (sm_h2c_end, sm_h2c_abort);
+ * without them, responses end at their headers. */
+volatile const __u64 off_h2c_res = 0;
+volatile const __u64 off_h2c_res_body = 0;
+volatile const __u64 off_h2c_closed = 0;
+volatile const __u64 off_h2c_remain = 0;
+volatile const __u64 off_h2c_pipe = 0;
+volatile const __u64 off_h2c_buf = 0;
+volatile const __u64 off_h2c_abort_err = 0;
+volatile const __u64 off_h2c_expected = 0;
+volatile const __u64 off_h2c_gzip_body = 0;
+volatile const __u64 h2c_ends = 0;
+volatile const __u64 off_h2x_res = 0;
+volatile const __u64 off_h2x_res_body = 0;
+volatile const __u64 off_h2x_closed = 0;
+volatile const __u64 off_h2x_remain = 0;
+volatile const __u64 off_h2x_pipe = 0;
+volatile const __u64 off_h2x_buf = 0;
+volatile const __u64 off_h2x_abort_err = 0;
+volatile const __u64 off_h2x_expected = 0;
+volatile const __u64 off_h2x_gzip_body = 0;
+volatile const __u64 h2x_ends = 0;
 
 /* sm_http_start: request starts, in slots chosen by a hash of the
  * goroutine key (g pointer + pid), claimed with compare-and-swap and freed
@@ -287,12 +322,12 @@ static __always_inline __u32 start_slot(__u64 key)
 	return (__u32)key;
 }
 
-/* begin_key claims a start slot for key (a goroutine's request, a client
- * stream's, a response body's) with start time ns and the arguments an end
- * probe needs; 0 when every slot it may take is held (the caller counts
- * that). */
-static __always_inline int begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2, __u64 a3, __u64 a4,
-				     __u64 a5)
+/* claim takes a start slot for key (a goroutine's request, a client
+ * stream's, a response body's), holding it under hold (key, or another
+ * while it is filled) with start time ns; NULL when every slot it may take
+ * is held (the caller counts that). begin_key claims one with the
+ * arguments an end probe needs. */
+static __always_inline struct start *claim(__u64 key, __u64 ns, __u64 hold)
 {
 	__u32 base = start_slot(key);
 
@@ -310,18 +345,47 @@ static __always_inline int begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __
 		 * unsigned would take for stale, and steal. */
 		if (old && old != key && (__s64)(ns - s->ns) < (__s64)START_STALE_NS)
 			continue;
-		if (__sync_val_compare_and_swap(&s->key, old, key) != old)
+		if (__sync_val_compare_and_swap(&s->key, old, hold) != old)
 			continue;
 		s->ns = ns;
-		s->arg[0] = a0;
-		s->arg[1] = a1;
-		s->arg[2] = a2;
-		s->arg[3] = a3;
-		s->arg[4] = a4;
-		s->arg[5] = a5;
-		return 1;
+		return s;
 	}
-	return 0;
+	return NULL;
+}
+
+static __always_inline int begin_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2, __u64 a3, __u64 a4,
+				     __u64 a5)
+{
+	struct start *s = claim(key, ns, key);
+
+	if (!s)
+		return 0;
+	s->arg[0] = a0;
+	s->arg[1] = a1;
+	s->arg[2] = a2;
+	s->arg[3] = a3;
+	s->arg[4] = a4;
+	s->arg[5] = a5;
+	return 1;
+}
+
+/* publish_key is begin_key for a slot that an end probe on another CPU may
+ * take at once: the slot is held under another key (key ^ 1: the keys
+ * published are of aligned pointers) until its arguments are written, and
+ * the compare-and-swap that then gives it its key is a full barrier. */
+static __always_inline int publish_key(__u64 key, __u64 ns, __u64 a0, __u64 a1, __u64 a2, __u64 a4)
+{
+	struct start *s = claim(key, ns, key ^ 1);
+
+	if (!s)
+		return 0;
+	s->arg[0] = a0;
+	s->arg[1] = a1;
+	s->arg[2] = a2;
+	s->arg[3] = 0;
+	s->arg[4] = a4;
+	s->arg[5] = 0;
+	return __sync_val_compare_and_swap(&s->key, key ^ 1, key) == (key ^ 1);
 }
 
 /* find_key returns the start slot key holds, or NULL. */
@@ -896,10 +960,183 @@ static __always_inline int body_pending(struct start *st, __u64 code, __u64 clen
 	return 1;
 }
 
+/* An HTTP/2 client response ends with its stream, as an HTTP/1 one with
+ * its body: where END_STREAM comes (the read loop's endStream, on its CALL
+ * that closes the body's pipe, after it set readClosed), or where the
+ * stream is aborted before that (the body closed early, a reset, a
+ * cancelled request: the CALL of abortStream in cleanupWriteRequest, made
+ * once a stream and only then). Both run on goroutines other than the
+ * caller's, and the end often comes first (a small response's HEADERS and
+ * DATA arrive together and the read loop goes on while the caller wakes).
+ * So the caller, at its headers, hands the request over in a slot keyed by
+ * the stream (publish_key), then looks at readClosed and abortErr again;
+ * an end sets one of them before it looks for the slot. A full barrier
+ * sits between each side's store and load, so at least one side sees the
+ * other's; the one that takes the slot reports. The slot holds arg[0] the
+ * request, arg[1] the pipe's *dataBuffer, arg[2] bytesRemain at the
+ * headers, arg[4] status | 2 << 16.
+ *
+ * Size: the buffer counts expected down from the Content-Length (-1 when
+ * unknown) by each byte of DATA it takes in, so bytesRemain at the headers
+ * (the same Content-Length: nothing read it yet) less expected at the end
+ * is the body as it came (padding aside): the compressed size for a body
+ * decompressed on the way, what had come for one closed early. */
+struct h2c_layout {
+	__u64 res, res_body, closed, remain, pipe, buf, abort_err, expected, gzip_body;
+};
+
+#define H2C_STD                                                                                                        \
+	((struct h2c_layout){off_h2c_res, off_h2c_res_body, off_h2c_closed, off_h2c_remain, off_h2c_pipe, off_h2c_buf,  \
+			     off_h2c_abort_err, off_h2c_expected, off_h2c_gzip_body})
+#define H2C_XNET                                                                                                       \
+	((struct h2c_layout){off_h2x_res, off_h2x_res_body, off_h2x_closed, off_h2x_remain, off_h2x_pipe, off_h2x_buf,  \
+			     off_h2x_abort_err, off_h2x_expected, off_h2x_gzip_body})
+
+/* Only its locked add matters: a full barrier on the end probes' side. */
+__u64 h2c_fence;
+
+static __always_inline __u64 h2c_key(__u64 cs)
+{
+	return cs ^ (6ULL << 59);
+}
+
+/* h2c_size is the body's size: bytesRemain at the headers less what the
+ * buffer buf still expects; Content-Length when that makes no sense. */
+static __always_inline __u64 h2c_size(__u64 remain, __u64 buf, __u64 expected_off)
+{
+	__s64 n;
+
+	if (!buf)
+		return nonneg(remain);
+	n = (__s64)remain - (__s64)read_u64(buf + expected_off);
+	return n >= 0 ? n : nonneg(remain);
+}
+
+/* h2c_over says whether the stream cs has ended: END_STREAM came
+ * (readClosed) or it was aborted (abortErr, an interface, is set). */
+static __always_inline int h2c_over(__u64 cs, struct h2c_layout l)
+{
+	__u8 closed = 0;
+
+	bpf_probe_read_user(&closed, sizeof(closed), (void *)(cs + l.closed));
+	return closed || read_u64(cs + l.abort_err);
+}
+
+/* h2c_of says whether cs is the stream in layout l of a response body
+ * (the data word of Response.Body): its own response has that body. */
+static __always_inline int h2c_of(__u64 cs, __u64 body, struct h2c_layout l)
+{
+	__u64 res = read_u64(cs + l.res);
+
+	return res && read_u64(res + l.res_body + 8) == body;
+}
+
+/* h2c_stream returns the stream behind a response body (a
+ * transportResponseBody is the stream pointer, maybe under a gzipReader),
+ * or 0 if it is not one in layout l. */
+static __always_inline __u64 h2c_stream(__u64 body, struct h2c_layout l)
+{
+	__u64 cs;
+
+	if (!body)
+		return 0;
+	if (h2c_of(body, body, l))
+		return body;
+	cs = read_u64(body + l.gzip_body + 8);
+	return cs && h2c_of(cs, body, l) ? cs : 0;
+}
+
+/* h2c_handoff hands the request st, whose response (status code) is on
+ * stream cs, to the stream's end; 0 when it ends now instead (*bytes then
+ * its size so far: the stream is over, or there is no body buffer or
+ * slot). */
+static __always_inline int h2c_handoff(struct start *st, __u64 code, __u64 cs, struct h2c_layout l, __u64 *bytes)
+{
+	__u64 remain, buf;
+	struct start done;
+
+	read2(cs, l.remain, l.buf + 8, &remain, &buf);
+	if (!buf)
+		return 0;
+	*bytes = h2c_size(remain, buf, l.expected);
+	if (h2c_over(cs, l))
+		return 0;
+	if (!publish_key(h2c_key(cs), st->ns, st->arg[0], buf, remain, (code & 0xffff) | 2 << 16))
+		return 0;
+	/* Ended meanwhile: its end may have looked before the slot was
+	 * there; whichever takes it reports. */
+	if (!h2c_over(cs, l) || !take_key(h2c_key(cs), &done))
+		return 1;
+	*bytes = h2c_size(remain, buf, l.expected);
+	return 0;
+}
+
+/* h2c_pending hands a request whose HTTP/2 response (status code, Body's
+ * data word body) has a body still arriving to its stream's end; 0 when
+ * it ends now (*bytes then its size, if known). */
+static __always_inline int h2c_pending(struct start *st, __u64 code, __u64 body, __u64 *bytes)
+{
+	struct h2c_layout l = H2C_STD;
+	__u64 cs = h2c_ends ? h2c_stream(body, l) : 0;
+
+	/* One layout or the other, then one handoff: the verifier walks it
+	 * once, not once a layout. */
+	if (!cs && h2x_ends) {
+		l = H2C_XNET;
+		cs = h2c_stream(body, l);
+	}
+	return cs && h2c_handoff(st, code, cs, l, bytes);
+}
+
+/* h2c_end ends the request handed to stream cs, if it was. */
+static __always_inline void h2c_end(__u64 cs, __u64 expected_off)
+{
+	struct start st;
+
+	/* The store that ended the stream (readClosed, abortErr) before the
+	 * look for its slot. */
+	__sync_fetch_and_add(&h2c_fence, 1);
+	if (!take_key(h2c_key(cs), &st))
+		return;
+	client_report(st.ns, st.arg[0], st.arg[4] & 0xffff, 2, h2c_size(st.arg[2], st.arg[1], expected_off));
+}
+
+/* The CALL of (*pipe).closeWithError in (*clientConnReadLoop).endStream:
+ * END_STREAM came; AX is &cs.bufPipe. */
+SEC("uprobe/h2c_end")
+int sm_h2c_end(struct regs *r)
+{
+	h2c_end(GO_R1(r) - off_h2c_pipe, off_h2c_expected);
+	return 0;
+}
+
+SEC("uprobe/h2x_end")
+int sm_h2x_end(struct regs *r)
+{
+	h2c_end(GO_R1(r) - off_h2x_pipe, off_h2x_expected);
+	return 0;
+}
+
+/* The CALL of (*clientStream).abortStream in cleanupWriteRequest: the
+ * stream ended otherwise; AX is cs. */
+SEC("uprobe/h2c_abort")
+int sm_h2c_abort(struct regs *r)
+{
+	h2c_end(GO_R1(r), off_h2c_expected);
+	return 0;
+}
+
+SEC("uprobe/h2x_abort")
+int sm_h2x_abort(struct regs *r)
+{
+	h2c_end(GO_R1(r), off_h2x_expected);
+	return 0;
+}
+
 /* client_done ends a client request at a return point of
  * (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0 when there
- * is no response (the error's). An HTTP/1 body still arriving ends it
- * later (body_pending). */
+ * is no response (the error's). A body still arriving ends it later: an
+ * HTTP/1 one (body_pending), an HTTP/2 stream (h2c_pending). */
 static __always_inline int client_done(struct regs *r)
 {
 	__u64 off[4] = {off_resp_status_code, off_resp_content_length, off_resp_proto_major, off_resp_body + 8}, v[4],
@@ -913,6 +1150,8 @@ static __always_inline int client_done(struct regs *r)
 	 * unknown), unless the body says more. */
 	bytes = nonneg(v[1]);
 	if (v[0] && v[2] == 1 && body_pending(&st, v[0], v[1], v[3], &bytes))
+		return 0;
+	if (v[0] && v[2] == 2 && h2c_pending(&st, v[0], v[3], &bytes))
 		return 0;
 	client_report(st.ns, st.arg[0], v[0], v[2], bytes);
 	return 0;

@@ -75,7 +75,11 @@ const (
 	bpfProgSmGrpcServeEnd         = "sm_grpc_serve_end"
 	bpfProgSmGrpcSrvWrite         = "sm_grpc_srv_write"
 	bpfProgSmH2Done               = "sm_h2_done"
+	bpfProgSmH2cAbort             = "sm_h2c_abort"
+	bpfProgSmH2cEnd               = "sm_h2c_end"
 	bpfProgSmH2iDone              = "sm_h2i_done"
+	bpfProgSmH2xAbort             = "sm_h2x_abort"
+	bpfProgSmH2xEnd               = "sm_h2x_end"
 	bpfProgSmHttpBodyEnd          = "sm_http_body_end"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientOk         = "sm_http_client_ok"
@@ -86,6 +90,9 @@ const (
 	bpfProgSmXh2Done              = "sm_xh2_done"
 	bpfVarBodyFnDelta             = "body_fn_delta"
 	bpfVarEmitEvents              = "emit_events"
+	bpfVarH2cEnds                 = "h2c_ends"
+	bpfVarH2cFence                = "h2c_fence"
+	bpfVarH2xEnds                 = "h2x_ends"
 	bpfVarOffBodyR                = "off_body_r"
 	bpfVarOffBodySrc              = "off_body_src"
 	bpfVarOffBufioBuf             = "off_bufio_buf"
@@ -103,6 +110,15 @@ const (
 	bpfVarOffGrpcSstreamStream    = "off_grpc_sstream_stream"
 	bpfVarOffGrpcStreamMethod     = "off_grpc_stream_method"
 	bpfVarOffGzipBody             = "off_gzip_body"
+	bpfVarOffH2cAbortErr          = "off_h2c_abort_err"
+	bpfVarOffH2cBuf               = "off_h2c_buf"
+	bpfVarOffH2cClosed            = "off_h2c_closed"
+	bpfVarOffH2cExpected          = "off_h2c_expected"
+	bpfVarOffH2cGzipBody          = "off_h2c_gzip_body"
+	bpfVarOffH2cPipe              = "off_h2c_pipe"
+	bpfVarOffH2cRemain            = "off_h2c_remain"
+	bpfVarOffH2cRes               = "off_h2c_res"
+	bpfVarOffH2cResBody           = "off_h2c_res_body"
 	bpfVarOffH2irwRws             = "off_h2irw_rws"
 	bpfVarOffH2irwsReq            = "off_h2irws_req"
 	bpfVarOffH2irwsStatus         = "off_h2irws_status"
@@ -111,6 +127,15 @@ const (
 	bpfVarOffH2rwsReq             = "off_h2rws_req"
 	bpfVarOffH2rwsStatus          = "off_h2rws_status"
 	bpfVarOffH2rwsWrote           = "off_h2rws_wrote"
+	bpfVarOffH2xAbortErr          = "off_h2x_abort_err"
+	bpfVarOffH2xBuf               = "off_h2x_buf"
+	bpfVarOffH2xClosed            = "off_h2x_closed"
+	bpfVarOffH2xExpected          = "off_h2x_expected"
+	bpfVarOffH2xGzipBody          = "off_h2x_gzip_body"
+	bpfVarOffH2xPipe              = "off_h2x_pipe"
+	bpfVarOffH2xRemain            = "off_h2x_remain"
+	bpfVarOffH2xRes               = "off_h2x_res"
+	bpfVarOffH2xResBody           = "off_h2x_res_body"
 	bpfVarOffLrN                  = "off_lr_n"
 	bpfVarOffLrR                  = "off_lr_r"
 	bpfVarOffPcReadLimit          = "off_pc_read_limit"
@@ -195,7 +220,11 @@ type bpfProgramSpecs struct {
 	SmGrpcServeEnd    *ebpf.ProgramSpec `ebpf:"sm_grpc_serve_end"`
 	SmGrpcSrvWrite    *ebpf.ProgramSpec `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.ProgramSpec `ebpf:"sm_h2_done"`
+	SmH2cAbort        *ebpf.ProgramSpec `ebpf:"sm_h2c_abort"`
+	SmH2cEnd          *ebpf.ProgramSpec `ebpf:"sm_h2c_end"`
 	SmH2iDone         *ebpf.ProgramSpec `ebpf:"sm_h2i_done"`
+	SmH2xAbort        *ebpf.ProgramSpec `ebpf:"sm_h2x_abort"`
+	SmH2xEnd          *ebpf.ProgramSpec `ebpf:"sm_h2x_end"`
 	SmHttpBodyEnd     *ebpf.ProgramSpec `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
@@ -222,6 +251,9 @@ type bpfMapSpecs struct {
 type bpfVariableSpecs struct {
 	BodyFnDelta             *ebpf.VariableSpec `ebpf:"body_fn_delta"`
 	EmitEvents              *ebpf.VariableSpec `ebpf:"emit_events"`
+	H2cEnds                 *ebpf.VariableSpec `ebpf:"h2c_ends"`
+	H2cFence                *ebpf.VariableSpec `ebpf:"h2c_fence"`
+	H2xEnds                 *ebpf.VariableSpec `ebpf:"h2x_ends"`
 	OffBodyR                *ebpf.VariableSpec `ebpf:"off_body_r"`
 	OffBodySrc              *ebpf.VariableSpec `ebpf:"off_body_src"`
 	OffBufioBuf             *ebpf.VariableSpec `ebpf:"off_bufio_buf"`
@@ -239,6 +271,15 @@ type bpfVariableSpecs struct {
 	OffGrpcSstreamStream    *ebpf.VariableSpec `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.VariableSpec `ebpf:"off_grpc_stream_method"`
 	OffGzipBody             *ebpf.VariableSpec `ebpf:"off_gzip_body"`
+	OffH2cAbortErr          *ebpf.VariableSpec `ebpf:"off_h2c_abort_err"`
+	OffH2cBuf               *ebpf.VariableSpec `ebpf:"off_h2c_buf"`
+	OffH2cClosed            *ebpf.VariableSpec `ebpf:"off_h2c_closed"`
+	OffH2cExpected          *ebpf.VariableSpec `ebpf:"off_h2c_expected"`
+	OffH2cGzipBody          *ebpf.VariableSpec `ebpf:"off_h2c_gzip_body"`
+	OffH2cPipe              *ebpf.VariableSpec `ebpf:"off_h2c_pipe"`
+	OffH2cRemain            *ebpf.VariableSpec `ebpf:"off_h2c_remain"`
+	OffH2cRes               *ebpf.VariableSpec `ebpf:"off_h2c_res"`
+	OffH2cResBody           *ebpf.VariableSpec `ebpf:"off_h2c_res_body"`
 	OffH2irwRws             *ebpf.VariableSpec `ebpf:"off_h2irw_rws"`
 	OffH2irwsReq            *ebpf.VariableSpec `ebpf:"off_h2irws_req"`
 	OffH2irwsStatus         *ebpf.VariableSpec `ebpf:"off_h2irws_status"`
@@ -247,6 +288,15 @@ type bpfVariableSpecs struct {
 	OffH2rwsReq             *ebpf.VariableSpec `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.VariableSpec `ebpf:"off_h2rws_status"`
 	OffH2rwsWrote           *ebpf.VariableSpec `ebpf:"off_h2rws_wrote"`
+	OffH2xAbortErr          *ebpf.VariableSpec `ebpf:"off_h2x_abort_err"`
+	OffH2xBuf               *ebpf.VariableSpec `ebpf:"off_h2x_buf"`
+	OffH2xClosed            *ebpf.VariableSpec `ebpf:"off_h2x_closed"`
+	OffH2xExpected          *ebpf.VariableSpec `ebpf:"off_h2x_expected"`
+	OffH2xGzipBody          *ebpf.VariableSpec `ebpf:"off_h2x_gzip_body"`
+	OffH2xPipe              *ebpf.VariableSpec `ebpf:"off_h2x_pipe"`
+	OffH2xRemain            *ebpf.VariableSpec `ebpf:"off_h2x_remain"`
+	OffH2xRes               *ebpf.VariableSpec `ebpf:"off_h2x_res"`
+	OffH2xResBody           *ebpf.VariableSpec `ebpf:"off_h2x_res_body"`
 	OffLrN                  *ebpf.VariableSpec `ebpf:"off_lr_n"`
 	OffLrR                  *ebpf.VariableSpec `ebpf:"off_lr_r"`
 	OffPcReadLimit          *ebpf.VariableSpec `ebpf:"off_pc_read_limit"`
@@ -319,6 +369,9 @@ func (m *bpfMaps) Close() error {
 type bpfVariables struct {
 	BodyFnDelta             *ebpf.Variable `ebpf:"body_fn_delta"`
 	EmitEvents              *ebpf.Variable `ebpf:"emit_events"`
+	H2cEnds                 *ebpf.Variable `ebpf:"h2c_ends"`
+	H2cFence                *ebpf.Variable `ebpf:"h2c_fence"`
+	H2xEnds                 *ebpf.Variable `ebpf:"h2x_ends"`
 	OffBodyR                *ebpf.Variable `ebpf:"off_body_r"`
 	OffBodySrc              *ebpf.Variable `ebpf:"off_body_src"`
 	OffBufioBuf             *ebpf.Variable `ebpf:"off_bufio_buf"`
@@ -336,6 +389,15 @@ type bpfVariables struct {
 	OffGrpcSstreamStream    *ebpf.Variable `ebpf:"off_grpc_sstream_stream"`
 	OffGrpcStreamMethod     *ebpf.Variable `ebpf:"off_grpc_stream_method"`
 	OffGzipBody             *ebpf.Variable `ebpf:"off_gzip_body"`
+	OffH2cAbortErr          *ebpf.Variable `ebpf:"off_h2c_abort_err"`
+	OffH2cBuf               *ebpf.Variable `ebpf:"off_h2c_buf"`
+	OffH2cClosed            *ebpf.Variable `ebpf:"off_h2c_closed"`
+	OffH2cExpected          *ebpf.Variable `ebpf:"off_h2c_expected"`
+	OffH2cGzipBody          *ebpf.Variable `ebpf:"off_h2c_gzip_body"`
+	OffH2cPipe              *ebpf.Variable `ebpf:"off_h2c_pipe"`
+	OffH2cRemain            *ebpf.Variable `ebpf:"off_h2c_remain"`
+	OffH2cRes               *ebpf.Variable `ebpf:"off_h2c_res"`
+	OffH2cResBody           *ebpf.Variable `ebpf:"off_h2c_res_body"`
 	OffH2irwRws             *ebpf.Variable `ebpf:"off_h2irw_rws"`
 	OffH2irwsReq            *ebpf.Variable `ebpf:"off_h2irws_req"`
 	OffH2irwsStatus         *ebpf.Variable `ebpf:"off_h2irws_status"`
@@ -344,6 +406,15 @@ type bpfVariables struct {
 	OffH2rwsReq             *ebpf.Variable `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.Variable `ebpf:"off_h2rws_status"`
 	OffH2rwsWrote           *ebpf.Variable `ebpf:"off_h2rws_wrote"`
+	OffH2xAbortErr          *ebpf.Variable `ebpf:"off_h2x_abort_err"`
+	OffH2xBuf               *ebpf.Variable `ebpf:"off_h2x_buf"`
+	OffH2xClosed            *ebpf.Variable `ebpf:"off_h2x_closed"`
+	OffH2xExpected          *ebpf.Variable `ebpf:"off_h2x_expected"`
+	OffH2xGzipBody          *ebpf.Variable `ebpf:"off_h2x_gzip_body"`
+	OffH2xPipe              *ebpf.Variable `ebpf:"off_h2x_pipe"`
+	OffH2xRemain            *ebpf.Variable `ebpf:"off_h2x_remain"`
+	OffH2xRes               *ebpf.Variable `ebpf:"off_h2x_res"`
+	OffH2xResBody           *ebpf.Variable `ebpf:"off_h2x_res_body"`
 	OffLrN                  *ebpf.Variable `ebpf:"off_lr_n"`
 	OffLrR                  *ebpf.Variable `ebpf:"off_lr_r"`
 	OffPcReadLimit          *ebpf.Variable `ebpf:"off_pc_read_limit"`
@@ -390,7 +461,11 @@ type bpfPrograms struct {
 	SmGrpcServeEnd    *ebpf.Program `ebpf:"sm_grpc_serve_end"`
 	SmGrpcSrvWrite    *ebpf.Program `ebpf:"sm_grpc_srv_write"`
 	SmH2Done          *ebpf.Program `ebpf:"sm_h2_done"`
+	SmH2cAbort        *ebpf.Program `ebpf:"sm_h2c_abort"`
+	SmH2cEnd          *ebpf.Program `ebpf:"sm_h2c_end"`
 	SmH2iDone         *ebpf.Program `ebpf:"sm_h2i_done"`
+	SmH2xAbort        *ebpf.Program `ebpf:"sm_h2x_abort"`
+	SmH2xEnd          *ebpf.Program `ebpf:"sm_h2x_end"`
 	SmHttpBodyEnd     *ebpf.Program `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
@@ -414,7 +489,11 @@ func (p *bpfPrograms) Close() error {
 		p.SmGrpcServeEnd,
 		p.SmGrpcSrvWrite,
 		p.SmH2Done,
+		p.SmH2cAbort,
+		p.SmH2cEnd,
 		p.SmH2iDone,
+		p.SmH2xAbort,
+		p.SmH2xEnd,
 		p.SmHttpBodyEnd,
 		p.SmHttpClientEnd,
 		p.SmHttpClientOk,

@@ -5,7 +5,9 @@ package l7
 
 import (
 	"fmt"
+	"maps"
 	"reflect"
+	"slices"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/features"
@@ -116,7 +118,76 @@ var variables = map[string][]string{
 	"off_bufio_w":             {"bufio.Reader.w"},
 	"off_pc_read_limit":       {"net/http.persistConn.readLimit"},
 	"body_fn_delta":           {BodyFnDelta},
+	"h2c_ends":                {H2ClientEnds},
+	"h2x_ends":                {XH2ClientEnds},
 }
+
+// h2Client are the constants of an HTTP/2 client stream's layout in the
+// programs (off_h2c_*, off_h2x_*), from the structs of package pkg whose
+// names have prefix (net/http's bundled copy: "http2"), and resBody, the
+// Body of the response type the stream keeps.
+func h2Client(constant, pkg, prefix, resBody string) map[string][]string {
+	cs := pkg + "." + prefix + "clientStream."
+	return map[string][]string{
+		"off_" + constant + "_res":       {cs + "res"},
+		"off_" + constant + "_res_body":  {resBody},
+		"off_" + constant + "_closed":    {cs + "readClosed"},
+		"off_" + constant + "_remain":    {cs + "bytesRemain"},
+		"off_" + constant + "_pipe":      {cs + "bufPipe"},
+		"off_" + constant + "_buf":       {cs + "bufPipe", pkg + "." + prefix + "pipe.b"},
+		"off_" + constant + "_abort_err": {cs + "abortErr"},
+		"off_" + constant + "_expected":  {pkg + "." + prefix + "dataBuffer.expected"},
+		"off_" + constant + "_gzip_body": {pkg + "." + prefix + "gzipReader.body"},
+	}
+}
+
+// aliases name, for a field the programs' constants use, the fields that
+// give it, the first a binary has: net/http's HTTP/2 client is the copy it
+// bundles before Go 1.27 and net/http/internal/http2 after, of one layout
+// but for the response its streams keep (an *http.Response, then an
+// http2.ClientResponse), and the programs read either with the same
+// constants.
+var aliases = map[string][]string{}
+
+// h2ResponseBody is no struct field: the Body of the response net/http's
+// HTTP/2 client streams keep.
+const h2ResponseBody = "net/http HTTP/2 client stream's response.Body"
+
+func init() {
+	bundled := h2Client("h2c", "net/http", "http2", h2ResponseBody)
+	internal := h2Client("h2c", "net/http/internal/http2", "", "net/http/internal/http2.ClientResponse.Body")
+	maps.Copy(variables, bundled)
+	maps.Copy(variables, h2Client("h2x", "golang.org/x/net/http2", "", "net/http.Response.Body"))
+	for c, fields := range bundled {
+		for i, f := range fields {
+			aliases[f] = []string{f, internal[c][i]}
+		}
+	}
+	aliases[h2ResponseBody] = []string{"net/http/internal/http2.ClientResponse.Body", "net/http.Response.Body"}
+}
+
+// Resolve adds to off the fields the programs' constants use under other
+// names (aliases). Call it before looking at Fields or loading.
+func Resolve(off Offsets) {
+	for name, from := range aliases {
+		for _, f := range from {
+			if v, ok := off[f]; ok {
+				off[name] = v
+				break
+			}
+		}
+	}
+}
+
+// H2ClientEnds and XH2ClientEnds are no struct fields: set in Offsets (to
+// 1) where the probes that end an HTTP/2 client stream are placed, in
+// net/http's own HTTP/2 (sm_h2c_end, sm_h2c_abort) and in
+// golang.org/x/net's (sm_h2x_end, sm_h2x_abort). With them, a request over
+// HTTP/2 ends with its response's stream; without, at its headers.
+const (
+	H2ClientEnds  = "net/http HTTP/2 client: stream ends probed"
+	XH2ClientEnds = "golang.org/x/net/http2 client: stream ends probed"
+)
 
 // BodyFnDelta is no struct field: in Offsets, the distance from the entry
 // of the earlyCloseFn closure net/http's readLoop gives a response body to
@@ -159,6 +230,16 @@ func init() {
 		// delta only with them.
 		"sm_http_body_end": append([]string{"off_bufio_r", "off_bufio_w", "off_pc_read_limit", "off_resp_body", "off_es_body",
 			"off_es_fn", "off_es_early", "off_gzip_body", "off_body_src", "off_body_r", "off_lr_r", "off_lr_n", "off_bufio_buf", "off_bufio_rd"}, clientDone...),
+	}
+	// Where a stream's ends were placed (H2ClientEnds, XH2ClientEnds),
+	// the client's return points read these too.
+	for _, c := range []string{"h2c", "h2x"} {
+		vars := slices.Clone(clientDone)
+		for v := range h2Client(c, "", "", "") {
+			vars = append(vars, v)
+		}
+		slices.Sort(vars)
+		uses["sm_"+c+"_end"], uses["sm_"+c+"_abort"] = vars, vars
 	}
 	for prog, vars := range uses {
 		Fields[prog] = []string{}

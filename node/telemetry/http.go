@@ -34,7 +34,8 @@ type Request struct {
 	Peer string
 	// Bytes is the response body's size: what a server's handler wrote;
 	// for a client, what an HTTP/1 body took off the connection (its
-	// chunk framing included), else the Content-Length (0 if unknown).
+	// chunk framing included) or an HTTP/2 stream's DATA (padding
+	// aside), else the Content-Length (0 if unknown).
 	Bytes    uint64
 	ReqBytes uint64 // the request's Content-Length (0 when chunked)
 	Duration time.Duration
@@ -120,9 +121,9 @@ var groups = []struct {
 	// cannot be placed; it is not attached where that one is.
 	insteadOf string
 	// settle, if set, finishes a group's plan once its probes are
-	// placed: it may drop probes that only work together, and set
-	// constants of the programs in off.
-	settle func(bin *gobin.Binary, addrs [][]uint64, off map[string]uint64)
+	// placed (addrs, by probe): it may drop probes that only work
+	// together, and set constants of the programs in off.
+	settle func(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64)
 }{
 	// An HTTP/1 request starts on the CALL of serverHandler.ServeHTTP in
 	// (*conn).serve, an HTTP/2 one where its server runs the handler
@@ -160,7 +161,14 @@ var groups = []struct {
 			find: func(b *gobin.Binary) (gobin.Func, error) { fn, _, err := readLoopClosures(b); return fn, err }},
 		{fn: "net/http.(*persistConn).readLoop's earlyCloseFn closure", prog: "sm_http_body_end", optional: true,
 			find: func(b *gobin.Binary) (gobin.Func, error) { _, early, err := readLoopClosures(b); return early, err }},
-	}, "", bodyDelta},
+		// An HTTP/2 response's stream ends its request, in the copy
+		// net/http bundles (before Go 1.27) or its internal package.
+		h2StreamEnd("net/http", "http2", "sm_h2c_end"), h2StreamAbort("net/http", "http2", "sm_h2c_abort"),
+		h2StreamEnd("net/http/internal/http2", "", "sm_h2c_end"), h2StreamAbort("net/http/internal/http2", "", "sm_h2c_abort"),
+	}, "", func(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
+		bodyDelta(bin, probes, addrs, off)
+		bothOrNeither(probes, addrs, off, l7.H2ClientEnds, "sm_h2c_end", "sm_h2c_abort")
+	}},
 	// x/net's HTTP/2 transport used on its own (h2c clients); under a
 	// net/http Transport the inner call is the one counted, once. Its
 	// retry loop, roundTripViaPool, tests the error again before it
@@ -172,14 +180,16 @@ var groups = []struct {
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_end", returns: true, nilTest: true},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_ok", nilTest: true, optional: true},
-	}, "", nil},
+		h2StreamEnd("golang.org/x/net/http2", "", "sm_h2x_end"), h2StreamAbort("golang.org/x/net/http2", "", "sm_h2x_abort"),
+	}, "", settleXH2},
 	// Where roundTripViaPool is not there (older x/net loops in
 	// RoundTripOpt; the tests build with v0.60): the RETs of RoundTrip,
 	// which the kernel single-steps.
 	{HTTPClient, "x/net/http2 client (returns)", []probe{
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_end", returns: true},
-	}, "x/net/http2 client", nil},
+		h2StreamEnd("golang.org/x/net/http2", "", "sm_h2x_end"), h2StreamAbort("golang.org/x/net/http2", "", "sm_h2x_abort"),
+	}, "x/net/http2 client", settleXH2},
 	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
@@ -297,6 +307,7 @@ func readPlan(path string) (*plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	l7.Resolve(off)
 	pl := &plan{off: off}
 	planned := map[string]bool{}
 	for i, g := range groups {
@@ -313,7 +324,7 @@ func readPlan(path string) (*plan, error) {
 			continue
 		}
 		if g.settle != nil {
-			g.settle(bin, addrs, off)
+			g.settle(bin, g.probes, addrs, off)
 		}
 		pl.groups = append(pl.groups, struct {
 			group int
@@ -357,7 +368,7 @@ probes:
 			return nil, err.Error()
 		}
 		if p.callsIn != "" {
-			if out[i] = callSites(bin, f, p.callsIn); len(out[i]) == 0 {
+			if out[i] = callSites(bin, f, p.callsIn); len(out[i]) == 0 && !p.optional {
 				return nil, fmt.Sprintf("%s: no call to it in %s* (inlined there)", p.fn, p.callsIn)
 			}
 			continue
@@ -425,19 +436,69 @@ func readLoopClosures(bin *gobin.Binary) (fn, early gobin.Func, err error) {
 	return fns[0], earlies[0], nil
 }
 
-// bodyDelta settles the net/http client group: its last two probes, on
-// readLoop's body closures, only work together. Where both were placed it
-// sets l7.BodyFnDelta in off, for the client's return points to hand a
-// request to its body; otherwise it drops them, and requests end at
-// their headers.
-func bodyDelta(bin *gobin.Binary, addrs [][]uint64, off map[string]uint64) {
-	fn, early := addrs[len(addrs)-2], addrs[len(addrs)-1]
+// bodyDelta settles the net/http client group's probes on readLoop's body
+// closures (sm_http_body_end), which only work together. Where both were
+// placed it sets l7.BodyFnDelta in off, for the client's return points to
+// hand a request to its body; otherwise it drops them, and requests end
+// at their headers.
+func bodyDelta(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
 	closureFn, closureEarly, err := readLoopClosures(bin)
-	if err == nil && len(fn) > 0 && len(early) > 0 {
+	if err == nil && placed(probes, addrs)["sm_http_body_end"] == 2 {
 		off[l7.BodyFnDelta] = closureFn.Entry - closureEarly.Entry
 		return
 	}
-	addrs[len(addrs)-2], addrs[len(addrs)-1] = nil, nil
+	drop(probes, addrs, "sm_http_body_end")
+}
+
+// h2StreamEnd and h2StreamAbort are the probes that end an HTTP/2 client
+// stream, in package pkg whose types have prefix (bpf/l7's h2c_pending):
+// the CALL that closes its body's pipe once END_STREAM came, and
+// cleanupWriteRequest's CALL of abortStream (a stream over before that).
+func h2StreamEnd(pkg, prefix, prog string) probe {
+	return probe{fn: pkg + ".(*" + prefix + "pipe).closeWithError", prog: prog, optional: true,
+		callsIn: pkg + ".(*" + prefix + "clientConnReadLoop).endStream"}
+}
+
+func h2StreamAbort(pkg, prefix, prog string) probe {
+	return probe{fn: pkg + ".(*" + prefix + "clientStream).abortStream", prog: prog, optional: true,
+		callsIn: pkg + ".(*" + prefix + "clientStream).cleanupWriteRequest"}
+}
+
+// settleXH2 settles x/net's HTTP/2 client groups: its streams' ends.
+func settleXH2(_ *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
+	bothOrNeither(probes, addrs, off, l7.XH2ClientEnds, "sm_h2x_end", "sm_h2x_abort")
+}
+
+// bothOrNeither keeps the probes of programs a and b, and sets flag in off,
+// only where each of them was placed; otherwise it drops them (an HTTP/2
+// stream that could end unseen would hold its slot for minutes, and not
+// be counted).
+func bothOrNeither(probes []probe, addrs [][]uint64, off map[string]uint64, flag, a, b string) {
+	if n := placed(probes, addrs); n[a] > 0 && n[b] > 0 {
+		off[flag] = 1
+		return
+	}
+	drop(probes, addrs, a, b)
+}
+
+// placed counts, by program, the probes of a group that were placed.
+func placed(probes []probe, addrs [][]uint64) map[string]int {
+	n := map[string]int{}
+	for i, p := range probes {
+		if len(addrs[i]) > 0 {
+			n[p.prog]++
+		}
+	}
+	return n
+}
+
+// drop removes the probes of progs from a group's plan.
+func drop(probes []probe, addrs [][]uint64, progs ...string) {
+	for i, p := range probes {
+		if slices.Contains(progs, p.prog) {
+			addrs[i] = nil
+		}
+	}
 }
 
 // callSites lists the CALLs to fn in the functions whose names start with

@@ -170,14 +170,18 @@ func TestRequests(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Fatalf("requests seen\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 			}
-			// An HTTP/1 response's body ends its request at the client:
+			// A response's body ends its request at the client. HTTP/1:
 			// read to its end (chunked: its size on the wire, framing
 			// included; with a Content-Length, that; either way its
 			// duration past the pause between its two parts), closed
 			// unread (nothing read, ended at the close), compressed
 			// and all there with the headers (its compressed size), or
-			// without a length, until the connection closes.
-			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip", "GET http://" + addr + "/close"} {
+			// without a length, until the connection closes. HTTP/2,
+			// net/http's and x/net's: its DATA, read to its end or
+			// closed after the first part (what had come: 5 bytes).
+			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip", "GET http://" + addr + "/close",
+				"H2 http://" + addr + "/chunked", "H2HALF http://" + addr + "/chunked", "H2 http://" + addr + "/paused", "H2 http://" + addr + "/gzip",
+				"XH2 http://" + addr + "/chunked", "XH2HALF http://" + addr + "/chunked"} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -194,6 +198,18 @@ func TestRequests(t *testing.T) {
 				// Until the connection closes (a hijacked handler:
 				// not counted at the server).
 				"http-client 1 GET /close 200 - 9 0 " + addr,
+				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 2 GET /chunked 200 - 12 0 " + addr,
+				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 2 GET /chunked 200 - 5 0 " + addr,
+				"http-server 2 GET /paused 200 - 12 0 127.0.0.1",
+				"http-client 2 GET /paused 200 - 12 0 " + addr,
+				"http-server 2 GET /gzip 200 - " + gz + " 0 127.0.0.1",
+				"http-client 2 GET /gzip 200 - " + gz + " 0 " + addr,
+				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 2 GET /chunked 200 - 12 0 " + addr,
+				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 2 GET /chunked 200 - 5 0 " + addr,
 			}
 			reqs := collectRequests(t, tr, len(want))
 			got = format(reqs)
@@ -204,8 +220,9 @@ func TestRequests(t *testing.T) {
 			}
 			for _, r := range reqs {
 				// Read to its end, a body took the pause; closed
-				// unread, it ended before.
-				if (r.Path == "/chunked" || r.Path == "/paused") && (r.Bytes == 0) != (r.Duration < streamPause) {
+				// before (unread, or after its first part), it
+				// ended before.
+				if (r.Path == "/chunked" || r.Path == "/paused") && (r.Bytes < 12) != (r.Duration < streamPause) {
 					t.Errorf("%s %s %d bytes: %v", r.Kind, r.Path, r.Bytes, r.Duration)
 				}
 			}
@@ -236,22 +253,22 @@ func TestRequests(t *testing.T) {
 				return StatsKey{Kind: HTTPServer, Status: status, GRPCStatus: -1, Peer: "127.0.0.1"}
 			}
 			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
-			// 200: three of /ok (5 bytes), two of /chunked and one of
-			// /paused (12, 300 ms), one of /gzip.
-			if ok.Count != 7 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+36+uint64(gzippedLen(t)) || missing.BytesSum != 57 ||
-				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 7 || fail.ReqBytesSum != 7 {
+			// 200: three of /ok (5 bytes); HTTP/1 and HTTP/2, six of
+			// /chunked and two of /paused (12, 300 ms), two of /gzip.
+			if ok.Count != 13 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+96+2*uint64(gzippedLen(t)) || missing.BytesSum != 57 ||
+				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 13 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64
 			for _, n := range ok.DurationBuckets {
 				inBuckets += n
 			}
-			if inBuckets != 7 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 3 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
+			if inBuckets != 13 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 8 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
 				t.Fatalf("buckets %+v", ok)
 			}
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
-				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          6,
+				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          12,
 				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,
@@ -336,37 +353,51 @@ func concurrentGRPCCalls(t *testing.T, bin string) {
 	}
 }
 
-// TestConcurrentHTTPBodies: many HTTP/1 client requests at once whose
-// bodies end after their headers (chunked, in two parts 2 ms apart) are
-// each counted once, with the body's size, and leave no start behind.
+// TestConcurrentHTTPBodies: many client requests at once whose bodies end
+// after their headers (chunked, in two parts 2 ms apart), over HTTP/1 and
+// over HTTP/2 (one connection's streams), and HTTP/2 ones whose stream
+// often ends before the caller has its headers (/ok), are each counted
+// once, with the body's size, and leave no start behind.
 func TestConcurrentHTTPBodies(t *testing.T) {
 	testutil.Privileged(t)
 	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
-	srv := testutil.Start(t, bin)
-	addr := srv.Line(t)
-	tr := trace(t, bin, srv.Pid(), false)
-	const n, goroutines = 600, 24
-	fmt.Fprintf(srv.Stdin, "GETMANY http://%s/chunked?pause=2ms %d %d\n", addr, n, goroutines)
-	if got := srv.Line(t); got != "failed 0" {
-		t.Fatalf("GETMANY: %s", got)
-	}
-	client := StatsKey{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}
-	server := StatsKey{Kind: HTTPServer, Status: 200, GRPCStatus: -1, Peer: "127.0.0.1"}
-	stats := statsWhen(t, tr, func(stats map[StatsKey]Totals) bool {
-		return stats[client].Count == n && stats[server].Count == n
-	})
-	// 27 bytes of chunked body on the wire; 12 written by the handler.
-	if c := stats[client]; c.Count != n || c.BytesSum != 27*n {
-		t.Errorf("client: %d requests of %d bytes, want %d of %d", c.Count, c.BytesSum, n, 27*n)
-	}
-	if s := stats[server]; s.Count != n || s.BytesSum != 12*n {
-		t.Errorf("server: %d requests of %d bytes, want %d of %d", s.Count, s.BytesSum, n, 12*n)
-	}
-	if d, _ := tr.Drops(); d != 0 {
-		t.Errorf("%d dropped", d)
-	}
-	if open, err := tr.Open(); err != nil || open != 0 {
-		t.Errorf("%d requests still open (%v), want none", open, err)
+	for _, c := range []struct {
+		cmd, path string
+		// Bytes of body a request: on the wire (chunk framing
+		// included) and as the handler wrote them.
+		client, server uint64
+	}{
+		{"GETMANY", "/chunked?pause=2ms", 27, 12},
+		{"H2MANY", "/chunked?pause=2ms", 12, 12},
+		{"H2MANY", "/ok", 5, 5},
+	} {
+		t.Run(c.cmd+" "+c.path, func(t *testing.T) {
+			srv := testutil.Start(t, bin)
+			addr := srv.Line(t)
+			tr := trace(t, bin, srv.Pid(), false)
+			const n, goroutines = 600, 24
+			fmt.Fprintf(srv.Stdin, "%s http://%s%s %d %d\n", c.cmd, addr, c.path, n, goroutines)
+			if got := srv.Line(t); got != "failed 0" {
+				t.Fatalf("%s: %s", c.cmd, got)
+			}
+			client := StatsKey{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}
+			server := StatsKey{Kind: HTTPServer, Status: 200, GRPCStatus: -1, Peer: "127.0.0.1"}
+			stats := statsWhen(t, tr, func(stats map[StatsKey]Totals) bool {
+				return stats[client].Count == n && stats[server].Count == n
+			})
+			if cl := stats[client]; cl.Count != n || cl.BytesSum != c.client*n {
+				t.Errorf("client: %d requests of %d bytes, want %d of %d", cl.Count, cl.BytesSum, n, c.client*n)
+			}
+			if s := stats[server]; s.Count != n || s.BytesSum != c.server*n {
+				t.Errorf("server: %d requests of %d bytes, want %d of %d", s.Count, s.BytesSum, n, c.server*n)
+			}
+			if d, _ := tr.Drops(); d != 0 {
+				t.Errorf("%d dropped", d)
+			}
+			if open, err := tr.Open(); err != nil || open != 0 {
+				t.Errorf("%d requests still open (%v), want none", open, err)
+			}
+		})
 	}
 }
 

@@ -206,9 +206,11 @@ func emptyProbes(b *testing.B, bin string, pid int, points []struct{ fn, callsIn
 // request ends on the jump testing the transport's error (emulated), or
 // on a RET of roundTrip (single-stepped) on other paths; with a body that
 // is not all there with the headers (chunked, two writes), on the body's
-// closure. The same through
-// x/net's HTTP/2 transport (h2c): a success ends on the jump testing the
-// error before its retry loop returns.
+// closure. Over HTTP/2 (h2c), net/http's own and x/net's transport: a
+// request ends with its stream, on the read loop's endStream (one hit
+// more), at the caller's headers when that came first (a small response:
+// /ok); x/net's success point is the jump testing the error before its
+// retry loop returns.
 func BenchmarkHTTPClientProbes(b *testing.B) {
 	testutil.Privileged(b)
 	bin := testutil.BuildGo(b, "../../node/telemetry/testdata/httpserver", "")
@@ -220,6 +222,10 @@ func BenchmarkHTTPClientProbes(b *testing.B) {
 	// headers, so the request ends on the body's closure (one hit more).
 	benchClient(b, telemetry.HTTPClient, "Go HTTP client, chunked body", "request", `"HTTP/1.1 200":`,
 		"http-call", "-url", strings.TrimSuffix(url, "/ok")+"/chunked?pause=0s")
+	benchClient(b, telemetry.HTTPClient, "Go HTTP/2 client", "request", `"HTTP/2.0 200":`,
+		"http-call", "-h2", "-url", url)
+	benchClient(b, telemetry.HTTPClient, "Go HTTP/2 client, chunked body", "request", `"HTTP/2.0 200":`,
+		"http-call", "-h2", "-url", strings.TrimSuffix(url, "/ok")+"/chunked?pause=0s")
 	benchClient(b, telemetry.HTTPClient, "x/net HTTP/2 client", "request", `"HTTP/2.0 200":`,
 		"http-call", "-xh2", "-url", url)
 }

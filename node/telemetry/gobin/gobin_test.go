@@ -135,9 +135,9 @@ func TestEmbeddedTableMatchesThisGo(t *testing.T) {
 func inGo(group, v string) bool {
 	modern := version.Compare(v, "go1.27") >= 0
 	switch group {
-	case "net/http bundled http2 server", "x/net http2 server":
+	case "net/http bundled http2 server", "x/net http2 server", "net/http bundled http2 client", "x/net http2 client":
 		return !modern
-	case "net/http/internal/http2 server":
+	case "net/http/internal/http2 server", "net/http/internal/http2 client":
 		return modern
 	}
 	return true

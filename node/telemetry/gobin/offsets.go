@@ -91,6 +91,13 @@ var OptionalFields = map[string][]Field{
 		{"", "net/http/internal/http2.ServerRequest", "ContentLength"},
 		{"", "net/http/internal/http2.ServerRequest", "RemoteAddr"},
 	},
+	// HTTP/2 client streams, so that a request ends with its response's
+	// stream (bpf/l7's h2Client): net/http's bundled copy (Go 1.26 and
+	// before), net/http/internal/http2 (Go 1.27 on), golang.org/x/net's
+	// own (wrapping net/http's from Go 1.27 on).
+	"net/http bundled http2 client":  h2ClientFields("", "net/http", "http2"),
+	"net/http/internal/http2 client": h2ClientFields("", "net/http/internal/http2", ""),
+	"x/net http2 client":             h2ClientFields(xnetModule, "golang.org/x/net/http2", ""),
 	// An HTTP/1 client response's body, to the connection it reads, so
 	// that the request ends with its body.
 	"net/http client body": {
@@ -109,6 +116,23 @@ var OptionalFields = map[string][]Field{
 		{"", "bufio.Reader", "w"},
 		{"", "net/http.persistConn", "readLimit"},
 	},
+}
+
+// h2ClientFields are the fields of an HTTP/2 client stream the probes
+// read, in the structs of package pkg whose names have prefix.
+func h2ClientFields(module, pkg, prefix string) []Field {
+	f := func(typ, name string) Field { return Field{module, pkg + "." + prefix + typ, name} }
+	fields := []Field{
+		f("clientStream", "res"), f("clientStream", "readClosed"), f("clientStream", "bytesRemain"),
+		f("clientStream", "bufPipe"), f("clientStream", "abortErr"), f("pipe", "b"),
+		f("dataBuffer", "expected"), f("gzipReader", "body"),
+	}
+	if pkg == "net/http/internal/http2" {
+		// Its streams keep a response of their own, not an
+		// *http.Response.
+		fields = append(fields, f("ClientResponse", "Body"))
+	}
+	return fields
 }
 
 // hasAll says whether table entry t has every field of fields.

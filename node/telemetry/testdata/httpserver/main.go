@@ -20,9 +20,12 @@
 //	GETCLOSE url   an HTTP/1.1 GET whose body is closed unread
 //	GETMANY url n goroutines  n HTTP/1.1 GETs at once
 //	H2 url         a GET over h2c
+//	H2HALF url     a GET over h2c whose body is closed after 5 bytes
+//	H2MANY url n goroutines  n GETs over h2c at once
 //	GRPC target method   a unary gRPC call
 //	GRPCS target method  a streaming gRPC call (one message each way)
 //	XH2 url        a GET with golang.org/x/net's HTTP/2 transport (h2c)
+//	XH2HALF url    the same, with x/net's transport
 //	GRPCBADMD target method     a unary call grpc refuses (bad metadata)
 //	GRPCMANY target n goroutines  n calls at once, unary and streaming
 //	GRPCTWO target  two streams from one goroutine, the first ending first
@@ -252,9 +255,11 @@ func client(in io.Reader, out io.Writer) {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			fmt.Fprintln(out, resp.StatusCode)
-		case len(f) == 4 && f[0] == "GETMANY":
+		case len(f) == 4 && (f[0] == "GETMANY" || f[0] == "H2MANY"):
 			// GETMANY url n goroutines: n HTTP/1.1 GETs at once from
-			// that many goroutines, every body read to its end.
+			// that many goroutines, every body read to its end
+			// (H2MANY: over h2c).
+			c := map[string]*http.Client{"GETMANY": h1, "H2MANY": h2}[f[0]]
 			n, _ := strconv.Atoi(f[2])
 			par, _ := strconv.Atoi(f[3])
 			var wg sync.WaitGroup
@@ -262,7 +267,7 @@ func client(in io.Reader, out io.Writer) {
 			for g := range par {
 				wg.Go(func() {
 					for i := g; i < n; i += par {
-						resp, err := h1.Get(f[1])
+						resp, err := c.Get(f[1])
 						if err != nil {
 							failed.Add(1)
 							continue
@@ -274,12 +279,17 @@ func client(in io.Reader, out io.Writer) {
 			}
 			wg.Wait()
 			fmt.Fprintln(out, "failed", failed.Load())
-		case len(f) == 2 && f[0] == "GETCLOSE":
-			// The body closed unread.
-			resp, err := h1.Get(f[1])
+		case len(f) == 2 && (f[0] == "GETCLOSE" || f[0] == "H2HALF" || f[0] == "XH2HALF"):
+			// The body closed unread (GETCLOSE), or after its first
+			// 5 bytes (the first part of /chunked).
+			c := map[string]*http.Client{"GETCLOSE": h1, "H2HALF": h2, "XH2HALF": xh2}[f[0]]
+			resp, err := c.Get(f[1])
 			if err != nil {
 				fmt.Fprintln(out, "error:", err)
 				continue
+			}
+			if f[0] != "GETCLOSE" {
+				io.ReadFull(resp.Body, make([]byte, 5))
 			}
 			resp.Body.Close()
 			fmt.Fprintln(out, resp.StatusCode)
