@@ -57,6 +57,8 @@ struct regs {
 /* A closure's context (its funcval) on entry. */
 #define GO_CTX(r) ((r)->dx)
 
+#define MAX_INT64 0x7fffffffffffffffULL
+
 #define METHOD_LEN 8
 #define PATH_LEN 64
 #define PEER_LEN 64
@@ -83,7 +85,7 @@ enum kind {
 struct http_event {
 	__u64 duration_ns;
 	__u64 bytes;
-	__u64 req_bytes; /* the request's Content-Length (0 if unknown) */
+	__u64 req_bytes; /* its Content-Length; else what a server took in (0 at a client) */
 	__u32 pid;
 	__u16 status;
 	__u8 grpc_status;
@@ -176,14 +178,20 @@ volatile const __u64 off_h2rw_rws = 0;
 volatile const __u64 off_h2rws_req = 8;
 volatile const __u64 off_h2rws_status = 72;
 volatile const __u64 off_h2rws_wrote = 96;
+volatile const __u64 off_h2rws_stream = 0;
+volatile const __u64 off_h2st_body_bytes = 0;
 volatile const __u64 off_xh2rw_rws = 0;
 volatile const __u64 off_xh2rws_req = 8;
 volatile const __u64 off_xh2rws_status = 72;
 volatile const __u64 off_xh2rws_wrote = 96;
+volatile const __u64 off_xh2rws_stream = 0;
+volatile const __u64 off_xh2st_body_bytes = 0;
 volatile const __u64 off_h2irw_rws = 0;
 volatile const __u64 off_h2irws_req = 8;
 volatile const __u64 off_h2irws_status = 240;
 volatile const __u64 off_h2irws_wrote = 264;
+volatile const __u64 off_h2irws_stream = 0;
+volatile const __u64 off_h2ist_body_bytes = 0;
 volatile const __u64 off_srq_method = 48;
 volatile const __u64 off_srq_url = 64;
 volatile const __u64 off_srq_content_length = 120;
@@ -216,6 +224,16 @@ volatile const __u64 off_bufio_rd = 24;
 volatile const __u64 off_bufio_r = 40;
 volatile const __u64 off_bufio_w = 48;
 volatile const __u64 off_pc_read_limit = 168;
+/* An HTTP/1 server's connection, for a chunked request body's size: the
+ * *response's conn, its connReader (r) and bufio.Reader (bufr), and what
+ * the connReader may still read (remain: MaxInt64 once the request's
+ * headers are read, less every byte read since). srv_chunked says they
+ * are all known. */
+volatile const __u64 off_response_conn = 0;
+volatile const __u64 off_conn_r = 0;
+volatile const __u64 off_conn_bufr = 0;
+volatile const __u64 off_cr_remain = 0;
+volatile const __u64 srv_chunked = 0;
 /* The distance between the entries of the two closures net/http's
  * readLoop gives a response body, fn minus earlyCloseFn (see body_signal);
  * 0 when they were not found: responses then end at their headers. */
@@ -703,11 +721,40 @@ struct req_fields {
 #define HTTP_REQUEST                                                                                                   \
 	((struct req_fields){off_request_method, off_request_url, off_request_content_length, off_request_remote_addr})
 
+/* conn_buffered is what the connection of an HTTP/1 *response w holds
+ * unread in its bufio.Reader, and *remain its connReader's limit. */
+static __always_inline __u64 conn_buffered(__u64 w, __u64 *remain)
+{
+	__u64 conn = read_u64(w + off_response_conn), cr, bufr, rp, wp;
+
+	read2(conn, off_conn_r, off_conn_bufr, &cr, &bufr);
+	read2(bufr, off_bufio_r, off_bufio_w, &rp, &wp);
+	*remain = read_u64(cr + off_cr_remain);
+	return wp - rp;
+}
+
+/* chunked_size is what an HTTP/1 chunked request body took off the
+ * connection of *response w by its handler's end: what the reader held at
+ * the start (held), plus what the connReader read since (its limit counts
+ * down from MaxInt64 after the headers), less what it holds now (the
+ * rest of the body, or the next request). Chunk framing counts, as in a
+ * client's response size; a body the handler left unread is drained
+ * after this and not counted. 0 when that makes no sense. */
+static __always_inline __u64 chunked_size(__u64 w, __u64 held)
+{
+	__u64 remain, now = conn_buffered(w, &remain);
+	__s64 n = held + (MAX_INT64 - remain) - now;
+
+	return remain && remain <= MAX_INT64 && now < 1ULL << 40 && n >= 0 ? n : 0;
+}
+
 /* server_done reports an HTTP request a server finished: req is its
  * *http.Request (or a request with the fields at f), code the status
- * written (0: none, an implicit 200). */
+ * written (0: none, an implicit 200). An HTTP/2 request's body without a
+ * Content-Length counts what its stream took in so far: the stream
+ * pointer is at stream_at (0: none), its byte count body_off into it. */
 static __always_inline void server_done_at(struct regs *r, __u64 req, struct req_fields f, __s64 code, __s64 written,
-					   __u8 proto_major)
+					   __u8 proto_major, __u64 stream_at, __u64 body_off, __u64 w)
 {
 	struct start st;
 	struct scratch s;
@@ -723,21 +770,44 @@ static __always_inline void server_done_at(struct regs *r, __u64 req, struct req
 	n = copy_str(s.key.peer, PEER_LEN, raddr, rlen);
 	cut_port(s.key.peer, n);
 	url = emit_events ? read_u64(req + f.url) : 0;
-	/* Istio's request size is the body's; Content-Length gives it unless
-	 * the body was chunked (-1), which counts as 0 here. */
+	/* Istio's request size is the body's: its Content-Length, or what
+	 * an HTTP/2 stream counted of it, or what an HTTP/1 chunked body
+	 * took off the connection (only then read: no cost to a request
+	 * with a length). */
+	if ((__s64)clen < 0 && stream_at)
+		clen = read_u64(read_u64(stream_at) + body_off);
+	if ((__s64)clen < 0 && w && st.arg[0])
+		clen = chunked_size(w, st.arg[0] - 1);
 	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + f.method, url ? url + off_url_path : 0,
 	       0, 0);
 }
 
-static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major)
+static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major,
+					__u64 stream_at, __u64 body_off, __u64 w)
 {
-	server_done_at(r, req, HTTP_REQUEST, code, written, proto_major);
+	server_done_at(r, req, HTTP_REQUEST, code, written, proto_major, stream_at, body_off, w);
 }
 
 SEC("uprobe/serve_http")
 int sm_http_serve(struct regs *r)
 {
 	begin(r, KIND_HTTP_SERVER, 0, 0, 0);
+	return 0;
+}
+
+/* An HTTP/1 request starts on the CALL of serverHandler.ServeHTTP(sh, rw,
+ * req) (or its entry): rw's data word in CX, req in DI. A chunked request
+ * body (Content-Length -1: one read more a request, the only one) has its
+ * size counted at the end from what the connection's reader held of it
+ * now: arg[0] is that + 1 (0: no chunked body). */
+SEC("uprobe/serve_http1")
+int sm_http1_serve(struct regs *r)
+{
+	__u64 held = 0, remain;
+
+	if (srv_chunked && (__s64)read_u64(GO_R4(r) + off_request_content_length) < 0)
+		held = conn_buffered(GO_R3(r), &remain) + 1;
+	begin(r, KIND_HTTP_SERVER, held, 0, 0);
 	return 0;
 }
 
@@ -763,27 +833,29 @@ int sm_http_finish(struct regs *r)
 	read3(GO_R1(r), off_response_req, off_response_status, off_response_written, &req, &status, &written);
 	if (!req)
 		return 0;
-	server_done(r, req, status, written, 1);
+	server_done(r, req, status, written, 1, 0, 0, GO_R1(r));
 	return 0;
 }
 
 /* h2_done reports the request of an HTTP/2 responseWriter w whose handler
  * returned; the offsets are those of the bundled or golang.org/x/net copy. */
-static __always_inline void h2_done(struct regs *r, __u64 w, __u64 rws_off, __u64 req_off, __u64 status_off, __u64 wrote_off)
+static __always_inline void h2_done(struct regs *r, __u64 w, __u64 rws_off, __u64 req_off, __u64 status_off,
+				    __u64 wrote_off, __u64 stream_off, __u64 body_off)
 {
 	__u64 rws = read_u64(w + rws_off), req, status, wrote;
 
 	read3(rws, req_off, status_off, wrote_off, &req, &status, &wrote);
 	if (!req)
 		return;
-	server_done(r, req, status, wrote, 2);
+	server_done(r, req, status, wrote, 2, rws + stream_off, body_off, 0);
 }
 
 /* net/http.(*http2responseWriter).handlerDone(w): HTTP/2 handler returned. */
 SEC("uprobe/h2_handler_done")
 int sm_h2_done(struct regs *r)
 {
-	h2_done(r, GO_R1(r), off_h2rw_rws, off_h2rws_req, off_h2rws_status, off_h2rws_wrote);
+	h2_done(r, GO_R1(r), off_h2rw_rws, off_h2rws_req, off_h2rws_status, off_h2rws_wrote, off_h2rws_stream,
+		off_h2st_body_bytes);
 	return 0;
 }
 
@@ -793,7 +865,8 @@ int sm_h2_done(struct regs *r)
 SEC("uprobe/xh2_handler_done")
 int sm_xh2_done(struct regs *r)
 {
-	h2_done(r, GO_R1(r), off_xh2rw_rws, off_xh2rws_req, off_xh2rws_status, off_xh2rws_wrote);
+	h2_done(r, GO_R1(r), off_xh2rw_rws, off_xh2rws_req, off_xh2rws_status, off_xh2rws_wrote, off_xh2rws_stream,
+		off_xh2st_body_bytes);
 	return 0;
 }
 
@@ -814,7 +887,7 @@ int sm_h2i_done(struct regs *r)
 	read2(rws, off_h2irws_status, off_h2irws_wrote, &status, &wrote);
 	server_done_at(r, rws + off_h2irws_req,
 		       (struct req_fields){off_srq_method, off_srq_url, off_srq_content_length, off_srq_remote_addr}, status,
-		       wrote, 2);
+		       wrote, 2, rws + off_h2irws_stream, off_h2ist_body_bytes, 0);
 	return 0;
 }
 
@@ -854,7 +927,6 @@ static __always_inline void client_report(__u64 start_ns, __u64 req, __u64 code,
  * the connection's *bufio.Reader, arg[2] the *persistConn, arg[3] the
  * other slot's key, arg[4] status | proto << 16 | bytes already buffered
  * << 24, arg[5] the response's Content-Length. */
-#define MAX_INT64 0x7fffffffffffffffULL
 
 static __always_inline __u64 body_key(__u64 closure)
 {

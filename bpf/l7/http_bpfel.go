@@ -80,6 +80,7 @@ const (
 	bpfProgSmH2iDone              = "sm_h2i_done"
 	bpfProgSmH2xAbort             = "sm_h2x_abort"
 	bpfProgSmH2xEnd               = "sm_h2x_end"
+	bpfProgSmHttp1Serve           = "sm_http1_serve"
 	bpfProgSmHttpBodyEnd          = "sm_http_body_end"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientOk         = "sm_http_client_ok"
@@ -99,6 +100,9 @@ const (
 	bpfVarOffBufioR               = "off_bufio_r"
 	bpfVarOffBufioRd              = "off_bufio_rd"
 	bpfVarOffBufioW               = "off_bufio_w"
+	bpfVarOffConnBufr             = "off_conn_bufr"
+	bpfVarOffConnR                = "off_conn_r"
+	bpfVarOffCrRemain             = "off_cr_remain"
 	bpfVarOffEsBody               = "off_es_body"
 	bpfVarOffEsEarly              = "off_es_early"
 	bpfVarOffEsFn                 = "off_es_fn"
@@ -122,11 +126,15 @@ const (
 	bpfVarOffH2irwRws             = "off_h2irw_rws"
 	bpfVarOffH2irwsReq            = "off_h2irws_req"
 	bpfVarOffH2irwsStatus         = "off_h2irws_status"
+	bpfVarOffH2irwsStream         = "off_h2irws_stream"
 	bpfVarOffH2irwsWrote          = "off_h2irws_wrote"
+	bpfVarOffH2istBodyBytes       = "off_h2ist_body_bytes"
 	bpfVarOffH2rwRws              = "off_h2rw_rws"
 	bpfVarOffH2rwsReq             = "off_h2rws_req"
 	bpfVarOffH2rwsStatus          = "off_h2rws_status"
+	bpfVarOffH2rwsStream          = "off_h2rws_stream"
 	bpfVarOffH2rwsWrote           = "off_h2rws_wrote"
+	bpfVarOffH2stBodyBytes        = "off_h2st_body_bytes"
 	bpfVarOffH2xAbortErr          = "off_h2x_abort_err"
 	bpfVarOffH2xBuf               = "off_h2x_buf"
 	bpfVarOffH2xClosed            = "off_h2x_closed"
@@ -147,6 +155,7 @@ const (
 	bpfVarOffRespContentLength    = "off_resp_content_length"
 	bpfVarOffRespProtoMajor       = "off_resp_proto_major"
 	bpfVarOffRespStatusCode       = "off_resp_status_code"
+	bpfVarOffResponseConn         = "off_response_conn"
 	bpfVarOffResponseReq          = "off_response_req"
 	bpfVarOffResponseStatus       = "off_response_status"
 	bpfVarOffResponseWritten      = "off_response_written"
@@ -163,7 +172,10 @@ const (
 	bpfVarOffXh2rwRws             = "off_xh2rw_rws"
 	bpfVarOffXh2rwsReq            = "off_xh2rws_req"
 	bpfVarOffXh2rwsStatus         = "off_xh2rws_status"
+	bpfVarOffXh2rwsStream         = "off_xh2rws_stream"
 	bpfVarOffXh2rwsWrote          = "off_xh2rws_wrote"
+	bpfVarOffXh2stBodyBytes       = "off_xh2st_body_bytes"
+	bpfVarSrvChunked              = "srv_chunked"
 	bpfVarUnusedHttpEvent         = "unused_http_event"
 )
 
@@ -225,6 +237,7 @@ type bpfProgramSpecs struct {
 	SmH2iDone         *ebpf.ProgramSpec `ebpf:"sm_h2i_done"`
 	SmH2xAbort        *ebpf.ProgramSpec `ebpf:"sm_h2x_abort"`
 	SmH2xEnd          *ebpf.ProgramSpec `ebpf:"sm_h2x_end"`
+	SmHttp1Serve      *ebpf.ProgramSpec `ebpf:"sm_http1_serve"`
 	SmHttpBodyEnd     *ebpf.ProgramSpec `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
@@ -260,6 +273,9 @@ type bpfVariableSpecs struct {
 	OffBufioR               *ebpf.VariableSpec `ebpf:"off_bufio_r"`
 	OffBufioRd              *ebpf.VariableSpec `ebpf:"off_bufio_rd"`
 	OffBufioW               *ebpf.VariableSpec `ebpf:"off_bufio_w"`
+	OffConnBufr             *ebpf.VariableSpec `ebpf:"off_conn_bufr"`
+	OffConnR                *ebpf.VariableSpec `ebpf:"off_conn_r"`
+	OffCrRemain             *ebpf.VariableSpec `ebpf:"off_cr_remain"`
 	OffEsBody               *ebpf.VariableSpec `ebpf:"off_es_body"`
 	OffEsEarly              *ebpf.VariableSpec `ebpf:"off_es_early"`
 	OffEsFn                 *ebpf.VariableSpec `ebpf:"off_es_fn"`
@@ -283,11 +299,15 @@ type bpfVariableSpecs struct {
 	OffH2irwRws             *ebpf.VariableSpec `ebpf:"off_h2irw_rws"`
 	OffH2irwsReq            *ebpf.VariableSpec `ebpf:"off_h2irws_req"`
 	OffH2irwsStatus         *ebpf.VariableSpec `ebpf:"off_h2irws_status"`
+	OffH2irwsStream         *ebpf.VariableSpec `ebpf:"off_h2irws_stream"`
 	OffH2irwsWrote          *ebpf.VariableSpec `ebpf:"off_h2irws_wrote"`
+	OffH2istBodyBytes       *ebpf.VariableSpec `ebpf:"off_h2ist_body_bytes"`
 	OffH2rwRws              *ebpf.VariableSpec `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.VariableSpec `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.VariableSpec `ebpf:"off_h2rws_status"`
+	OffH2rwsStream          *ebpf.VariableSpec `ebpf:"off_h2rws_stream"`
 	OffH2rwsWrote           *ebpf.VariableSpec `ebpf:"off_h2rws_wrote"`
+	OffH2stBodyBytes        *ebpf.VariableSpec `ebpf:"off_h2st_body_bytes"`
 	OffH2xAbortErr          *ebpf.VariableSpec `ebpf:"off_h2x_abort_err"`
 	OffH2xBuf               *ebpf.VariableSpec `ebpf:"off_h2x_buf"`
 	OffH2xClosed            *ebpf.VariableSpec `ebpf:"off_h2x_closed"`
@@ -308,6 +328,7 @@ type bpfVariableSpecs struct {
 	OffRespContentLength    *ebpf.VariableSpec `ebpf:"off_resp_content_length"`
 	OffRespProtoMajor       *ebpf.VariableSpec `ebpf:"off_resp_proto_major"`
 	OffRespStatusCode       *ebpf.VariableSpec `ebpf:"off_resp_status_code"`
+	OffResponseConn         *ebpf.VariableSpec `ebpf:"off_response_conn"`
 	OffResponseReq          *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus       *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.VariableSpec `ebpf:"off_response_written"`
@@ -324,7 +345,10 @@ type bpfVariableSpecs struct {
 	OffXh2rwRws             *ebpf.VariableSpec `ebpf:"off_xh2rw_rws"`
 	OffXh2rwsReq            *ebpf.VariableSpec `ebpf:"off_xh2rws_req"`
 	OffXh2rwsStatus         *ebpf.VariableSpec `ebpf:"off_xh2rws_status"`
+	OffXh2rwsStream         *ebpf.VariableSpec `ebpf:"off_xh2rws_stream"`
 	OffXh2rwsWrote          *ebpf.VariableSpec `ebpf:"off_xh2rws_wrote"`
+	OffXh2stBodyBytes       *ebpf.VariableSpec `ebpf:"off_xh2st_body_bytes"`
+	SrvChunked              *ebpf.VariableSpec `ebpf:"srv_chunked"`
 	UnusedHttpEvent         *ebpf.VariableSpec `ebpf:"unused_http_event"`
 }
 
@@ -378,6 +402,9 @@ type bpfVariables struct {
 	OffBufioR               *ebpf.Variable `ebpf:"off_bufio_r"`
 	OffBufioRd              *ebpf.Variable `ebpf:"off_bufio_rd"`
 	OffBufioW               *ebpf.Variable `ebpf:"off_bufio_w"`
+	OffConnBufr             *ebpf.Variable `ebpf:"off_conn_bufr"`
+	OffConnR                *ebpf.Variable `ebpf:"off_conn_r"`
+	OffCrRemain             *ebpf.Variable `ebpf:"off_cr_remain"`
 	OffEsBody               *ebpf.Variable `ebpf:"off_es_body"`
 	OffEsEarly              *ebpf.Variable `ebpf:"off_es_early"`
 	OffEsFn                 *ebpf.Variable `ebpf:"off_es_fn"`
@@ -401,11 +428,15 @@ type bpfVariables struct {
 	OffH2irwRws             *ebpf.Variable `ebpf:"off_h2irw_rws"`
 	OffH2irwsReq            *ebpf.Variable `ebpf:"off_h2irws_req"`
 	OffH2irwsStatus         *ebpf.Variable `ebpf:"off_h2irws_status"`
+	OffH2irwsStream         *ebpf.Variable `ebpf:"off_h2irws_stream"`
 	OffH2irwsWrote          *ebpf.Variable `ebpf:"off_h2irws_wrote"`
+	OffH2istBodyBytes       *ebpf.Variable `ebpf:"off_h2ist_body_bytes"`
 	OffH2rwRws              *ebpf.Variable `ebpf:"off_h2rw_rws"`
 	OffH2rwsReq             *ebpf.Variable `ebpf:"off_h2rws_req"`
 	OffH2rwsStatus          *ebpf.Variable `ebpf:"off_h2rws_status"`
+	OffH2rwsStream          *ebpf.Variable `ebpf:"off_h2rws_stream"`
 	OffH2rwsWrote           *ebpf.Variable `ebpf:"off_h2rws_wrote"`
+	OffH2stBodyBytes        *ebpf.Variable `ebpf:"off_h2st_body_bytes"`
 	OffH2xAbortErr          *ebpf.Variable `ebpf:"off_h2x_abort_err"`
 	OffH2xBuf               *ebpf.Variable `ebpf:"off_h2x_buf"`
 	OffH2xClosed            *ebpf.Variable `ebpf:"off_h2x_closed"`
@@ -426,6 +457,7 @@ type bpfVariables struct {
 	OffRespContentLength    *ebpf.Variable `ebpf:"off_resp_content_length"`
 	OffRespProtoMajor       *ebpf.Variable `ebpf:"off_resp_proto_major"`
 	OffRespStatusCode       *ebpf.Variable `ebpf:"off_resp_status_code"`
+	OffResponseConn         *ebpf.Variable `ebpf:"off_response_conn"`
 	OffResponseReq          *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus       *ebpf.Variable `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.Variable `ebpf:"off_response_written"`
@@ -442,7 +474,10 @@ type bpfVariables struct {
 	OffXh2rwRws             *ebpf.Variable `ebpf:"off_xh2rw_rws"`
 	OffXh2rwsReq            *ebpf.Variable `ebpf:"off_xh2rws_req"`
 	OffXh2rwsStatus         *ebpf.Variable `ebpf:"off_xh2rws_status"`
+	OffXh2rwsStream         *ebpf.Variable `ebpf:"off_xh2rws_stream"`
 	OffXh2rwsWrote          *ebpf.Variable `ebpf:"off_xh2rws_wrote"`
+	OffXh2stBodyBytes       *ebpf.Variable `ebpf:"off_xh2st_body_bytes"`
+	SrvChunked              *ebpf.Variable `ebpf:"srv_chunked"`
 	UnusedHttpEvent         *ebpf.Variable `ebpf:"unused_http_event"`
 }
 
@@ -466,6 +501,7 @@ type bpfPrograms struct {
 	SmH2iDone         *ebpf.Program `ebpf:"sm_h2i_done"`
 	SmH2xAbort        *ebpf.Program `ebpf:"sm_h2x_abort"`
 	SmH2xEnd          *ebpf.Program `ebpf:"sm_h2x_end"`
+	SmHttp1Serve      *ebpf.Program `ebpf:"sm_http1_serve"`
 	SmHttpBodyEnd     *ebpf.Program `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
@@ -494,6 +530,7 @@ func (p *bpfPrograms) Close() error {
 		p.SmH2iDone,
 		p.SmH2xAbort,
 		p.SmH2xEnd,
+		p.SmHttp1Serve,
 		p.SmHttpBodyEnd,
 		p.SmHttpClientEnd,
 		p.SmHttpClientOk,

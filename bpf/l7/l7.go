@@ -75,14 +75,20 @@ var variables = map[string][]string{
 	"off_h2rws_req":              {"net/http.http2responseWriterState.req"},
 	"off_h2rws_status":           {"net/http.http2responseWriterState.status"},
 	"off_h2rws_wrote":            {"net/http.http2responseWriterState.wroteBytes"},
+	"off_h2rws_stream":           {"net/http.http2responseWriterState.stream"},
+	"off_h2st_body_bytes":        {"net/http.http2stream.bodyBytes"},
 	"off_xh2rw_rws":              {"golang.org/x/net/http2.responseWriter.rws"},
 	"off_xh2rws_req":             {"golang.org/x/net/http2.responseWriterState.req"},
 	"off_xh2rws_status":          {"golang.org/x/net/http2.responseWriterState.status"},
 	"off_xh2rws_wrote":           {"golang.org/x/net/http2.responseWriterState.wroteBytes"},
+	"off_xh2rws_stream":          {"golang.org/x/net/http2.responseWriterState.stream"},
+	"off_xh2st_body_bytes":       {"golang.org/x/net/http2.stream.bodyBytes"},
 	"off_h2irw_rws":              {"net/http/internal/http2.responseWriter.rws"},
 	"off_h2irws_req":             {"net/http/internal/http2.responseWriterState.req"},
 	"off_h2irws_status":          {"net/http/internal/http2.responseWriterState.status"},
 	"off_h2irws_wrote":           {"net/http/internal/http2.responseWriterState.wroteBytes"},
+	"off_h2irws_stream":          {"net/http/internal/http2.responseWriterState.stream"},
+	"off_h2ist_body_bytes":       {"net/http/internal/http2.stream.bodyBytes"},
 	"off_srq_method":             {"net/http/internal/http2.ServerRequest.Method"},
 	"off_srq_url":                {"net/http/internal/http2.ServerRequest.URL"},
 	"off_srq_content_length":     {"net/http/internal/http2.ServerRequest.ContentLength"},
@@ -117,6 +123,10 @@ var variables = map[string][]string{
 	"off_bufio_r":             {"bufio.Reader.r"},
 	"off_bufio_w":             {"bufio.Reader.w"},
 	"off_pc_read_limit":       {"net/http.persistConn.readLimit"},
+	"off_response_conn":       {"net/http.response.conn"},
+	"off_conn_r":              {"net/http.conn.r"},
+	"off_conn_bufr":           {"net/http.conn.bufr"},
+	"off_cr_remain":           {"net/http.connReader.remain"},
 	"body_fn_delta":           {BodyFnDelta},
 	"h2c_ends":                {H2ClientEnds},
 	"h2x_ends":                {XH2ClientEnds},
@@ -189,6 +199,15 @@ const (
 	XH2ClientEnds = "golang.org/x/net/http2 client: stream ends probed"
 )
 
+// gates are constants the loader sets to 1 where every constant listed is
+// known: the programs read those fields only then.
+var gates = map[string][]string{
+	// An HTTP/1 server's chunked request body, counted off its
+	// connection (sm_http1_serve, sm_http_finish).
+	"srv_chunked": {"off_request_content_length", "off_response_conn", "off_conn_r", "off_conn_bufr", "off_cr_remain",
+		"off_bufio_r", "off_bufio_w"},
+}
+
 // BodyFnDelta is no struct field: in Offsets, the distance from the entry
 // of the earlyCloseFn closure net/http's readLoop gives a response body to
 // that of its fn closure (fn's entry minus earlyCloseFn's, two's
@@ -206,11 +225,12 @@ func init() {
 		"off_url_host", "off_url_path", "off_request_content_length", "off_request_method"}
 	uses := map[string][]string{
 		"sm_http_serve":        nil,
+		"sm_http1_serve":       nil,
 		"sm_http_hijack":       nil,
 		"sm_http_finish":       {"off_response_req", "off_response_status", "off_response_written", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
-		"sm_h2_done":           {"off_h2rw_rws", "off_h2rws_req", "off_h2rws_status", "off_h2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
-		"sm_h2i_done":          {"off_h2irw_rws", "off_h2irws_req", "off_h2irws_status", "off_h2irws_wrote", "off_srq_method", "off_srq_url", "off_srq_content_length", "off_srq_remote_addr", "off_url_path"},
-		"sm_xh2_done":          {"off_xh2rw_rws", "off_xh2rws_req", "off_xh2rws_status", "off_xh2rws_wrote", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_h2_done":           {"off_h2rw_rws", "off_h2rws_req", "off_h2rws_status", "off_h2rws_wrote", "off_h2rws_stream", "off_h2st_body_bytes", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
+		"sm_h2i_done":          {"off_h2irw_rws", "off_h2irws_req", "off_h2irws_status", "off_h2irws_wrote", "off_h2irws_stream", "off_h2ist_body_bytes", "off_srq_method", "off_srq_url", "off_srq_content_length", "off_srq_remote_addr", "off_url_path"},
+		"sm_xh2_done":          {"off_xh2rw_rws", "off_xh2rws_req", "off_xh2rws_status", "off_xh2rws_wrote", "off_xh2rws_stream", "off_xh2st_body_bytes", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_http_client_start": nil,
 		"sm_http_client_end":   clientDone,
 		"sm_http_client_ok":    clientDone,
@@ -292,6 +312,18 @@ func Load(off Offsets, events, multi bool, maps *Maps) (*Programs, error) {
 		}
 		if err := spec.Variables[variable].Set(sum); err != nil {
 			return nil, fmt.Errorf("set %s: %w", variable, err)
+		}
+	}
+	for gate, constants := range gates {
+		known := true
+		for _, c := range constants {
+			for _, f := range variables[c] {
+				_, ok := off[f]
+				known = known && ok
+			}
+		}
+		if err := spec.Variables[gate].Set(uint64(map[bool]int{true: 1}[known])); err != nil {
+			return nil, fmt.Errorf("set %s: %w", gate, err)
 		}
 	}
 	if err := spec.Variables["emit_events"].Set(events); err != nil {

@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -83,16 +84,22 @@ func TestRequests(t *testing.T) {
 				c            *http.Client
 				method, path string
 				body         int
+				streamed     bool // sent without a length (HTTP/1: chunked)
 			}{
-				{http.DefaultClient, "GET", "/ok", 0}, {http.DefaultClient, "POST", "/missing", 123},
-				{http.DefaultClient, "GET", "/fail", 0}, {h2, "GET", "/ok", 0}, {h2, "POST", "/fail", 7},
-				{h2, "GET", "/missing@xnet", 0}, // to x/net's server
+				{http.DefaultClient, "GET", "/ok", 0, false}, {http.DefaultClient, "POST", "/missing", 123, false},
+				{http.DefaultClient, "GET", "/fail", 0, false}, {h2, "GET", "/ok", 0, false}, {h2, "POST", "/fail", 7, false},
+				{h2, "GET", "/missing@xnet", 0, false}, // to x/net's server
+				{http.DefaultClient, "POST", "/read", 9, true}, {h2, "POST", "/read", 9, true}, {h2, "POST", "/read@xnet", 9, true},
 			} {
 				host, path, xnet := addr, r.path, strings.HasSuffix(r.path, "@xnet")
 				if xnet {
 					host, path = xnetAddr, strings.TrimSuffix(path, "@xnet")
 				}
-				req, _ := http.NewRequest(r.method, "http://"+host+path, strings.NewReader(strings.Repeat("x", r.body)))
+				var body io.Reader = strings.NewReader(strings.Repeat("x", r.body))
+				if r.streamed {
+					body = io.MultiReader(body) // its length unknown
+				}
+				req, _ := http.NewRequest(r.method, "http://"+host+path, body)
 				resp, err := r.c.Do(req)
 				if err != nil {
 					t.Fatal(err)
@@ -117,6 +124,12 @@ func TestRequests(t *testing.T) {
 				"http-server 2 GET /ok 200 - 5 0 127.0.0.1",
 				"http-server 2 POST /fail 500 - 5 7 127.0.0.1",
 				"http-server 2 GET /missing 404 - 19 0 127.0.0.1",
+				// A body without a length: chunked, what it took off
+				// the connection, framing included; HTTP/2, what
+				// the stream took in.
+				"http-server 1 POST /read 200 - 1 19 127.0.0.1", // 9\r\nxxxxxxxxx\r\n0\r\n\r\n
+				"http-server 2 POST /read 200 - 1 9 127.0.0.1",
+				"http-server 2 POST /read 200 - 1 9 127.0.0.1",
 				// Sizes: messages with their 5-byte prefixes, request
 				// 12, response 11 (none on an error).
 				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
@@ -254,16 +267,17 @@ func TestRequests(t *testing.T) {
 			}
 			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
 			// 200: three of /ok (5 bytes); HTTP/1 and HTTP/2, six of
-			// /chunked and two of /paused (12, 300 ms), two of /gzip.
-			if ok.Count != 13 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+96+2*uint64(gzippedLen(t)) || missing.BytesSum != 57 ||
-				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 13 || fail.ReqBytesSum != 7 {
+			// /chunked and two of /paused (12, 300 ms), two of /gzip;
+			// three of /read ("9", taking 9 bytes: 19 chunked).
+			if ok.Count != 16 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+96+2*uint64(gzippedLen(t))+3 || missing.BytesSum != 57 ||
+				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 13 || ok.ReqBytesSum != 37 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64
 			for _, n := range ok.DurationBuckets {
 				inBuckets += n
 			}
-			if inBuckets != 13 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 8 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
+			if inBuckets != 16 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 8 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
 				t.Fatalf("buckets %+v", ok)
 			}
 			for k, n := range map[StatsKey]uint64{
@@ -398,6 +412,50 @@ func TestConcurrentHTTPBodies(t *testing.T) {
 				t.Errorf("%d requests still open (%v), want none", open, err)
 			}
 		})
+	}
+}
+
+// TestChunkedRequestBody: an HTTP/1 request body without a length, in
+// chunks that arrive apart and larger than the connection's buffer, counts
+// at the server what it took off the connection (framing included), and
+// not the request pipelined behind it.
+func TestChunkedRequestBody(t *testing.T) {
+	testutil.Privileged(t)
+	bin := testutil.BuildGo(t, "./testdata/httpserver", "")
+	srv := testutil.Start(t, bin)
+	addr := srv.Line(t)
+	tr := trace(t, bin, srv.Pid(), true)
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	chunk := fmt.Sprintf("%x\r\n%s\r\n", 10000, strings.Repeat("x", 10000)) // 10,008 bytes
+	io.WriteString(c, "POST /read HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+	for range 3 {
+		time.Sleep(50 * time.Millisecond)
+		io.WriteString(c, chunk)
+	}
+	// The last chunk, with the next request right behind it.
+	io.WriteString(c, "0\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	for _, want := range []string{"30000", "hello"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		if string(b) != want {
+			t.Fatalf("answered %q, want %q", b, want)
+		}
+	}
+	got := collect(t, tr, 2)
+	want := []string{
+		"http-server 1 POST /read 200 - 5 30029 127.0.0.1", // 3 x 10,008 + "0\r\n\r\n"
+		"http-server 1 GET /ok 200 - 5 0 127.0.0.1",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("requests seen\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 

@@ -70,6 +70,8 @@ var OptionalFields = map[string][]Field{
 		{"", "net/http.http2responseWriterState", "req"},
 		{"", "net/http.http2responseWriterState", "status"},
 		{"", "net/http.http2responseWriterState", "wroteBytes"},
+		{"", "net/http.http2responseWriterState", "stream"},
+		{"", "net/http.http2stream", "bodyBytes"},
 	},
 	// golang.org/x/net's own HTTP/2 server: from Go 1.27 on, x/net wraps
 	// net/http's instead (unless built with the http2legacy tag).
@@ -78,6 +80,8 @@ var OptionalFields = map[string][]Field{
 		{xnetModule, "golang.org/x/net/http2.responseWriterState", "req"},
 		{xnetModule, "golang.org/x/net/http2.responseWriterState", "status"},
 		{xnetModule, "golang.org/x/net/http2.responseWriterState", "wroteBytes"},
+		{xnetModule, "golang.org/x/net/http2.responseWriterState", "stream"},
+		{xnetModule, "golang.org/x/net/http2.stream", "bodyBytes"},
 	},
 	// The HTTP/2 server of Go 1.27 and later (net/http/internal/http2,
 	// which golang.org/x/net's wraps): its request is a ServerRequest.
@@ -86,6 +90,8 @@ var OptionalFields = map[string][]Field{
 		{"", "net/http/internal/http2.responseWriterState", "req"},
 		{"", "net/http/internal/http2.responseWriterState", "status"},
 		{"", "net/http/internal/http2.responseWriterState", "wroteBytes"},
+		{"", "net/http/internal/http2.responseWriterState", "stream"},
+		{"", "net/http/internal/http2.stream", "bodyBytes"},
 		{"", "net/http/internal/http2.ServerRequest", "Method"},
 		{"", "net/http/internal/http2.ServerRequest", "URL"},
 		{"", "net/http/internal/http2.ServerRequest", "ContentLength"},
@@ -98,6 +104,14 @@ var OptionalFields = map[string][]Field{
 	"net/http bundled http2 client":  h2ClientFields("", "net/http", "http2"),
 	"net/http/internal/http2 client": h2ClientFields("", "net/http/internal/http2", ""),
 	"x/net http2 client":             h2ClientFields(xnetModule, "golang.org/x/net/http2", ""),
+	// An HTTP/1 server's connection, to count a chunked request body
+	// off it.
+	"net/http server connection": {
+		{"", "net/http.response", "conn"},
+		{"", "net/http.conn", "r"},
+		{"", "net/http.conn", "bufr"},
+		{"", "net/http.connReader", "remain"},
+	},
 	// An HTTP/1 client response's body, to the connection it reads, so
 	// that the request ends with its body.
 	"net/http client body": {

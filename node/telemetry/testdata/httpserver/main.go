@@ -2,7 +2,8 @@
 //
 // It serves HTTP/1.1 and unencrypted HTTP/2 (h2c, prior knowledge) on one
 // address: /ok (200, "hello"), /slow (200 after 1 ms), /busy (200 after
-// 1 ms of CPU), /missing (404), /fail (500), /chunked (a chunked body in
+// 1 ms of CPU), /missing (404), /fail (500), /read (reads the request's
+// body, answers its length), /chunked (a chunked body in
 // two parts, StreamPause or ?pause= apart), /paused (the same with a
 // Content-Length),
 // /gzip (a gzip-encoded body), /close (a body until the connection
@@ -115,6 +116,10 @@ func main() {
 			fmt.Fprint(w, work(workPerMs))
 		case "/fail":
 			http.Error(w, "boom", http.StatusInternalServerError)
+		case "/read":
+			// Reads the request's body, and answers its length.
+			n, _ := io.Copy(io.Discard, r.Body)
+			fmt.Fprint(w, n)
 		case "/chunked", "/paused":
 			// Chunked ("5\r\nhello\r\n", "7\r\nworld!!\r\n",
 			// "0\r\n\r\n": 27 bytes of body on the wire), or with a
