@@ -379,11 +379,23 @@ func TestRequestMetricsBothReporters(t *testing.T) {
 		wantSizes["istio_request_bytes "+reporter+" 5"] = float64(2 * nfReq)
 		wantSizes["istio_response_bytes "+reporter+" 5"] = 0
 	}
-	if got := grpcSizeSums(t, m); !maps.Equal(got, wantSizes) {
+	if got := sizeSums(t, m, "grpc", "grpc_response_status"); !maps.Equal(got, wantSizes) {
 		t.Errorf("gRPC size sums %v, want %v", got, wantSizes)
 	}
-	if !regexp.MustCompile(`(?m)^istio_response_bytes_count\{[^}]*request_protocol="http"`).MatchString(m) {
-		t.Errorf("/metrics has no size series for HTTP")
+	// HTTP sizes agree at both ends too: bodies of "hello" (/ok), "404
+	// page not found\n" (HTTP/2 included), "boom\n" (/fail, after a
+	// request body of 100 bytes).
+	wantSizes = map[string]float64{}
+	for _, reporter := range []string{"source", "destination"} {
+		wantSizes["istio_request_bytes "+reporter+" 200"] = 0
+		wantSizes["istio_response_bytes "+reporter+" 200"] = 7 * 5
+		wantSizes["istio_request_bytes "+reporter+" 404"] = 0
+		wantSizes["istio_response_bytes "+reporter+" 404"] = 2 * 19
+		wantSizes["istio_request_bytes "+reporter+" 500"] = 100
+		wantSizes["istio_response_bytes "+reporter+" 500"] = 5
+	}
+	if got := sizeSums(t, m, "http", "response_code"); !maps.Equal(got, wantSizes) {
+		t.Errorf("HTTP size sums %v, want %v", got, wantSizes)
 	}
 	// Every label of both ends, as Istio fills them.
 	for _, s := range series {
@@ -430,15 +442,16 @@ func metricSeries(t *testing.T, page, family string) []series {
 	return out
 }
 
-// grpcSizeSums reads the sums of istio_request_bytes and
-// istio_response_bytes of gRPC series, by "metric reporter grpc-status".
-func grpcSizeSums(t *testing.T, page string) map[string]float64 {
+// sizeSums reads the sums of istio_request_bytes and istio_response_bytes
+// of one protocol's series, by "metric reporter status" (status: the
+// label named so, grpc_response_status or response_code).
+func sizeSums(t *testing.T, page, protocol, status string) map[string]float64 {
 	t.Helper()
 	out := map[string]float64{}
 	for _, name := range []string{"istio_request_bytes", "istio_response_bytes"} {
 		for _, s := range metricSeries(t, page, name) {
-			if l := s.labels; l["request_protocol"] == "grpc" {
-				out[name+" "+l["reporter"]+" "+l["grpc_response_status"]] += s.metric.GetHistogram().GetSampleSum()
+			if l := s.labels; l["request_protocol"] == protocol {
+				out[name+" "+l["reporter"]+" "+l[status]] += s.metric.GetHistogram().GetSampleSum()
 			}
 		}
 	}
