@@ -1160,17 +1160,26 @@ static __always_inline int h2c_pending(struct start *st, __u64 code, __u64 body,
 	return cs && h2c_handoff(st, code, cs, l, bytes);
 }
 
-/* h2c_end ends the request handed to stream cs, if it was. */
-static __always_inline void h2c_end(__u64 cs, __u64 expected_off)
+/* h2c_end ends the request handed to stream cs, if it was. Its size comes
+ * from the pipe's buffer as the headers found it. An abort reads the
+ * pipe's buffer again first (live_at: where its data word is): a body
+ * closed early has let go of it (the read loop's END_STREAM never has),
+ * and only then is the one noted used, which the program no longer
+ * holds: Go frees it in a later GC cycle, not in the microseconds until
+ * the stream's cleanup runs, but under a long scheduling delay the size
+ * read there could be another object's (h2c_size drops a negative one). */
+static __always_inline void h2c_end(__u64 cs, __u64 live_at, __u64 expected_off)
 {
 	struct start st;
+	__u64 buf;
 
 	/* The store that ended the stream (readClosed, abortErr) before the
 	 * look for its slot. */
 	__sync_fetch_and_add(&h2c_fence, 1);
 	if (!take_key(h2c_key(cs), &st))
 		return;
-	client_report(st.ns, st.arg[0], st.arg[4] & 0xffff, 2, h2c_size(st.arg[2], st.arg[1], expected_off));
+	buf = live_at ? read_u64(live_at) : 0;
+	client_report(st.ns, st.arg[0], st.arg[4] & 0xffff, 2, h2c_size(st.arg[2], buf ? buf : st.arg[1], expected_off));
 }
 
 /* The CALL of (*pipe).closeWithError in (*clientConnReadLoop).endStream:
@@ -1178,14 +1187,14 @@ static __always_inline void h2c_end(__u64 cs, __u64 expected_off)
 SEC("uprobe/h2c_end")
 int sm_h2c_end(struct regs *r)
 {
-	h2c_end(GO_R1(r) - off_h2c_pipe, off_h2c_expected);
+	h2c_end(GO_R1(r) - off_h2c_pipe, 0, off_h2c_expected);
 	return 0;
 }
 
 SEC("uprobe/h2x_end")
 int sm_h2x_end(struct regs *r)
 {
-	h2c_end(GO_R1(r) - off_h2x_pipe, off_h2x_expected);
+	h2c_end(GO_R1(r) - off_h2x_pipe, 0, off_h2x_expected);
 	return 0;
 }
 
@@ -1194,14 +1203,14 @@ int sm_h2x_end(struct regs *r)
 SEC("uprobe/h2c_abort")
 int sm_h2c_abort(struct regs *r)
 {
-	h2c_end(GO_R1(r), off_h2c_expected);
+	h2c_end(GO_R1(r), GO_R1(r) + off_h2c_buf + 8, off_h2c_expected);
 	return 0;
 }
 
 SEC("uprobe/h2x_abort")
 int sm_h2x_abort(struct regs *r)
 {
-	h2c_end(GO_R1(r), off_h2x_expected);
+	h2c_end(GO_R1(r), GO_R1(r) + off_h2x_buf + 8, off_h2x_expected);
 	return 0;
 }
 

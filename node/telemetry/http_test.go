@@ -194,7 +194,7 @@ func TestRequests(t *testing.T) {
 			// closed after the first part (what had come: 5 bytes).
 			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip", "GET http://" + addr + "/close",
 				"H2 http://" + addr + "/chunked", "H2HALF http://" + addr + "/chunked", "H2 http://" + addr + "/paused", "H2 http://" + addr + "/gzip",
-				"XH2 http://" + addr + "/chunked", "XH2HALF http://" + addr + "/chunked"} {
+				"XH2 http://" + addr + "/chunked", "XH2HALF http://" + addr + "/chunked", "H2CANCEL http://" + addr + "/chunked"} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -221,6 +221,9 @@ func TestRequests(t *testing.T) {
 				"http-client 2 GET /gzip 200 - " + gz + " 0 " + addr,
 				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
 				"http-client 2 GET /chunked 200 - 12 0 " + addr,
+				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
+				"http-client 2 GET /chunked 200 - 5 0 " + addr,
+				// Cancelled while the body was coming: what had come.
 				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
 				"http-client 2 GET /chunked 200 - 5 0 " + addr,
 			}
@@ -266,23 +269,23 @@ func TestRequests(t *testing.T) {
 				return StatsKey{Kind: HTTPServer, Status: status, GRPCStatus: -1, Peer: "127.0.0.1"}
 			}
 			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
-			// 200: three of /ok (5 bytes); HTTP/1 and HTTP/2, six of
+			// 200: three of /ok (5 bytes); HTTP/1 and HTTP/2, seven of
 			// /chunked and two of /paused (12, 300 ms), two of /gzip;
 			// three of /read ("9", taking 9 bytes: 19 chunked).
-			if ok.Count != 16 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+96+2*uint64(gzippedLen(t))+3 || missing.BytesSum != 57 ||
-				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 13 || ok.ReqBytesSum != 37 || fail.ReqBytesSum != 7 {
+			if ok.Count != 17 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+108+2*uint64(gzippedLen(t))+3 || missing.BytesSum != 57 ||
+				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 14 || ok.ReqBytesSum != 37 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64
 			for _, n := range ok.DurationBuckets {
 				inBuckets += n
 			}
-			if inBuckets != 16 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 8 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
+			if inBuckets != 17 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 9 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
 				t.Fatalf("buckets %+v", ok)
 			}
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
-				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          12,
+				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          13,
 				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,

@@ -23,6 +23,7 @@
 //	H2 url         a GET over h2c
 //	H2HALF url     a GET over h2c whose body is closed after 5 bytes
 //	H2MANY url n goroutines  n GETs over h2c at once
+//	H2CANCEL url   a GET over h2c cancelled after 100 ms, its body read till then
 //	GRPC target method   a unary gRPC call
 //	GRPCS target method  a streaming gRPC call (one message each way)
 //	XH2 url        a GET with golang.org/x/net's HTTP/2 transport (h2c)
@@ -284,6 +285,21 @@ func client(in io.Reader, out io.Writer) {
 			}
 			wg.Wait()
 			fmt.Fprintln(out, "failed", failed.Load())
+		case len(f) == 2 && f[0] == "H2CANCEL":
+			// Over h2c, the request cancelled 100 ms in, the body
+			// read until then.
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			req, _ := http.NewRequestWithContext(ctx, "GET", f[1], nil)
+			resp, err := h2.Do(req)
+			if err != nil {
+				cancel()
+				fmt.Fprintln(out, "error:", err)
+				continue
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			cancel()
+			fmt.Fprintln(out, resp.StatusCode, err)
 		case len(f) == 2 && (f[0] == "GETCLOSE" || f[0] == "H2HALF" || f[0] == "XH2HALF"):
 			// The body closed unread (GETCLOSE), or after its first
 			// 5 bytes (the first part of /chunked).
