@@ -735,17 +735,18 @@ static __always_inline __u64 conn_buffered(__u64 w, __u64 *remain)
 
 /* chunked_size is what an HTTP/1 chunked request body took off the
  * connection of *response w by its handler's end: what the reader held at
- * the start (held), plus what the connReader read since (its limit counts
- * down from MaxInt64 after the headers), less what it holds now (the
- * rest of the body, or the next request). Chunk framing counts, as in a
- * client's response size; a body the handler left unread is drained
- * after this and not counted. 0 when that makes no sense. */
-static __always_inline __u64 chunked_size(__u64 w, __u64 held)
+ * the start (held), plus what the connReader read since (its limit,
+ * MaxInt64 after the headers, was remain0 then and counts down), less
+ * what it holds now (the rest of the body, or the next request). Chunk
+ * framing counts, as in a client's response size; a body the handler left
+ * unread is drained after this and not counted. 0 when that makes no
+ * sense. */
+static __always_inline __u64 chunked_size(__u64 w, __u64 held, __u64 remain0)
 {
 	__u64 remain, now = conn_buffered(w, &remain);
-	__s64 n = held + (MAX_INT64 - remain) - now;
+	__s64 n = held + (remain0 - remain) - now;
 
-	return remain && remain <= MAX_INT64 && now < 1ULL << 40 && n >= 0 ? n : 0;
+	return remain && remain <= remain0 && remain0 <= MAX_INT64 && now < 1ULL << 40 && n >= 0 ? n : 0;
 }
 
 /* server_done reports an HTTP request a server finished: req is its
@@ -777,7 +778,7 @@ static __always_inline void server_done_at(struct regs *r, __u64 req, struct req
 	if ((__s64)clen < 0 && stream_at)
 		clen = read_u64(read_u64(stream_at) + body_off);
 	if ((__s64)clen < 0 && w && st.arg[0])
-		clen = chunked_size(w, st.arg[0] - 1);
+		clen = chunked_size(w, st.arg[0] - 1, st.arg[1]);
 	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + f.method, url ? url + off_url_path : 0,
 	       0, 0);
 }
@@ -799,15 +800,16 @@ int sm_http_serve(struct regs *r)
  * req) (or its entry): rw's data word in CX, req in DI. A chunked request
  * body (Content-Length -1: one read more a request, the only one) has its
  * size counted at the end from what the connection's reader held of it
- * now: arg[0] is that + 1 (0: no chunked body). */
+ * now, arg[0] (that + 1; 0: no chunked body), and the connReader's limit,
+ * arg[1]. */
 SEC("uprobe/serve_http1")
 int sm_http1_serve(struct regs *r)
 {
-	__u64 held = 0, remain;
+	__u64 held = 0, remain = 0;
 
 	if (srv_chunked && (__s64)read_u64(GO_R4(r) + off_request_content_length) < 0)
 		held = conn_buffered(GO_R3(r), &remain) + 1;
-	begin(r, KIND_HTTP_SERVER, held, 0, 0);
+	begin(r, KIND_HTTP_SERVER, held, remain, 0);
 	return 0;
 }
 
