@@ -511,7 +511,7 @@ static __always_inline __u64 read_u64(__u64 addr)
  * loader set, which the verifier knows) with one copy when they lie within
  * READ_SPAN bytes of each other, else one copy each: every
  * bpf_probe_read_user costs, and a request's end reads a handful. */
-#define READ_SPAN 128
+#define READ_SPAN 192
 static __always_inline void read_fields(__u64 a, const __u64 *off, __u64 *v, const int n)
 {
 	__u64 lo = off[0], hi = off[0], odd = 0;
@@ -721,6 +721,15 @@ struct req_fields {
 #define HTTP_REQUEST                                                                                                   \
 	((struct req_fields){off_request_method, off_request_url, off_request_content_length, off_request_remote_addr})
 
+/* is_head says whether the 4 bytes at p (a method's) are "HEAD". */
+static __always_inline int is_head(__u64 p)
+{
+	__u32 m = 0;
+
+	bpf_probe_read_user(&m, sizeof(m), (void *)p);
+	return m == ('H' | 'E' << 8 | 'A' << 16 | 'D' << 24);
+}
+
 /* conn_buffered is what the connection of an HTTP/1 *response w holds
  * unread in its bufio.Reader, and *remain its connReader's limit. */
 static __always_inline __u64 conn_buffered(__u64 w, __u64 *remain)
@@ -757,18 +766,24 @@ static __always_inline __u64 chunked_size(__u64 w, __u64 held, __u64 remain0)
 static __always_inline void server_done_at(struct regs *r, __u64 req, struct req_fields f, __s64 code, __s64 written,
 					   __u8 proto_major, __u64 stream_at, __u64 body_off, __u64 w)
 {
+	__u64 off[5] = {f.remote_addr, f.remote_addr + 8, f.content_length, f.method, f.method + 8}, v[5], url, clen;
 	struct start st;
 	struct scratch s;
-	__u64 url, raddr, rlen, clen;
 	__u32 n;
 
 	if (!take_start(r, KIND_HTTP_SERVER, &st))
 		return;
 	init_scratch(&s, bpf_get_current_pid_tgid() >> 32, code > 0 && code < 1000 ? code : 200, GRPC_NONE, KIND_HTTP_SERVER);
 	s.proto_major = proto_major;
-	/* RemoteAddr's pointer and length, and Content-Length, in one copy. */
-	read3(req, f.remote_addr, f.remote_addr + 8, f.content_length, &raddr, &rlen, &clen);
-	n = copy_str(s.key.peer, PEER_LEN, raddr, rlen);
+	/* RemoteAddr's pointer and length, Content-Length and the method's
+	 * pointer and length, in one copy. */
+	read_fields(req, off, v, 5);
+	clen = v[2];
+	/* No body goes out for HEAD, whatever the handler wrote (only a
+	 * four-letter method with something written is looked at). */
+	if (written > 0 && v[4] == 4 && is_head(v[3]))
+		written = 0;
+	n = copy_str(s.key.peer, PEER_LEN, v[0], v[1]);
 	cut_port(s.key.peer, n);
 	url = emit_events ? read_u64(req + f.url) : 0;
 	/* Istio's request size is the body's: its Content-Length, or what
@@ -1216,6 +1231,8 @@ int sm_h2x_abort(struct regs *r)
 	return 0;
 }
 
+#define NO_SIZE (~0ULL)
+
 /* client_done ends a client request at a return point of
  * (*Transport).roundTrip: (resp, err) in AX and BX, CX. Status 0 when there
  * is no response (the error's). A body still arriving ends it later: an
@@ -1229,13 +1246,24 @@ static __always_inline int client_done(struct regs *r)
 	if (!take_start(r, KIND_HTTP_CLIENT, &st) || !st.arg[0])
 		return 0;
 	read_fields(GO_R1(r), off, v, 4);
-	/* Istio's response size is the body's; here Content-Length (0 when
-	 * unknown), unless the body says more. */
-	bytes = nonneg(v[1]);
+	/* Istio's response size is the body's, as the body says (NO_SIZE
+	 * while it has not). */
+	bytes = NO_SIZE;
 	if (v[0] && v[2] == 1 && body_pending(&st, v[0], v[1], v[3], &bytes))
 		return 0;
 	if (v[0] && v[2] == 2 && h2c_pending(&st, v[0], v[3], &bytes))
 		return 0;
+	/* No body seen: the Content-Length (0 when unknown), but none for a
+	 * HEAD request, whose response carries the length of a body it does
+	 * not have (only looked at then). */
+	if (bytes == NO_SIZE) {
+		__u64 method[2];
+
+		bytes = nonneg(v[1]);
+		read2(st.arg[0], off_request_method, off_request_method + 8, &method[0], &method[1]);
+		if (bytes && method[1] == 4 && is_head(method[0]))
+			bytes = 0;
+	}
 	client_report(st.ns, st.arg[0], v[0], v[2], bytes);
 	return 0;
 }

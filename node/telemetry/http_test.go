@@ -90,6 +90,8 @@ func TestRequests(t *testing.T) {
 				{http.DefaultClient, "GET", "/fail", 0, false}, {h2, "GET", "/ok", 0, false}, {h2, "POST", "/fail", 7, false},
 				{h2, "GET", "/missing@xnet", 0, false}, // to x/net's server
 				{http.DefaultClient, "POST", "/read", 9, true}, {h2, "POST", "/read", 9, true}, {h2, "POST", "/read@xnet", 9, true},
+				// No body goes out for HEAD, whatever the handler writes.
+				{http.DefaultClient, "HEAD", "/ok", 0, false}, {h2, "HEAD", "/ok", 0, false},
 			} {
 				host, path, xnet := addr, r.path, strings.HasSuffix(r.path, "@xnet")
 				if xnet {
@@ -130,6 +132,8 @@ func TestRequests(t *testing.T) {
 				"http-server 1 POST /read 200 - 1 19 127.0.0.1", // 9\r\nxxxxxxxxx\r\n0\r\n\r\n
 				"http-server 2 POST /read 200 - 1 9 127.0.0.1",
 				"http-server 2 POST /read 200 - 1 9 127.0.0.1",
+				"http-server 1 HEAD /ok 200 - 0 0 127.0.0.1",
+				"http-server 2 HEAD /ok 200 - 0 0 127.0.0.1",
 				// Sizes: messages with their 5-byte prefixes, request
 				// 12, response 11 (none on an error).
 				"grpc-server 2  /test.Svc/Ok 200 0 11 12 127.0.0.1",
@@ -194,7 +198,8 @@ func TestRequests(t *testing.T) {
 			// closed after the first part (what had come: 5 bytes).
 			for _, cmd := range []string{"GET http://" + addr + "/chunked", "GETCLOSE http://" + addr + "/chunked", "GET http://" + addr + "/paused", "GET http://" + addr + "/gzip", "GET http://" + addr + "/close",
 				"H2 http://" + addr + "/chunked", "H2HALF http://" + addr + "/chunked", "H2 http://" + addr + "/paused", "H2 http://" + addr + "/gzip",
-				"XH2 http://" + addr + "/chunked", "XH2HALF http://" + addr + "/chunked", "H2CANCEL http://" + addr + "/chunked"} {
+				"XH2 http://" + addr + "/chunked", "XH2HALF http://" + addr + "/chunked", "H2CANCEL http://" + addr + "/chunked",
+				"HEAD http://" + addr + "/ok", "H2HEAD http://" + addr + "/ok"} {
 				fmt.Fprintln(srv.Stdin, cmd)
 				t.Logf("%s: %s", cmd, readLine())
 			}
@@ -226,6 +231,11 @@ func TestRequests(t *testing.T) {
 				// Cancelled while the body was coming: what had come.
 				"http-server 2 GET /chunked 200 - 12 0 127.0.0.1",
 				"http-client 2 GET /chunked 200 - 5 0 " + addr,
+				// HEAD: a length, no body.
+				"http-server 1 HEAD /ok 200 - 0 0 127.0.0.1",
+				"http-client 1 HEAD /ok 200 - 0 0 " + addr,
+				"http-server 2 HEAD /ok 200 - 0 0 127.0.0.1",
+				"http-client 2 HEAD /ok 200 - 0 0 " + addr,
 			}
 			reqs := collectRequests(t, tr, len(want))
 			got = format(reqs)
@@ -271,21 +281,22 @@ func TestRequests(t *testing.T) {
 			ok, missing, fail := stats[srvKey(200)], stats[srvKey(404)], stats[srvKey(500)]
 			// 200: three of /ok (5 bytes); HTTP/1 and HTTP/2, seven of
 			// /chunked and two of /paused (12, 300 ms), two of /gzip;
-			// three of /read ("9", taking 9 bytes: 19 chunked).
-			if ok.Count != 17 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+108+2*uint64(gzippedLen(t))+3 || missing.BytesSum != 57 ||
-				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 14 || ok.ReqBytesSum != 37 || fail.ReqBytesSum != 7 {
+			// three of /read ("9", taking 9 bytes: 19 chunked); four
+			// HEAD (no body).
+			if ok.Count != 21 || missing.Count != 3 || fail.Count != 3 || ok.BytesSum != 15+108+2*uint64(gzippedLen(t))+3 || missing.BytesSum != 57 ||
+				missing.ReqBytesSum != 123 || missing.ReqBytesBuckets[3] != 1 || ok.ReqBytesBuckets[0] != 18 || ok.ReqBytesSum != 37 || fail.ReqBytesSum != 7 {
 				t.Fatalf("aggregates %+v", stats)
 			}
 			var inBuckets uint64
 			for _, n := range ok.DurationBuckets {
 				inBuckets += n
 			}
-			if inBuckets != 17 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 9 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
+			if inBuckets != 21 || ok.BytesBuckets[1] != 3 || ok.DurationBuckets[8] != 9 { // 5 bytes: the <= 10 bucket; 300 ms: <= 500
 				t.Fatalf("buckets %+v", ok)
 			}
 			for k, n := range map[StatsKey]uint64{
 				{Kind: HTTPClient, Status: 404, GRPCStatus: -1, Peer: addr}:          1,
-				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          13,
+				{Kind: HTTPClient, Status: 200, GRPCStatus: -1, Peer: addr}:          15,
 				{Kind: HTTPClient, Status: 0, GRPCStatus: -1, Peer: "127.0.0.1:1"}:   2,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 0, Peer: "127.0.0.1"}:    4,
 				{Kind: GRPCServer, Status: 200, GRPCStatus: 5, Peer: "127.0.0.1"}:    3,

@@ -20,6 +20,7 @@
 //	GET url        an HTTP/1.1 GET
 //	GETCLOSE url   an HTTP/1.1 GET whose body is closed unread
 //	GETMANY url n goroutines  n HTTP/1.1 GETs at once
+//	HEAD url       an HTTP/1.1 HEAD (H2HEAD: over h2c)
 //	H2 url         a GET over h2c
 //	H2HALF url     a GET over h2c whose body is closed after 5 bytes
 //	H2MANY url n goroutines  n GETs over h2c at once
@@ -251,9 +252,11 @@ func client(in io.Reader, out io.Writer) {
 			}
 		}
 		switch {
-		case len(f) == 2 && (f[0] == "GET" || f[0] == "H2" || f[0] == "XH2"):
-			c := map[string]*http.Client{"GET": h1, "H2": h2, "XH2": xh2}[f[0]]
-			resp, err := c.Get(f[1])
+		case len(f) == 2 && (f[0] == "GET" || f[0] == "H2" || f[0] == "XH2" || f[0] == "HEAD" || f[0] == "H2HEAD"):
+			c := map[string]*http.Client{"GET": h1, "H2": h2, "XH2": xh2, "HEAD": h1, "H2HEAD": h2}[f[0]]
+			method := map[bool]string{true: "HEAD", false: "GET"}[strings.HasSuffix(f[0], "HEAD")]
+			req, _ := http.NewRequest(method, f[1], nil)
+			resp, err := c.Do(req)
 			if err != nil {
 				fmt.Fprintln(out, "error:", err)
 				continue
