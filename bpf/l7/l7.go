@@ -315,14 +315,15 @@ func Load(off Offsets, events, multi bool, maps *Maps) (*Programs, error) {
 		}
 	}
 	for gate, constants := range gates {
-		known := true
+		on := uint64(1)
 		for _, c := range constants {
 			for _, f := range variables[c] {
-				_, ok := off[f]
-				known = known && ok
+				if _, ok := off[f]; !ok {
+					on = 0
+				}
 			}
 		}
-		if err := spec.Variables[gate].Set(uint64(map[bool]int{true: 1}[known])); err != nil {
+		if err := spec.Variables[gate].Set(on); err != nil {
 			return nil, fmt.Errorf("set %s: %w", gate, err)
 		}
 	}

@@ -373,12 +373,7 @@ func concurrentGRPCCalls(t *testing.T, bin string) {
 			t.Errorf("client calls with status %d: %d bytes sent, %d received", code, stats[k].ReqBytesSum, stats[k].BytesSum)
 		}
 	}
-	if d, _ := tr.Drops(); d != 0 {
-		t.Errorf("%d dropped", d)
-	}
-	if open, err := tr.Open(); err != nil || open != 0 {
-		t.Errorf("%d calls still open (%v), want none", open, err)
-	}
+	noneLost(t, tr)
 }
 
 // TestConcurrentHTTPBodies: many client requests at once whose bodies end
@@ -419,12 +414,7 @@ func TestConcurrentHTTPBodies(t *testing.T) {
 			if s := stats[server]; s.Count != n || s.BytesSum != c.server*n {
 				t.Errorf("server: %d requests of %d bytes, want %d of %d", s.Count, s.BytesSum, n, c.server*n)
 			}
-			if d, _ := tr.Drops(); d != 0 {
-				t.Errorf("%d dropped", d)
-			}
-			if open, err := tr.Open(); err != nil || open != 0 {
-				t.Errorf("%d requests still open (%v), want none", open, err)
-			}
+			noneLost(t, tr)
 		})
 	}
 }
@@ -484,6 +474,17 @@ func groupInGo(group, v string) bool {
 		return version.Compare(v, "go1.27") >= 0
 	}
 	return true
+}
+
+// noneLost checks that tr dropped no request and holds none open.
+func noneLost(t *testing.T, tr *HTTPTracer) {
+	t.Helper()
+	if d, _ := tr.Drops(); d != 0 {
+		t.Errorf("%d dropped", d)
+	}
+	if open, err := tr.Open(); err != nil || open != 0 {
+		t.Errorf("%d requests still open (%v), want none", open, err)
+	}
 }
 
 // trace probes process pid of bin for the test's length.
