@@ -85,7 +85,7 @@ enum kind {
 struct http_event {
 	__u64 duration_ns;
 	__u64 bytes;
-	__u64 req_bytes; /* its Content-Length; else what a server took in (0 at a client) */
+	__u64 req_bytes; /* its Content-Length; else what an HTTP/2 server took in, or 0 */
 	__u32 pid;
 	__u16 status;
 	__u8 grpc_status;
@@ -224,16 +224,6 @@ volatile const __u64 off_bufio_rd = 24;
 volatile const __u64 off_bufio_r = 40;
 volatile const __u64 off_bufio_w = 48;
 volatile const __u64 off_pc_read_limit = 168;
-/* An HTTP/1 server's connection, for a chunked request body's size: the
- * *response's conn, its connReader (r) and bufio.Reader (bufr), and what
- * the connReader may still read (remain: MaxInt64 once the request's
- * headers are read, less every byte read since). srv_chunked says they
- * are all known. */
-volatile const __u64 off_response_conn = 0;
-volatile const __u64 off_conn_r = 0;
-volatile const __u64 off_conn_bufr = 0;
-volatile const __u64 off_cr_remain = 0;
-volatile const __u64 srv_chunked = 0;
 /* The distance between the entries of the two closures net/http's
  * readLoop gives a response body, fn minus earlyCloseFn (see body_signal);
  * 0 when they were not found: responses then end at their headers. */
@@ -730,41 +720,13 @@ static __always_inline int is_head(__u64 p)
 	return m == ('H' | 'E' << 8 | 'A' << 16 | 'D' << 24);
 }
 
-/* conn_buffered is what the connection of an HTTP/1 *response w holds
- * unread in its bufio.Reader, and *remain its connReader's limit. */
-static __always_inline __u64 conn_buffered(__u64 w, __u64 *remain)
-{
-	__u64 conn = read_u64(w + off_response_conn), cr, bufr, rp, wp;
-
-	read2(conn, off_conn_r, off_conn_bufr, &cr, &bufr);
-	read2(bufr, off_bufio_r, off_bufio_w, &rp, &wp);
-	*remain = read_u64(cr + off_cr_remain);
-	return wp - rp;
-}
-
-/* chunked_size is what an HTTP/1 chunked request body took off the
- * connection of *response w by its handler's end: what the reader held at
- * the start (held), plus what the connReader read since (its limit,
- * MaxInt64 after the headers, was remain0 then and counts down), less
- * what it holds now (the rest of the body, or the next request). Chunk
- * framing counts, as in a client's response size; a body the handler left
- * unread is drained after this and not counted. 0 when that makes no
- * sense. */
-static __always_inline __u64 chunked_size(__u64 w, __u64 held, __u64 remain0)
-{
-	__u64 remain, now = conn_buffered(w, &remain);
-	__s64 n = held + (remain0 - remain) - now;
-
-	return remain && remain <= remain0 && remain0 <= MAX_INT64 && now < 1ULL << 40 && n >= 0 ? n : 0;
-}
-
 /* server_done reports an HTTP request a server finished: req is its
  * *http.Request (or a request with the fields at f), code the status
  * written (0: none, an implicit 200). An HTTP/2 request's body without a
  * Content-Length counts what its stream took in so far: the stream
  * pointer is at stream_at (0: none), its byte count body_off into it. */
 static __always_inline void server_done_at(struct regs *r, __u64 req, struct req_fields f, __s64 code, __s64 written,
-					   __u8 proto_major, __u64 stream_at, __u64 body_off, __u64 w)
+					   __u8 proto_major, __u64 stream_at, __u64 body_off)
 {
 	__u64 off[5] = {f.remote_addr, f.remote_addr + 8, f.content_length, f.method, f.method + 8}, v[5], url, clen;
 	struct start st;
@@ -787,44 +749,26 @@ static __always_inline void server_done_at(struct regs *r, __u64 req, struct req
 	cut_port(s.key.peer, n);
 	url = emit_events ? read_u64(req + f.url) : 0;
 	/* Istio's request size is the body's: its Content-Length, or what
-	 * an HTTP/2 stream counted of it, or what an HTTP/1 chunked body
-	 * took off the connection (only then read: no cost to a request
-	 * with a length). */
+	 * an HTTP/2 stream counted of it (only then read: no cost to a
+	 * request with a length). An HTTP/1 chunked body counts 0: sizing it
+	 * takes a read in the start program of every request, which cost
+	 * ~250 ns there (KERNEL.md). */
 	if ((__s64)clen < 0 && stream_at)
 		clen = read_u64(read_u64(stream_at) + body_off);
-	if ((__s64)clen < 0 && w && st.arg[0])
-		clen = chunked_size(w, st.arg[0] - 1, st.arg[1]);
 	finish(&s, bpf_ktime_get_ns() - st.ns, nonneg(written), nonneg(clen), req + f.method, url ? url + off_url_path : 0,
 	       0, 0);
 }
 
 static __always_inline void server_done(struct regs *r, __u64 req, __s64 code, __s64 written, __u8 proto_major,
-					__u64 stream_at, __u64 body_off, __u64 w)
+					__u64 stream_at, __u64 body_off)
 {
-	server_done_at(r, req, HTTP_REQUEST, code, written, proto_major, stream_at, body_off, w);
+	server_done_at(r, req, HTTP_REQUEST, code, written, proto_major, stream_at, body_off);
 }
 
 SEC("uprobe/serve_http")
 int sm_http_serve(struct regs *r)
 {
 	begin(r, KIND_HTTP_SERVER, 0, 0, 0);
-	return 0;
-}
-
-/* An HTTP/1 request starts on the CALL of serverHandler.ServeHTTP(sh, rw,
- * req) (or its entry): rw's data word in CX, req in DI. A chunked request
- * body (Content-Length -1: one read more a request, the only one) has its
- * size counted at the end from what the connection's reader held of it
- * now, arg[0] (that + 1; 0: no chunked body), and the connReader's limit,
- * arg[1]. */
-SEC("uprobe/serve_http1")
-int sm_http1_serve(struct regs *r)
-{
-	__u64 held = 0, remain = 0;
-
-	if (srv_chunked && (__s64)read_u64(GO_R4(r) + off_request_content_length) < 0)
-		held = conn_buffered(GO_R3(r), &remain) + 1;
-	begin(r, KIND_HTTP_SERVER, held, remain, 0);
 	return 0;
 }
 
@@ -850,7 +794,7 @@ int sm_http_finish(struct regs *r)
 	read3(GO_R1(r), off_response_req, off_response_status, off_response_written, &req, &status, &written);
 	if (!req)
 		return 0;
-	server_done(r, req, status, written, 1, 0, 0, GO_R1(r));
+	server_done(r, req, status, written, 1, 0, 0);
 	return 0;
 }
 
@@ -864,7 +808,7 @@ static __always_inline void h2_done(struct regs *r, __u64 w, __u64 rws_off, __u6
 	read3(rws, req_off, status_off, wrote_off, &req, &status, &wrote);
 	if (!req)
 		return;
-	server_done(r, req, status, wrote, 2, rws + stream_off, body_off, 0);
+	server_done(r, req, status, wrote, 2, rws + stream_off, body_off);
 }
 
 /* net/http.(*http2responseWriter).handlerDone(w): HTTP/2 handler returned. */
@@ -904,7 +848,7 @@ int sm_h2i_done(struct regs *r)
 	read2(rws, off_h2irws_status, off_h2irws_wrote, &status, &wrote);
 	server_done_at(r, rws + off_h2irws_req,
 		       (struct req_fields){off_srq_method, off_srq_url, off_srq_content_length, off_srq_remote_addr}, status,
-		       wrote, 2, rws + off_h2irws_stream, off_h2ist_body_bytes, 0);
+		       wrote, 2, rws + off_h2irws_stream, off_h2ist_body_bytes);
 	return 0;
 }
 

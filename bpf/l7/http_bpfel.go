@@ -80,7 +80,6 @@ const (
 	bpfProgSmH2iDone              = "sm_h2i_done"
 	bpfProgSmH2xAbort             = "sm_h2x_abort"
 	bpfProgSmH2xEnd               = "sm_h2x_end"
-	bpfProgSmHttp1Serve           = "sm_http1_serve"
 	bpfProgSmHttpBodyEnd          = "sm_http_body_end"
 	bpfProgSmHttpClientEnd        = "sm_http_client_end"
 	bpfProgSmHttpClientOk         = "sm_http_client_ok"
@@ -100,9 +99,6 @@ const (
 	bpfVarOffBufioR               = "off_bufio_r"
 	bpfVarOffBufioRd              = "off_bufio_rd"
 	bpfVarOffBufioW               = "off_bufio_w"
-	bpfVarOffConnBufr             = "off_conn_bufr"
-	bpfVarOffConnR                = "off_conn_r"
-	bpfVarOffCrRemain             = "off_cr_remain"
 	bpfVarOffEsBody               = "off_es_body"
 	bpfVarOffEsEarly              = "off_es_early"
 	bpfVarOffEsFn                 = "off_es_fn"
@@ -155,7 +151,6 @@ const (
 	bpfVarOffRespContentLength    = "off_resp_content_length"
 	bpfVarOffRespProtoMajor       = "off_resp_proto_major"
 	bpfVarOffRespStatusCode       = "off_resp_status_code"
-	bpfVarOffResponseConn         = "off_response_conn"
 	bpfVarOffResponseReq          = "off_response_req"
 	bpfVarOffResponseStatus       = "off_response_status"
 	bpfVarOffResponseWritten      = "off_response_written"
@@ -175,7 +170,6 @@ const (
 	bpfVarOffXh2rwsStream         = "off_xh2rws_stream"
 	bpfVarOffXh2rwsWrote          = "off_xh2rws_wrote"
 	bpfVarOffXh2stBodyBytes       = "off_xh2st_body_bytes"
-	bpfVarSrvChunked              = "srv_chunked"
 	bpfVarUnusedHttpEvent         = "unused_http_event"
 )
 
@@ -237,7 +231,6 @@ type bpfProgramSpecs struct {
 	SmH2iDone         *ebpf.ProgramSpec `ebpf:"sm_h2i_done"`
 	SmH2xAbort        *ebpf.ProgramSpec `ebpf:"sm_h2x_abort"`
 	SmH2xEnd          *ebpf.ProgramSpec `ebpf:"sm_h2x_end"`
-	SmHttp1Serve      *ebpf.ProgramSpec `ebpf:"sm_http1_serve"`
 	SmHttpBodyEnd     *ebpf.ProgramSpec `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.ProgramSpec `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.ProgramSpec `ebpf:"sm_http_client_ok"`
@@ -273,9 +266,6 @@ type bpfVariableSpecs struct {
 	OffBufioR               *ebpf.VariableSpec `ebpf:"off_bufio_r"`
 	OffBufioRd              *ebpf.VariableSpec `ebpf:"off_bufio_rd"`
 	OffBufioW               *ebpf.VariableSpec `ebpf:"off_bufio_w"`
-	OffConnBufr             *ebpf.VariableSpec `ebpf:"off_conn_bufr"`
-	OffConnR                *ebpf.VariableSpec `ebpf:"off_conn_r"`
-	OffCrRemain             *ebpf.VariableSpec `ebpf:"off_cr_remain"`
 	OffEsBody               *ebpf.VariableSpec `ebpf:"off_es_body"`
 	OffEsEarly              *ebpf.VariableSpec `ebpf:"off_es_early"`
 	OffEsFn                 *ebpf.VariableSpec `ebpf:"off_es_fn"`
@@ -328,7 +318,6 @@ type bpfVariableSpecs struct {
 	OffRespContentLength    *ebpf.VariableSpec `ebpf:"off_resp_content_length"`
 	OffRespProtoMajor       *ebpf.VariableSpec `ebpf:"off_resp_proto_major"`
 	OffRespStatusCode       *ebpf.VariableSpec `ebpf:"off_resp_status_code"`
-	OffResponseConn         *ebpf.VariableSpec `ebpf:"off_response_conn"`
 	OffResponseReq          *ebpf.VariableSpec `ebpf:"off_response_req"`
 	OffResponseStatus       *ebpf.VariableSpec `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.VariableSpec `ebpf:"off_response_written"`
@@ -348,7 +337,6 @@ type bpfVariableSpecs struct {
 	OffXh2rwsStream         *ebpf.VariableSpec `ebpf:"off_xh2rws_stream"`
 	OffXh2rwsWrote          *ebpf.VariableSpec `ebpf:"off_xh2rws_wrote"`
 	OffXh2stBodyBytes       *ebpf.VariableSpec `ebpf:"off_xh2st_body_bytes"`
-	SrvChunked              *ebpf.VariableSpec `ebpf:"srv_chunked"`
 	UnusedHttpEvent         *ebpf.VariableSpec `ebpf:"unused_http_event"`
 }
 
@@ -402,9 +390,6 @@ type bpfVariables struct {
 	OffBufioR               *ebpf.Variable `ebpf:"off_bufio_r"`
 	OffBufioRd              *ebpf.Variable `ebpf:"off_bufio_rd"`
 	OffBufioW               *ebpf.Variable `ebpf:"off_bufio_w"`
-	OffConnBufr             *ebpf.Variable `ebpf:"off_conn_bufr"`
-	OffConnR                *ebpf.Variable `ebpf:"off_conn_r"`
-	OffCrRemain             *ebpf.Variable `ebpf:"off_cr_remain"`
 	OffEsBody               *ebpf.Variable `ebpf:"off_es_body"`
 	OffEsEarly              *ebpf.Variable `ebpf:"off_es_early"`
 	OffEsFn                 *ebpf.Variable `ebpf:"off_es_fn"`
@@ -457,7 +442,6 @@ type bpfVariables struct {
 	OffRespContentLength    *ebpf.Variable `ebpf:"off_resp_content_length"`
 	OffRespProtoMajor       *ebpf.Variable `ebpf:"off_resp_proto_major"`
 	OffRespStatusCode       *ebpf.Variable `ebpf:"off_resp_status_code"`
-	OffResponseConn         *ebpf.Variable `ebpf:"off_response_conn"`
 	OffResponseReq          *ebpf.Variable `ebpf:"off_response_req"`
 	OffResponseStatus       *ebpf.Variable `ebpf:"off_response_status"`
 	OffResponseWritten      *ebpf.Variable `ebpf:"off_response_written"`
@@ -477,7 +461,6 @@ type bpfVariables struct {
 	OffXh2rwsStream         *ebpf.Variable `ebpf:"off_xh2rws_stream"`
 	OffXh2rwsWrote          *ebpf.Variable `ebpf:"off_xh2rws_wrote"`
 	OffXh2stBodyBytes       *ebpf.Variable `ebpf:"off_xh2st_body_bytes"`
-	SrvChunked              *ebpf.Variable `ebpf:"srv_chunked"`
 	UnusedHttpEvent         *ebpf.Variable `ebpf:"unused_http_event"`
 }
 
@@ -501,7 +484,6 @@ type bpfPrograms struct {
 	SmH2iDone         *ebpf.Program `ebpf:"sm_h2i_done"`
 	SmH2xAbort        *ebpf.Program `ebpf:"sm_h2x_abort"`
 	SmH2xEnd          *ebpf.Program `ebpf:"sm_h2x_end"`
-	SmHttp1Serve      *ebpf.Program `ebpf:"sm_http1_serve"`
 	SmHttpBodyEnd     *ebpf.Program `ebpf:"sm_http_body_end"`
 	SmHttpClientEnd   *ebpf.Program `ebpf:"sm_http_client_end"`
 	SmHttpClientOk    *ebpf.Program `ebpf:"sm_http_client_ok"`
@@ -530,7 +512,6 @@ func (p *bpfPrograms) Close() error {
 		p.SmH2iDone,
 		p.SmH2xAbort,
 		p.SmH2xEnd,
-		p.SmHttp1Serve,
 		p.SmHttpBodyEnd,
 		p.SmHttpClientEnd,
 		p.SmHttpClientOk,

@@ -123,10 +123,6 @@ var variables = map[string][]string{
 	"off_bufio_r":             {"bufio.Reader.r"},
 	"off_bufio_w":             {"bufio.Reader.w"},
 	"off_pc_read_limit":       {"net/http.persistConn.readLimit"},
-	"off_response_conn":       {"net/http.response.conn"},
-	"off_conn_r":              {"net/http.conn.r"},
-	"off_conn_bufr":           {"net/http.conn.bufr"},
-	"off_cr_remain":           {"net/http.connReader.remain"},
 	"body_fn_delta":           {BodyFnDelta},
 	"h2c_ends":                {H2ClientEnds},
 	"h2x_ends":                {XH2ClientEnds},
@@ -199,15 +195,6 @@ const (
 	XH2ClientEnds = "golang.org/x/net/http2 client: stream ends probed"
 )
 
-// gates are constants the loader sets to 1 where every constant listed is
-// known: the programs read those fields only then.
-var gates = map[string][]string{
-	// An HTTP/1 server's chunked request body, counted off its
-	// connection (sm_http1_serve, sm_http_finish).
-	"srv_chunked": {"off_request_content_length", "off_response_conn", "off_conn_r", "off_conn_bufr", "off_cr_remain",
-		"off_bufio_r", "off_bufio_w"},
-}
-
 // BodyFnDelta is no struct field: in Offsets, the distance from the entry
 // of the earlyCloseFn closure net/http's readLoop gives a response body to
 // that of its fn closure (fn's entry minus earlyCloseFn's, two's
@@ -225,7 +212,6 @@ func init() {
 		"off_url_host", "off_url_path", "off_request_content_length", "off_request_method"}
 	uses := map[string][]string{
 		"sm_http_serve":        nil,
-		"sm_http1_serve":       nil,
 		"sm_http_hijack":       nil,
 		"sm_http_finish":       {"off_response_req", "off_response_status", "off_response_written", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
 		"sm_h2_done":           {"off_h2rw_rws", "off_h2rws_req", "off_h2rws_status", "off_h2rws_wrote", "off_h2rws_stream", "off_h2st_body_bytes", "off_request_remote_addr", "off_request_url", "off_url_path", "off_request_content_length", "off_request_method"},
@@ -312,19 +298,6 @@ func Load(off Offsets, events, multi bool, maps *Maps) (*Programs, error) {
 		}
 		if err := spec.Variables[variable].Set(sum); err != nil {
 			return nil, fmt.Errorf("set %s: %w", variable, err)
-		}
-	}
-	for gate, constants := range gates {
-		on := uint64(1)
-		for _, c := range constants {
-			for _, f := range variables[c] {
-				if _, ok := off[f]; !ok {
-					on = 0
-				}
-			}
-		}
-		if err := spec.Variables[gate].Set(on); err != nil {
-			return nil, fmt.Errorf("set %s: %w", gate, err)
 		}
 	}
 	if err := spec.Variables["emit_events"].Set(events); err != nil {

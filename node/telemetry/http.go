@@ -38,8 +38,8 @@ type Request struct {
 	// aside), else the Content-Length (0 if unknown).
 	Bytes uint64
 	// ReqBytes is the request body's size: its Content-Length; without
-	// one, what a server took in of it by the handler's end (HTTP/1
-	// chunked: with its framing), and 0 at a client.
+	// one, what an HTTP/2 server took in of it by the handler's end, and
+	// 0 otherwise (HTTP/1 chunked, a client's).
 	ReqBytes uint64
 	Duration time.Duration
 	// ProtoMajor is the HTTP version, 1 or 2 (0 when a client got no
@@ -132,7 +132,7 @@ var groups = []struct {
 	// (*conn).serve, an HTTP/2 one where its server runs the handler
 	// (runHandler), which then calls serverHandler too: one start each.
 	{HTTPServer, "net/http server", append([]probe{
-		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http1_serve", callsIn: "net/http.(*conn).serve"},
+		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve", callsIn: "net/http.(*conn).serve"},
 		// HTTP/2 (TLS or h2c) in the copy net/http bundles (before Go
 		// 1.27).
 		{fn: "net/http.(*http2serverConn).runHandler", prog: "sm_http_serve", optional: true},
@@ -141,7 +141,7 @@ var groups = []struct {
 	// starts every request, HTTP/1 and HTTP/2 (in Go 1.27, an HTTP/2 one
 	// then starts twice, one hit more).
 	{HTTPServer, "net/http server (serverHandler entry)", append([]probe{
-		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http1_serve"},
+		{fn: "net/http.serverHandler.ServeHTTP", prog: "sm_http_serve"},
 	}, httpServerEnds...), "net/http server", nil},
 	// Go 1.27 and later: HTTP/2 is net/http/internal/http2, which
 	// golang.org/x/net's server wraps. Its requests start where it runs

@@ -104,14 +104,6 @@ var OptionalFields = map[string][]Field{
 	"net/http bundled http2 client":  h2ClientFields("", "net/http", "http2"),
 	"net/http/internal/http2 client": h2ClientFields("", "net/http/internal/http2", ""),
 	"x/net http2 client":             h2ClientFields(xnetModule, "golang.org/x/net/http2", ""),
-	// An HTTP/1 server's connection, to count a chunked request body
-	// off it.
-	"net/http server connection": {
-		{"", "net/http.response", "conn"},
-		{"", "net/http.conn", "r"},
-		{"", "net/http.conn", "bufr"},
-		{"", "net/http.connReader", "remain"},
-	},
 	// An HTTP/1 client response's body, to the connection it reads, so
 	// that the request ends with its body.
 	"net/http client body": {
