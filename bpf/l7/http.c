@@ -1049,10 +1049,11 @@ static __always_inline __u64 h2c_size(__u64 remain, __u64 buf, __u64 expected_of
  * (readClosed) or it was aborted (abortErr, an interface, is set). */
 static __always_inline int h2c_over(__u64 cs, struct h2c_layout l)
 {
-	__u8 closed = 0;
+	/* Both in one copy: the bool as a byte of its aligned word. */
+	__u64 off[2] = {l.closed & ~7ULL, l.abort_err}, v[2];
 
-	bpf_probe_read_user(&closed, sizeof(closed), (void *)(cs + l.closed));
-	return closed || read_u64(cs + l.abort_err);
+	read_fields(cs, off, v, 2);
+	return ((v[0] >> ((l.closed & 7) * 8)) & 0xff) || v[1];
 }
 
 /* h2c_of says whether cs is the stream in layout l of a response body

@@ -169,7 +169,9 @@ func init() {
 			aliases[f] = []string{f, internal[c][i]}
 		}
 	}
-	aliases[h2ResponseBody] = []string{"net/http/internal/http2.ClientResponse.Body", "net/http.Response.Body"}
+	// The one field not named alike: Go 1.27's streams keep a response
+	// of their own, and an *http.Response before.
+	aliases[h2ResponseBody] = []string{internal["off_h2c_res_body"][0], "net/http.Response.Body"}
 }
 
 // Resolve adds to off the fields the programs' constants use under other

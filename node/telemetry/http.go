@@ -154,7 +154,7 @@ var groups = []struct {
 		{fn: "golang.org/x/net/http2.(*serverConn).runHandler", prog: "sm_http_serve"},
 		{fn: "golang.org/x/net/http2.(*responseWriter).handlerDone", prog: "sm_xh2_done"},
 	}, "", nil},
-	{HTTPClient, "net/http client", []probe{
+	{HTTPClient, "net/http client", slices.Concat([]probe{
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_start"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_end", returns: true, after: "net/http.(*persistConn).roundTrip"},
 		{fn: "net/http.(*Transport).roundTrip", prog: "sm_http_client_ok", after: "net/http.(*persistConn).roundTrip", optional: true},
@@ -164,11 +164,11 @@ var groups = []struct {
 			find: func(b *gobin.Binary) (gobin.Func, error) { fn, _, err := readLoopClosures(b); return fn, err }},
 		{fn: "net/http.(*persistConn).readLoop's earlyCloseFn closure", prog: "sm_http_body_end", optional: true,
 			find: func(b *gobin.Binary) (gobin.Func, error) { _, early, err := readLoopClosures(b); return early, err }},
+	},
 		// An HTTP/2 response's stream ends its request, in the copy
 		// net/http bundles (before Go 1.27) or its internal package.
-		h2StreamEnd("net/http", "http2", "sm_h2c_end"), h2StreamAbort("net/http", "http2", "sm_h2c_abort"),
-		h2StreamEnd("net/http/internal/http2", "", "sm_h2c_end"), h2StreamAbort("net/http/internal/http2", "", "sm_h2c_abort"),
-	}, "", func(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
+		h2StreamEnds("net/http", "http2", "h2c"), h2StreamEnds("net/http/internal/http2", "", "h2c"),
+	), "", func(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {
 		bodyDelta(bin, probes, addrs, off)
 		bothOrNeither(probes, addrs, off, l7.H2ClientEnds, "sm_h2c_end", "sm_h2c_abort")
 	}},
@@ -179,20 +179,18 @@ var groups = []struct {
 	// reachable otherwise end errors. A request refused before the loop
 	// (a scheme it may not use) opens no connection and is not seen, as
 	// a sidecar would not see it either.
-	{HTTPClient, "x/net/http2 client", []probe{
+	{HTTPClient, "x/net/http2 client", append([]probe{
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_end", returns: true, nilTest: true},
 		{fn: "golang.org/x/net/http2.(*Transport).roundTripViaPool", prog: "sm_http_client_ok", nilTest: true, optional: true},
-		h2StreamEnd("golang.org/x/net/http2", "", "sm_h2x_end"), h2StreamAbort("golang.org/x/net/http2", "", "sm_h2x_abort"),
-	}, "", settleXH2},
+	}, xh2StreamEnds...), "", settleXH2},
 	// Where roundTripViaPool is not there (older x/net loops in
 	// RoundTripOpt; the tests build with v0.60): the RETs of RoundTrip,
 	// which the kernel single-steps.
-	{HTTPClient, "x/net/http2 client (returns)", []probe{
+	{HTTPClient, "x/net/http2 client (returns)", append([]probe{
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_start"},
 		{fn: "golang.org/x/net/http2.(*Transport).RoundTrip", prog: "sm_http_client_end", returns: true},
-		h2StreamEnd("golang.org/x/net/http2", "", "sm_h2x_end"), h2StreamAbort("golang.org/x/net/http2", "", "sm_h2x_abort"),
-	}, "x/net/http2 client", settleXH2},
+	}, xh2StreamEnds...), "x/net/http2 client", settleXH2},
 	{GRPCServer, "grpc server", []probe{
 		{fn: "google.golang.org/grpc.(*Server).handleStream", prog: "sm_grpc_serve"},
 		{fn: "google.golang.org/grpc/internal/transport.(*http2Server).writeStatus", prog: "sm_grpc_serve_end"},
@@ -453,19 +451,22 @@ func bodyDelta(bin *gobin.Binary, probes []probe, addrs [][]uint64, off map[stri
 	drop(probes, addrs, "sm_http_body_end")
 }
 
-// h2StreamEnd and h2StreamAbort are the probes that end an HTTP/2 client
-// stream, in package pkg whose types have prefix (bpf/l7's h2c_pending):
-// the CALL that closes its body's pipe once END_STREAM came, and
-// cleanupWriteRequest's CALL of abortStream (a stream over before that).
-func h2StreamEnd(pkg, prefix, prog string) probe {
-	return probe{fn: pkg + ".(*" + prefix + "pipe).closeWithError", prog: prog, optional: true,
-		callsIn: pkg + ".(*" + prefix + "clientConnReadLoop).endStream"}
+// h2StreamEnds are the probes that end an HTTP/2 client stream, in package
+// pkg whose types have prefix, with the programs sm_<layout>_end and
+// sm_<layout>_abort (bpf/l7's h2c_pending): the CALL that closes its body's
+// pipe once END_STREAM came, and cleanupWriteRequest's CALL of abortStream
+// (a stream over before that).
+func h2StreamEnds(pkg, prefix, layout string) []probe {
+	return []probe{
+		{fn: pkg + ".(*" + prefix + "pipe).closeWithError", prog: "sm_" + layout + "_end", optional: true,
+			callsIn: pkg + ".(*" + prefix + "clientConnReadLoop).endStream"},
+		{fn: pkg + ".(*" + prefix + "clientStream).abortStream", prog: "sm_" + layout + "_abort", optional: true,
+			callsIn: pkg + ".(*" + prefix + "clientStream).cleanupWriteRequest"},
+	}
 }
 
-func h2StreamAbort(pkg, prefix, prog string) probe {
-	return probe{fn: pkg + ".(*" + prefix + "clientStream).abortStream", prog: prog, optional: true,
-		callsIn: pkg + ".(*" + prefix + "clientStream).cleanupWriteRequest"}
-}
+// xh2StreamEnds are golang.org/x/net's, for both of its client groups.
+var xh2StreamEnds = h2StreamEnds("golang.org/x/net/http2", "", "h2x")
 
 // settleXH2 settles x/net's HTTP/2 client groups: its streams' ends.
 func settleXH2(_ *gobin.Binary, probes []probe, addrs [][]uint64, off map[string]uint64) {

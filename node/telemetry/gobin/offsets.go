@@ -63,40 +63,13 @@ var Fields = []Field{
 // version that lacks them, or that neither the binary's DWARF nor the
 // table knows), and the probes that need them with it.
 var OptionalFields = map[string][]Field{
-	// The HTTP/2 server net/http bundles (h2_bundle.go; Go 1.27 made it
-	// an internal package of other types).
-	"net/http bundled http2 server": {
-		{"", "net/http.http2responseWriter", "rws"},
-		{"", "net/http.http2responseWriterState", "req"},
-		{"", "net/http.http2responseWriterState", "status"},
-		{"", "net/http.http2responseWriterState", "wroteBytes"},
-		{"", "net/http.http2responseWriterState", "stream"},
-		{"", "net/http.http2stream", "bodyBytes"},
-	},
-	// golang.org/x/net's own HTTP/2 server: from Go 1.27 on, x/net wraps
-	// net/http's instead (unless built with the http2legacy tag).
-	"x/net http2 server": {
-		{xnetModule, "golang.org/x/net/http2.responseWriter", "rws"},
-		{xnetModule, "golang.org/x/net/http2.responseWriterState", "req"},
-		{xnetModule, "golang.org/x/net/http2.responseWriterState", "status"},
-		{xnetModule, "golang.org/x/net/http2.responseWriterState", "wroteBytes"},
-		{xnetModule, "golang.org/x/net/http2.responseWriterState", "stream"},
-		{xnetModule, "golang.org/x/net/http2.stream", "bodyBytes"},
-	},
-	// The HTTP/2 server of Go 1.27 and later (net/http/internal/http2,
-	// which golang.org/x/net's wraps): its request is a ServerRequest.
-	"net/http/internal/http2 server": {
-		{"", "net/http/internal/http2.responseWriter", "rws"},
-		{"", "net/http/internal/http2.responseWriterState", "req"},
-		{"", "net/http/internal/http2.responseWriterState", "status"},
-		{"", "net/http/internal/http2.responseWriterState", "wroteBytes"},
-		{"", "net/http/internal/http2.responseWriterState", "stream"},
-		{"", "net/http/internal/http2.stream", "bodyBytes"},
-		{"", "net/http/internal/http2.ServerRequest", "Method"},
-		{"", "net/http/internal/http2.ServerRequest", "URL"},
-		{"", "net/http/internal/http2.ServerRequest", "ContentLength"},
-		{"", "net/http/internal/http2.ServerRequest", "RemoteAddr"},
-	},
+	// HTTP/2 servers: the one net/http bundles (h2_bundle.go; Go 1.27
+	// made it an internal package of other types), golang.org/x/net's own
+	// (from Go 1.27 on, x/net wraps net/http's instead, unless built with
+	// the http2legacy tag), and Go 1.27's net/http/internal/http2.
+	"net/http bundled http2 server":  h2ServerFields("", "net/http", "http2"),
+	"x/net http2 server":             h2ServerFields(xnetModule, "golang.org/x/net/http2", ""),
+	"net/http/internal/http2 server": h2ServerFields("", "net/http/internal/http2", ""),
 	// HTTP/2 client streams, so that a request ends with its response's
 	// stream (bpf/l7's h2Client): net/http's bundled copy (Go 1.26 and
 	// before), net/http/internal/http2 (Go 1.27 on), golang.org/x/net's
@@ -122,6 +95,22 @@ var OptionalFields = map[string][]Field{
 		{"", "bufio.Reader", "w"},
 		{"", "net/http.persistConn", "readLimit"},
 	},
+}
+
+// h2ServerFields are the fields of an HTTP/2 server's response writer the
+// probes read, in the structs of package pkg whose names have prefix.
+func h2ServerFields(module, pkg, prefix string) []Field {
+	f := func(typ, name string) Field { return Field{module, pkg + "." + prefix + typ, name} }
+	fields := []Field{
+		f("responseWriter", "rws"), f("responseWriterState", "req"), f("responseWriterState", "status"),
+		f("responseWriterState", "wroteBytes"), f("responseWriterState", "stream"), f("stream", "bodyBytes"),
+	}
+	if pkg == "net/http/internal/http2" {
+		// Its request is a ServerRequest, not an *http.Request.
+		fields = append(fields, f("ServerRequest", "Method"), f("ServerRequest", "URL"),
+			f("ServerRequest", "ContentLength"), f("ServerRequest", "RemoteAddr"))
+	}
+	return fields
 }
 
 // h2ClientFields are the fields of an HTTP/2 client stream the probes
